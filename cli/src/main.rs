@@ -1,0 +1,81 @@
+//! `ds`: versioned, deduplicated workspaces. This binary is a thin layer over
+//! `ds-store`: it parses arguments, opens the store, draws progress on stderr
+//! and prints results (human text, or JSON with `--json`).
+//!
+//! Exit codes: 0 success, 1 error (including damage found by `verify` and
+//! entries refused by `restore`), 2 usage error.
+
+mod cmd;
+mod fmt;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Versioned, deduplicated workspaces for data science.
+///
+/// A store holds snapshots of directories. Files are split into
+/// content-defined chunks, so a snapshot after a small change stores only
+/// the changed bytes. Workspaces name lines of snapshots.
+#[derive(Debug, Parser)]
+#[command(name = "ds", version, propagate_version = true)]
+pub struct Cli {
+    /// Store directory [default: $XDG_DATA_HOME/ds/store, i.e. ~/.local/share/ds/store]
+    #[arg(long, global = true, env = "DS_STORE", value_name = "DIR")]
+    store: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new store (chunking parameters are fixed here, for good)
+    Init(cmd::InitArgs),
+    /// Snapshot a directory into a workspace
+    Snapshot(cmd::SnapshotArgs),
+    /// List a workspace's snapshots, newest first
+    Log(cmd::LogArgs),
+    /// List workspaces and their latest snapshot
+    Workspaces(cmd::JsonArgs),
+    /// List a directory of a snapshot
+    Ls(cmd::LsArgs),
+    /// Print a file of a snapshot to stdout
+    Cat(cmd::CatArgs),
+    /// Show what changed between two snapshots
+    Diff(cmd::DiffArgs),
+    /// Restore a snapshot (or part of it) into a new or empty directory
+    Restore(cmd::RestoreArgs),
+    /// Rehash every pack and object and check every snapshot is complete
+    Verify(cmd::JsonArgs),
+    /// Delete data no snapshot reaches (and leftovers of interrupted runs)
+    Gc(cmd::GcArgs),
+    /// Delete a workspace's ref; its snapshots become garbage for `ds gc`
+    /// unless another workspace shares them
+    Forget(cmd::ForgetArgs),
+    /// Rebuild the local index from the pack files
+    Reindex,
+}
+
+fn default_store() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("ds").join("store")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let store = cli.store.clone().unwrap_or_else(default_store);
+    match cmd::run(&store, cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ds: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

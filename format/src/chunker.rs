@@ -1,0 +1,211 @@
+//! Content-defined chunking: FastCDC (2020 algorithm, normalization level 1)
+//! with parameters fixed per store. Boundaries depend only on the bytes, so an
+//! insertion moves at most the chunks around it.
+//!
+//! [`Chunker::cut`] finds one boundary in a slice. Callers that stream a file
+//! through a buffer must treat the last cut of a non-final buffer as tentative
+//! (the chunk may continue into the next buffer) — see [`Chunker::split`].
+
+use fastcdc::v2020::{self, Normalization};
+use serde::{Deserialize, Serialize};
+
+use crate::FormatError;
+
+/// Chunk size bounds in bytes. Recorded in the store config at `ds init`
+/// because they decide every chunk id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    pub min: u32,
+    pub avg: u32,
+    pub max: u32,
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        ChunkerParams {
+            min: 16 * 1024,
+            avg: 64 * 1024,
+            max: 256 * 1024,
+        }
+    }
+}
+
+impl ChunkerParams {
+    /// Checks the bounds FastCDC accepts (it only debug-asserts them).
+    pub fn validate(&self) -> Result<(), FormatError> {
+        let (min, avg, max) = (self.min as usize, self.avg as usize, self.max as usize);
+        let ok = (v2020::MINIMUM_MIN..=v2020::MINIMUM_MAX).contains(&min)
+            && (v2020::AVERAGE_MIN..=v2020::AVERAGE_MAX).contains(&avg)
+            && (v2020::MAXIMUM_MIN..=v2020::MAXIMUM_MAX).contains(&max)
+            && min < avg
+            && avg < max
+            && min % 2 == 0
+            && avg % 2 == 0
+            && max % 2 == 0;
+        if ok {
+            Ok(())
+        } else {
+            Err(FormatError::Config(format!(
+                "chunker sizes min={min} avg={avg} max={max} must be even, min<avg<max, \
+                 min in [{}, {}], avg in [{}, {}], max in [{}, {}]",
+                v2020::MINIMUM_MIN,
+                v2020::MINIMUM_MAX,
+                v2020::AVERAGE_MIN,
+                v2020::AVERAGE_MAX,
+                v2020::MAXIMUM_MIN,
+                v2020::MAXIMUM_MAX
+            )))
+        }
+    }
+}
+
+/// A FastCDC cutter with its masks precomputed.
+#[derive(Debug, Clone)]
+pub struct Chunker {
+    params: ChunkerParams,
+    mask_s: u64,
+    mask_l: u64,
+}
+
+impl Chunker {
+    pub fn new(params: ChunkerParams) -> Result<Self, FormatError> {
+        params.validate()?;
+        let (mask_s, mask_l) = v2020::select_masks(params.avg as usize, Normalization::Level1);
+        Ok(Chunker {
+            params,
+            mask_s,
+            mask_l,
+        })
+    }
+
+    pub fn params(&self) -> ChunkerParams {
+        self.params
+    }
+
+    /// Length of the chunk that starts at `data[0]`, assuming `data` holds
+    /// everything up to the end of the file or at least `max` bytes.
+    pub fn cut(&self, data: &[u8]) -> usize {
+        if data.is_empty() {
+            return 0;
+        }
+        let (_, n) = v2020::cut(
+            data,
+            self.params.min as usize,
+            self.params.avg as usize,
+            self.params.max as usize,
+            self.mask_s,
+            self.mask_l,
+            self.mask_s << 1,
+            self.mask_l << 1,
+        );
+        n
+    }
+
+    /// Splits `data` into chunk lengths, appending them to `out`. When `eof`
+    /// is false the bytes after the last *certain* boundary are not chunked:
+    /// the return value is how many bytes were consumed, and the caller keeps
+    /// the rest as the start of its next buffer.
+    pub fn split(&self, data: &[u8], eof: bool, out: &mut Vec<usize>) -> usize {
+        let max = self.params.max as usize;
+        let mut pos = 0;
+        while pos < data.len() {
+            let rest = &data[pos..];
+            if !eof && rest.len() < max {
+                break;
+            }
+            let n = self.cut(rest);
+            out.push(n);
+            pos += n;
+        }
+        pos
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn small() -> Chunker {
+        Chunker::new(ChunkerParams {
+            min: 256,
+            avg: 1024,
+            max: 4096,
+        })
+        .unwrap()
+    }
+
+    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn whole(c: &Chunker, data: &[u8]) -> Vec<usize> {
+        let mut v = Vec::new();
+        assert_eq!(c.split(data, true, &mut v), data.len());
+        v
+    }
+
+    proptest! {
+        /// Streaming through any buffer size gives the same boundaries as
+        /// chunking the whole input at once.
+        #[test]
+        fn streaming_equals_whole(len in 0usize..60_000, buf in 4096usize..20_000, seed: u64) {
+            let c = small();
+            let data = pseudo_random(len, seed);
+            let expected = whole(&c, &data);
+            let mut got = Vec::new();
+            let mut start = 0;
+            let mut filled = 0;
+            while start < data.len() {
+                filled = (filled + buf).min(data.len()).max(start);
+                let eof = filled == data.len();
+                let used = c.split(&data[start..filled], eof, &mut got);
+                start += used;
+            }
+            prop_assert_eq!(got, expected);
+        }
+
+        /// An insertion in the middle leaves the chunks far before and far
+        /// after it unchanged.
+        #[test]
+        fn boundaries_survive_insertion(seed: u64, at in 10_000usize..30_000, ins in 1usize..500) {
+            let c = small();
+            let data = pseudo_random(60_000, seed);
+            let mut edited = data[..at].to_vec();
+            edited.extend(pseudo_random(ins, seed ^ 0xdead));
+            edited.extend_from_slice(&data[at..]);
+            let ends = |v: &[usize]| v.iter().scan(0, |s, n| { *s += n; Some(*s) }).collect::<Vec<_>>();
+            let a = ends(&whole(&c, &data));
+            let b = ends(&whole(&c, &edited));
+            // every boundary well before the edit is kept
+            for e in a.iter().filter(|&&e| e + 4096 < at) {
+                prop_assert!(b.contains(e));
+            }
+            // boundaries realign after the edit: most later ones reappear shifted
+            let after: Vec<_> = a.iter().filter(|&&e| e > at + 8192).collect();
+            let kept = after.iter().filter(|&&&e| b.contains(&(e + ins))).count();
+            prop_assert!(kept + 2 >= after.len(), "kept {} of {}", kept, after.len());
+        }
+    }
+
+    #[test]
+    fn rejects_bad_params() {
+        assert!(
+            Chunker::new(ChunkerParams {
+                min: 1,
+                avg: 2,
+                max: 3
+            })
+            .is_err()
+        );
+        assert!(Chunker::new(ChunkerParams::default()).is_ok());
+    }
+}

@@ -1,0 +1,170 @@
+//! Snapshot objects: the root tree of a workspace at one moment, its parents,
+//! and what people want to know about it (time, message, free metadata such as
+//! run parameters and metrics). The id of a snapshot is the derive-key BLAKE3
+//! of this encoding, so the history is a Merkle DAG like git's.
+//!
+//! Encoding (`ObjectKind::Snapshot`): `'S' 1 root_height:u8 root:32
+//! parents:varint id* time_ns:zigzag workspace:bytes source:bytes host:bytes
+//! message:bytes metadata:varint (key:bytes value:bytes)* (keys strictly
+//! ascending) files:varint dirs:varint symlinks:varint bytes:varint`.
+
+use std::collections::BTreeMap;
+
+use crate::codec::{Reader, Writer};
+use crate::tree::{DirRef, MAX_LEVEL};
+use crate::{FormatError, ObjectId, ObjectKind, Result};
+
+const TAG: u8 = b'S';
+const VERSION: u8 = 1;
+pub const MAX_PARENTS: u64 = 64;
+pub const MAX_MESSAGE: usize = 1 << 20;
+pub const MAX_METADATA: u64 = 4096;
+pub const MAX_FIELD: usize = 64 * 1024;
+
+/// Counts recorded when the snapshot was taken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub root: DirRef,
+    pub parents: Vec<ObjectId>,
+    pub time_ns: i64,
+    pub workspace: String,
+    /// The path that was snapshotted, as bytes.
+    pub source: Vec<u8>,
+    pub hostname: String,
+    pub message: String,
+    pub metadata: BTreeMap<String, String>,
+    pub stats: SnapshotStats,
+}
+
+impl Snapshot {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(TAG);
+        w.u8(VERSION);
+        w.u8(self.root.height);
+        w.id(&self.root.root);
+        w.varint(self.parents.len() as u64);
+        for p in &self.parents {
+            w.id(p);
+        }
+        w.ivarint(self.time_ns);
+        w.bytes(self.workspace.as_bytes());
+        w.bytes(&self.source);
+        w.bytes(self.hostname.as_bytes());
+        w.bytes(self.message.as_bytes());
+        w.varint(self.metadata.len() as u64);
+        for (k, v) in &self.metadata {
+            w.bytes(k.as_bytes());
+            w.bytes(v.as_bytes());
+        }
+        for v in [
+            self.stats.files,
+            self.stats.dirs,
+            self.stats.symlinks,
+            self.stats.bytes,
+        ] {
+            w.varint(v);
+        }
+        w.into_bytes()
+    }
+
+    pub fn id(&self) -> ObjectId {
+        ObjectKind::Snapshot.hash(&self.encode())
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let mut r = Reader::new(bytes, "snapshot");
+        r.header(TAG, VERSION)?;
+        let height = r.u8()?;
+        if height >= MAX_LEVEL {
+            return Err(r.corrupt("root tree too deep"));
+        }
+        let root = DirRef {
+            height,
+            root: r.id()?,
+        };
+        let np = r.bounded(MAX_PARENTS, "parent count")?;
+        let parents = (0..np).map(|_| r.id()).collect::<Result<Vec<_>>>()?;
+        let time_ns = r.ivarint()?;
+        let workspace = utf8(&mut r, MAX_FIELD, "workspace")?;
+        let source = r.bytes(MAX_FIELD)?.to_vec();
+        let hostname = utf8(&mut r, MAX_FIELD, "hostname")?;
+        let message = utf8(&mut r, MAX_MESSAGE, "message")?;
+        let nm = r.bounded(MAX_METADATA, "metadata count")?;
+        let mut metadata = BTreeMap::new();
+        let mut last: Option<String> = None;
+        for _ in 0..nm {
+            let k = utf8(&mut r, MAX_FIELD, "metadata key")?;
+            let v = utf8(&mut r, MAX_FIELD, "metadata value")?;
+            if last.as_ref().is_some_and(|l| *l >= k) {
+                return Err(r.corrupt("metadata keys not strictly sorted"));
+            }
+            last = Some(k.clone());
+            metadata.insert(k, v);
+        }
+        let stats = SnapshotStats {
+            files: r.varint()?,
+            dirs: r.varint()?,
+            symlinks: r.varint()?,
+            bytes: r.varint()?,
+        };
+        r.finish()?;
+        Ok(Snapshot {
+            root,
+            parents,
+            time_ns,
+            workspace,
+            source,
+            hostname,
+            message,
+            metadata,
+            stats,
+        })
+    }
+}
+
+fn utf8(r: &mut Reader<'_>, max: usize, field: &'static str) -> Result<String> {
+    let b = r.bytes(max)?;
+    String::from_utf8(b.to_vec()).map_err(|_| FormatError::corrupt("snapshot", format!("{field} is not UTF-8")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let s = Snapshot {
+            root: DirRef {
+                height: 1,
+                root: ObjectId([3; 32]),
+            },
+            parents: vec![ObjectId([1; 32]), ObjectId([2; 32])],
+            time_ns: 1_700_000_000_000_000_000,
+            workspace: "ws".into(),
+            source: b"/home/\xffx".to_vec(),
+            hostname: "h".into(),
+            message: "msg ✓".into(),
+            metadata: [("a".to_string(), "1".to_string()), ("b".into(), "".into())].into(),
+            stats: SnapshotStats {
+                files: 1,
+                dirs: 2,
+                symlinks: 3,
+                bytes: 4,
+            },
+        };
+        let b = s.encode();
+        assert_eq!(Snapshot::decode(&b).unwrap(), s);
+        for cut in 0..b.len() {
+            assert!(Snapshot::decode(&b[..cut]).is_err());
+        }
+    }
+}

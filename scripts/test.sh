@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian machine: installs the system
+# packages it needs, then formatting, lints and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+ds_install_system_packages
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --all-targets --locked

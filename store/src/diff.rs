@@ -1,0 +1,168 @@
+//! Differences between two trees. Subtrees with equal hashes are skipped
+//! without being read, so the cost follows the size of the change.
+//!
+//! Reported: files and symlinks that were added, removed, modified (content
+//! or mode) or changed type; directories that were added, removed or changed
+//! type, with everything inside them. A directory whose content changed is not
+//! itself reported (its changed children are), and an mtime-only change is
+//! not a modification.
+
+use std::collections::HashSet;
+
+use ds_format::ObjectId;
+use ds_format::manifest::FileRef;
+use ds_format::tree::{DirRef, Entry, EntryData};
+
+use crate::{Result, Store};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Added,
+    Removed,
+    Modified,
+    TypeChanged,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Added => "added",
+            ChangeKind::Removed => "removed",
+            ChangeKind::Modified => "modified",
+            ChangeKind::TypeChanged => "type-changed",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// Relative to the snapshot root, `/`-separated, raw bytes.
+    pub path: Vec<u8>,
+    pub kind: ChangeKind,
+    /// "file", "dir" or "symlink" (the new type, or the old one if removed).
+    pub entry_type: &'static str,
+    pub old_size: Option<u64>,
+    pub new_size: Option<u64>,
+    /// Bytes of content that are new in B (chunks B has that A's file lacked).
+    pub bytes_changed: u64,
+}
+
+/// Lists changes from `a` to `b`, in path order.
+pub fn diff(store: &Store, a: &DirRef, b: &DirRef) -> Result<Vec<Change>> {
+    let mut out = Vec::new();
+    dir(store, a, b, &mut Vec::new(), &mut out)?;
+    Ok(out)
+}
+
+fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = prefix.to_vec();
+    if !p.is_empty() {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+fn dir(store: &Store, a: &DirRef, b: &DirRef, prefix: &mut Vec<u8>, out: &mut Vec<Change>) -> Result<()> {
+    if a == b {
+        return Ok(());
+    }
+    let ea = store.dir_entries(a)?;
+    let eb = store.dir_entries(b)?;
+    let (mut i, mut j) = (0, 0);
+    while i < ea.len() || j < eb.len() {
+        let ord = match (ea.get(i), eb.get(j)) {
+            (Some(x), Some(y)) => x.name.cmp(&y.name),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match ord {
+            std::cmp::Ordering::Less => {
+                whole(store, &ea[i], prefix, ChangeKind::Removed, out)?;
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                whole(store, &eb[j], prefix, ChangeKind::Added, out)?;
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                both(store, &ea[i], &eb[j], prefix, out)?;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An entry present on one side only: it and everything below it.
+fn whole(store: &Store, e: &Entry, prefix: &[u8], kind: ChangeKind, out: &mut Vec<Change>) -> Result<()> {
+    let path = join(prefix, &e.name);
+    let size = e.size();
+    let added = kind == ChangeKind::Added;
+    out.push(Change {
+        path: path.clone(),
+        kind,
+        entry_type: e.data.kind_name(),
+        old_size: (!added).then_some(size),
+        new_size: added.then_some(size),
+        bytes_changed: size,
+    });
+    if let EntryData::Dir(d) = &e.data {
+        for c in store.dir_entries(d)? {
+            whole(store, &c, &path, kind, out)?;
+        }
+    }
+    Ok(())
+}
+
+fn both(store: &Store, x: &Entry, y: &Entry, prefix: &mut Vec<u8>, out: &mut Vec<Change>) -> Result<()> {
+    let path = join(prefix, &x.name);
+    let change = |kind, bytes| Change {
+        path: path.clone(),
+        kind,
+        entry_type: y.data.kind_name(),
+        old_size: Some(x.size()),
+        new_size: Some(y.size()),
+        bytes_changed: bytes,
+    };
+    match (&x.data, &y.data) {
+        (EntryData::Dir(a), EntryData::Dir(b)) => {
+            let mut p = path.clone();
+            dir(store, a, b, &mut p, out)?;
+        }
+        (EntryData::File(a), EntryData::File(b)) => {
+            if a != b {
+                out.push(change(ChangeKind::Modified, changed_bytes(store, a, b)?));
+            } else if x.mode != y.mode {
+                out.push(change(ChangeKind::Modified, 0));
+            }
+        }
+        (EntryData::Symlink(a), EntryData::Symlink(b)) => {
+            if a != b || x.mode != y.mode {
+                out.push(change(ChangeKind::Modified, b.len() as u64));
+            }
+        }
+        _ => {
+            out.push(change(ChangeKind::TypeChanged, y.size()));
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of `b` held in chunks that `a` does not have. Reads only manifests.
+pub fn changed_bytes(store: &Store, a: &FileRef, b: &FileRef) -> Result<u64> {
+    let mut old: HashSet<ObjectId> = HashSet::new();
+    store.for_each_chunk(a, &mut |id, _, _| {
+        old.insert(id);
+        Ok(())
+    })?;
+    let mut n = 0;
+    store.for_each_chunk(b, &mut |id, _, len| {
+        if !old.contains(&id) {
+            n += len;
+        }
+        Ok(())
+    })?;
+    Ok(n)
+}

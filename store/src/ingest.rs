@@ -1,0 +1,420 @@
+//! Snapshotting a directory: walk, chunk, hash, deduplicate, write.
+//!
+//! Why it is shaped this way: the goal is to run at the speed of chunking and
+//! hashing, not of any one stage. Directories are walked in parallel (rayon,
+//! one task per entry, results kept in name order); a large file is read in
+//! big buffers, cut by FastCDC on the reading thread and its chunks hashed
+//! and compressed in parallel; the chunks are handed to the pack writer as
+//! ranges of the shared read buffer, never copied. Files whose size, mtime,
+//! ctime, inode and device match the stat cache are not read at all.
+//!
+//! What is recorded: regular files, directories and symlinks, with permission
+//! bits and mtimes. Sockets, FIFOs and device nodes are skipped with a
+//! warning (they have no content to version). Hard links are stored as
+//! independent files (their content deduplicates). A file that changes while
+//! being read is read again (up to three times) and otherwise stored as last
+//! read, with a warning, and kept out of the stat cache. Unreadable entries
+//! are skipped with a warning; the snapshot still completes.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, Metadata};
+use std::io::{self, ErrorKind, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ds_format::manifest::{FileRef, ManifestBuilder};
+use ds_format::snapshot::{Snapshot, SnapshotStats};
+use ds_format::tree::{DirBuilder, DirRef, Entry, EntryData};
+use ds_format::{ObjectId, ObjectKind};
+use rayon::prelude::*;
+
+use crate::index::StatEntry;
+use crate::progress::Progress;
+use crate::refs::validate_workspace;
+use crate::writer::{self, PackWriter, Payload, WriteStats};
+use crate::{IoContext, Result, Store, StoreError};
+
+/// What to record with a snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotOptions {
+    pub workspace: String,
+    pub message: String,
+    pub metadata: BTreeMap<String, String>,
+    /// Read every file even when the stat cache says it is unchanged.
+    pub no_cache: bool,
+}
+
+/// What a snapshot did.
+#[derive(Debug, Clone)]
+pub struct SnapshotReport {
+    pub id: ObjectId,
+    pub snapshot: Snapshot,
+    pub parent: Option<ObjectId>,
+    pub files_read: u64,
+    pub files_cached: u64,
+    pub bytes_read: u64,
+    pub written: WriteStats,
+    pub warnings: Vec<String>,
+}
+
+struct Ingest<'a> {
+    store: &'a Store,
+    writer: PackWriter,
+    progress: &'a Progress,
+    no_cache: bool,
+    /// Files modified after this are not cached (racy-clean protection).
+    cache_before_ns: i64,
+    buf_size: usize,
+    files: AtomicU64,
+    dirs: AtomicU64,
+    symlinks: AtomicU64,
+    bytes: AtomicU64,
+    files_read: AtomicU64,
+    files_cached: AtomicU64,
+    bytes_read: AtomicU64,
+    warnings: Mutex<Vec<String>>,
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn mtime_ns(m: &Metadata) -> i64 {
+    m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec())
+}
+
+fn ctime_ns(m: &Metadata) -> i64 {
+    m.ctime().saturating_mul(1_000_000_000).saturating_add(m.ctime_nsec())
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Snapshots the directory at `path` into workspace `opts.workspace` and moves
+/// the workspace's ref to it.
+pub fn snapshot(store: &Store, path: &Path, opts: &SnapshotOptions, progress: &Progress) -> Result<SnapshotReport> {
+    store.require_write()?;
+    validate_workspace(&opts.workspace)?;
+    let root = fs::canonicalize(path).at(path)?;
+    let meta = fs::metadata(&root).at(&root)?;
+    if !meta.is_dir() {
+        return Err(StoreError::Invalid(format!(
+            "{} is not a directory (ds snapshots directories)",
+            root.display()
+        )));
+    }
+    if root.starts_with(store.root()) || store.root().starts_with(&root) {
+        return Err(StoreError::Invalid(format!(
+            "{} overlaps the store at {}; snapshot a directory outside the store",
+            root.display(),
+            store.root().display()
+        )));
+    }
+    let parent = store.refs().get(&opts.workspace)?;
+    let session = writer::start(
+        store.packs().clone(),
+        store.index().clone(),
+        store.config().compression,
+        store.config().pack_size,
+    );
+    let started = now_ns();
+    let ing = Ingest {
+        store,
+        writer: session.writer().clone(),
+        progress,
+        no_cache: opts.no_cache,
+        cache_before_ns: started - 1_000_000_000,
+        buf_size: (8 << 20).max(4 * store.chunker().params().max as usize),
+        files: AtomicU64::new(0),
+        dirs: AtomicU64::new(0),
+        symlinks: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        files_read: AtomicU64::new(0),
+        files_cached: AtomicU64::new(0),
+        bytes_read: AtomicU64::new(0),
+        warnings: Mutex::new(Vec::new()),
+    };
+    let rd = fs::read_dir(&root).at(&root)?;
+    let tree = ing.dir(&root, rd)?;
+    let snap = Snapshot {
+        root: tree,
+        parents: parent.into_iter().collect(),
+        time_ns: started,
+        workspace: opts.workspace.clone(),
+        source: root.as_os_str().as_bytes().to_vec(),
+        hostname: hostname(),
+        message: opts.message.clone(),
+        metadata: opts.metadata.clone(),
+        stats: SnapshotStats {
+            files: ing.files.load(Ordering::Relaxed),
+            dirs: ing.dirs.load(Ordering::Relaxed) + 1,
+            symlinks: ing.symlinks.load(Ordering::Relaxed),
+            bytes: ing.bytes.load(Ordering::Relaxed),
+        },
+    };
+    let bytes = snap.encode();
+    let id = ObjectKind::Snapshot.hash(&bytes);
+    ing.writer.put(ObjectKind::Snapshot, id, Payload::Owned(bytes))?;
+    let Ingest {
+        writer: w,
+        files_read,
+        files_cached,
+        bytes_read,
+        warnings,
+        ..
+    } = ing;
+    drop(w);
+    // Durability barrier 1: packs committed and indexed.
+    let written = session.finish()?;
+    // Barrier 2: the index (and the stat cache) are on disk.
+    store.index().sync()?;
+    // Barrier 3: the ref moves.
+    store.refs().swap(&opts.workspace, parent, id)?;
+    Ok(SnapshotReport {
+        id,
+        snapshot: snap,
+        parent,
+        files_read: files_read.into_inner(),
+        files_cached: files_cached.into_inner(),
+        bytes_read: bytes_read.into_inner(),
+        written,
+        warnings: warnings.into_inner().expect("poisoned"),
+    })
+}
+
+/// An I/O problem with one entry: reported and skipped, not fatal.
+type EntryResult<T> = Result<std::result::Result<T, io::Error>>;
+
+impl Ingest<'_> {
+    fn warn(&self, path: &Path, what: impl std::fmt::Display) {
+        self.warnings
+            .lock()
+            .expect("poisoned")
+            .push(format!("{}: {what}", path.display()));
+    }
+
+    fn emit(&self, kind: ObjectKind) -> impl FnMut(ObjectId, Vec<u8>) + '_ {
+        move |id, bytes| {
+            // A failed writer also fails every later chunk put (which is
+            // propagated) and `WriterSession::finish`, so nothing is lost here.
+            let _ = self.writer.put(kind, id, Payload::Owned(bytes));
+        }
+    }
+
+    fn dir(&self, path: &Path, rd: fs::ReadDir) -> Result<DirRef> {
+        let mut names: Vec<(Vec<u8>, PathBuf)> = Vec::new();
+        for e in rd {
+            match e {
+                Ok(e) => names.push((e.file_name().as_bytes().to_vec(), e.path())),
+                Err(err) => {
+                    self.warn(path, format!("listing failed part-way: {err}"));
+                    break;
+                }
+            }
+        }
+        names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let entries: Vec<Option<Entry>> = names
+            .into_par_iter()
+            .map(|(name, p)| self.entry(name, &p))
+            .collect::<Result<_>>()?;
+        let mut b = DirBuilder::default();
+        let mut emit = self.emit(ObjectKind::DirNode);
+        for e in entries.into_iter().flatten() {
+            b.push(e, &mut emit)?;
+        }
+        Ok(b.finish(&mut emit))
+    }
+
+    fn entry(&self, name: Vec<u8>, path: &Path) -> Result<Option<Entry>> {
+        let meta = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.warn(path, "vanished while snapshotting; skipped");
+                return Ok(None);
+            }
+            Err(e) => {
+                self.warn(path, format!("{e}; skipped"));
+                return Ok(None);
+            }
+        };
+        let ft = meta.file_type();
+        let mode = meta.mode() & 0o7777;
+        let mtime = mtime_ns(&meta);
+        let data = if ft.is_dir() {
+            let rd = match fs::read_dir(path) {
+                Ok(rd) => rd,
+                Err(e) => {
+                    self.warn(path, format!("{e}; directory skipped"));
+                    return Ok(None);
+                }
+            };
+            let d = self.dir(path, rd)?;
+            self.dirs.fetch_add(1, Ordering::Relaxed);
+            EntryData::Dir(d)
+        } else if ft.is_file() {
+            match self.file(path, &meta)? {
+                Ok(f) => {
+                    self.files.fetch_add(1, Ordering::Relaxed);
+                    self.bytes.fetch_add(f.size, Ordering::Relaxed);
+                    EntryData::File(f)
+                }
+                Err(e) => {
+                    self.warn(path, format!("{e}; file skipped"));
+                    return Ok(None);
+                }
+            }
+        } else if ft.is_symlink() {
+            match fs::read_link(path) {
+                Ok(t) => {
+                    self.symlinks.fetch_add(1, Ordering::Relaxed);
+                    EntryData::Symlink(t.into_os_string().as_bytes().to_vec())
+                }
+                Err(e) => {
+                    self.warn(path, format!("{e}; symlink skipped"));
+                    return Ok(None);
+                }
+            }
+        } else {
+            self.warn(path, "socket, FIFO or device node: not recorded");
+            return Ok(None);
+        };
+        Ok(Some(Entry {
+            name,
+            mode,
+            mtime_ns: mtime,
+            data,
+        }))
+    }
+
+    fn file(&self, path: &Path, meta: &Metadata) -> EntryResult<FileRef> {
+        let key = path.as_os_str().as_bytes();
+        if !self.no_cache
+            && let Some(c) = self.store.index().stat_get(key)?
+            && c.size == meta.len()
+            && c.mtime_ns == mtime_ns(meta)
+            && c.ctime_ns == ctime_ns(meta)
+            && c.ino == meta.ino()
+            && c.dev == meta.dev()
+            && match c.file.root_object() {
+                None => true,
+                Some((_, id)) => self.store.index().contains(&id)?,
+            }
+        {
+            self.files_cached.fetch_add(1, Ordering::Relaxed);
+            self.progress.add(1, c.size);
+            return Ok(Ok(c.file));
+        }
+        let mut last = None;
+        for _ in 0..3 {
+            let mut f = match File::open(path) {
+                Ok(f) => f,
+                Err(e) => return Ok(Err(e)),
+            };
+            let before = match f.metadata() {
+                Ok(m) => m,
+                Err(e) => return Ok(Err(e)),
+            };
+            let fr = match self.read_file(&mut f, before.len())? {
+                Ok(fr) => fr,
+                Err(e) => return Ok(Err(e)),
+            };
+            let after = match f.metadata() {
+                Ok(m) => m,
+                Err(e) => return Ok(Err(e)),
+            };
+            let stable = after.len() == fr.size
+                && before.len() == fr.size
+                && mtime_ns(&before) == mtime_ns(&after)
+                && ctime_ns(&before) == ctime_ns(&after);
+            self.files_read.fetch_add(1, Ordering::Relaxed);
+            if stable {
+                if mtime_ns(&after).max(ctime_ns(&after)) < self.cache_before_ns {
+                    self.store.index().stat_put(
+                        key,
+                        &StatEntry {
+                            size: after.len(),
+                            mtime_ns: mtime_ns(&after),
+                            ctime_ns: ctime_ns(&after),
+                            ino: after.ino(),
+                            dev: after.dev(),
+                            file: fr,
+                        },
+                    )?;
+                }
+                return Ok(Ok(fr));
+            }
+            last = Some(fr);
+        }
+        self.warn(path, "changed while being read (3 attempts); stored as last read");
+        Ok(Ok(last.expect("three attempts")))
+    }
+
+    /// Reads, chunks, hashes and stores one open file.
+    fn read_file(&self, f: &mut File, size_hint: u64) -> EntryResult<FileRef> {
+        let chunker = self.store.chunker();
+        let mut builder = ManifestBuilder::default();
+        let mut carry: Vec<u8> = Vec::new();
+        let mut first = true;
+        let mut lens = Vec::new();
+        loop {
+            let want = if first && size_hint < self.buf_size as u64 {
+                size_hint as usize + 1
+            } else {
+                self.buf_size
+            };
+            first = false;
+            let mut buf = Vec::with_capacity(carry.len() + want);
+            buf.append(&mut carry);
+            let got = match f.by_ref().take(want as u64).read_to_end(&mut buf) {
+                Ok(n) => n,
+                Err(e) => return Ok(Err(e)),
+            };
+            let eof = got < want;
+            lens.clear();
+            let used = chunker.split(&buf, eof, &mut lens);
+            let buf = Arc::new(buf);
+            let mut ranges = Vec::with_capacity(lens.len());
+            let mut off = 0;
+            for l in &lens {
+                ranges.push(off..off + l);
+                off += l;
+            }
+            let hash_and_put = |r: &std::ops::Range<usize>| -> Result<ObjectId> {
+                let id = ObjectKind::Chunk.hash(&buf[r.clone()]);
+                if !self.writer.index().contains(&id)? {
+                    self.writer
+                        .put(ObjectKind::Chunk, id, Payload::Shared(buf.clone(), r.clone()))?;
+                }
+                Ok(id)
+            };
+            let ids: Vec<ObjectId> = if ranges.len() > 2 {
+                ranges.par_iter().map(hash_and_put).collect::<Result<_>>()?
+            } else {
+                ranges.iter().map(hash_and_put).collect::<Result<_>>()?
+            };
+            let mut emit = self.emit(ObjectKind::FileNode);
+            for (id, r) in ids.into_iter().zip(&ranges) {
+                builder.push(id, r.len() as u64, &mut emit);
+            }
+            self.bytes_read.fetch_add(used as u64, Ordering::Relaxed);
+            self.progress.add(0, used as u64);
+            if eof {
+                debug_assert_eq!(used, buf.len());
+                break;
+            }
+            carry = buf[used..].to_vec();
+        }
+        self.progress.add(1, 0);
+        Ok(Ok(builder.finish(&mut self.emit(ObjectKind::FileNode))))
+    }
+}

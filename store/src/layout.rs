@@ -1,0 +1,49 @@
+//! Where things live inside a store directory.
+//!
+//! ```text
+//! STORE/config            JSON, written once by `ds init`
+//! STORE/lock              flock: shared by readers, exclusive by writers
+//! STORE/packs/ab/<id>.pack
+//! STORE/tmp/              packs being written (removed by gc after a crash)
+//! STORE/refs/<workspace>  hex snapshot id, replaced atomically
+//! STORE/index/            RocksDB: object locations, pack list, stat cache
+//! ```
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Paths inside one store.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Layout { root: root.into() }
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config")
+    }
+    pub fn lock(&self) -> PathBuf {
+        self.root.join("lock")
+    }
+    pub fn packs(&self) -> PathBuf {
+        self.root.join("packs")
+    }
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+    pub fn refs(&self) -> PathBuf {
+        self.root.join("refs")
+    }
+    pub fn index(&self) -> PathBuf {
+        self.root.join("index")
+    }
+}
+
+/// fsyncs a directory so that a rename or create inside it is durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}

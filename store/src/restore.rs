@@ -1,0 +1,258 @@
+//! Restoring a snapshot (or a subtree of it) into a directory.
+//!
+//! Safety rules, because a snapshot may come from somebody else:
+//! - the target must be absent or an empty directory, so every path ds
+//!   creates is new and no existing symlink is ever followed (files are
+//!   created with O_EXCL);
+//! - names are validated again here (no `..`, `/`, NUL, empty);
+//! - a symlink whose target is absolute or climbs out of the target
+//!   directory is refused unless the caller allows it; ds never follows one;
+//! - a damaged chunk fails only the file that holds it: the partial file is
+//!   removed, the error names the file, and the rest is restored.
+
+use std::fs::{self, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ds_format::manifest::FileRef;
+use ds_format::tree::{DirRef, Entry, EntryData, validate_name};
+use filetime::FileTime;
+use rayon::prelude::*;
+
+use crate::progress::Progress;
+use crate::{IoContext, Result, Store, StoreError};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreOptions {
+    /// Restore symlinks pointing outside the target (absolute or `..`-climbing).
+    pub allow_escaping_symlinks: bool,
+}
+
+/// What a restore did; `errors` lists entries that were refused or failed.
+#[derive(Debug, Default)]
+pub struct RestoreReport {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    pub errors: Vec<String>,
+}
+
+struct Ctx<'a> {
+    store: &'a Store,
+    opts: RestoreOptions,
+    progress: &'a Progress,
+    files: AtomicU64,
+    dirs: AtomicU64,
+    symlinks: AtomicU64,
+    bytes: AtomicU64,
+    errors: Mutex<Vec<String>>,
+}
+
+/// Does `target`, for a link at depth `depth` (directories below the restore
+/// root), resolve lexically inside the root?
+pub fn symlink_stays_inside(target: &[u8], depth: usize) -> bool {
+    if target.first() == Some(&b'/') {
+        return false;
+    }
+    let mut level = depth as i64;
+    for part in target.split(|b| *b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                level -= 1;
+                if level < 0 {
+                    return false;
+                }
+            }
+            _ => level += 1,
+        }
+    }
+    true
+}
+
+/// Restores the tree `root` into `dest`.
+pub fn restore(
+    store: &Store,
+    root: &DirRef,
+    dest: &Path,
+    opts: RestoreOptions,
+    progress: &Progress,
+) -> Result<RestoreReport> {
+    match fs::read_dir(dest) {
+        Ok(mut rd) => {
+            if rd.next().is_some() {
+                return Err(StoreError::Invalid(format!(
+                    "{} is not empty; restore into a new or empty directory",
+                    dest.display()
+                )));
+            }
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => fs::create_dir(dest).at(dest)?,
+        Err(e) => return Err(e).at(dest),
+    }
+    let ctx = Ctx {
+        store,
+        opts,
+        progress,
+        files: AtomicU64::new(0),
+        dirs: AtomicU64::new(0),
+        symlinks: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        errors: Mutex::new(Vec::new()),
+    };
+    ctx.dir(root, dest, Path::new(""), 0)?;
+    Ok(RestoreReport {
+        files: ctx.files.into_inner(),
+        dirs: ctx.dirs.into_inner(),
+        symlinks: ctx.symlinks.into_inner(),
+        bytes: ctx.bytes.into_inner(),
+        errors: ctx.errors.into_inner().expect("poisoned"),
+    })
+}
+
+/// Restores a single file entry's content to `dest` (which must not exist).
+pub fn restore_file(store: &Store, file: &FileRef, dest: &Path) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .at(dest)?;
+    let r = store.read_file(file, &mut f);
+    if r.is_err() {
+        let _ = fs::remove_file(dest);
+    }
+    r
+}
+
+impl Ctx<'_> {
+    fn fail(&self, rel: &Path, why: impl std::fmt::Display) {
+        self.errors
+            .lock()
+            .expect("poisoned")
+            .push(format!("{}: {why}", rel.display()));
+    }
+
+    fn dir(&self, d: &DirRef, out: &Path, rel: &Path, depth: usize) -> Result<()> {
+        let entries = self.store.dir_entries(d)?;
+        let subdirs: Vec<(Entry, PathBuf, PathBuf)> = entries
+            .into_par_iter()
+            .filter_map(|e| {
+                let name = std::ffi::OsStr::from_bytes(&e.name);
+                let (path, r) = (out.join(name), rel.join(name));
+                if let Err(err) = validate_name(&e.name) {
+                    self.fail(&r, format!("refused: {err}"));
+                    return None;
+                }
+                match self.entry(&e, &path, &r, depth) {
+                    Ok(true) => Some(Ok((e, path, r))),
+                    Ok(false) => None,
+                    Err(err) => Some(Err(err)),
+                }
+            })
+            .collect::<Result<_>>()?;
+        // Directories: recurse, then set mode and mtime after their content.
+        subdirs
+            .into_par_iter()
+            .try_for_each(|(e, path, r)| -> Result<()> {
+                let EntryData::Dir(sub) = &e.data else {
+                    return Ok(());
+                };
+                match self.dir(sub, &path, &r, depth + 1) {
+                    Ok(()) => {}
+                    Err(err @ (StoreError::Damaged { .. } | StoreError::Missing { .. } | StoreError::DamagedPack { .. } | StoreError::Format(_))) => {
+                        self.fail(&r, format!("directory not fully restored: {err}"));
+                    }
+                    Err(err) => return Err(err),
+                }
+                self.finish_meta(&e, &path, &r);
+                Ok(())
+            })
+    }
+
+    /// Creates one entry; returns true for directories (content done later).
+    fn entry(&self, e: &Entry, path: &Path, rel: &Path, depth: usize) -> Result<bool> {
+        match &e.data {
+            EntryData::Dir(_) => {
+                if let Err(err) = fs::create_dir(path) {
+                    self.fail(rel, err);
+                    return Ok(false);
+                }
+                self.dirs.fetch_add(1, Ordering::Relaxed);
+                Ok(true)
+            }
+            EntryData::File(f) => {
+                match restore_file(self.store, f, path) {
+                    Ok(()) => {
+                        self.files.fetch_add(1, Ordering::Relaxed);
+                        self.bytes.fetch_add(f.size, Ordering::Relaxed);
+                        self.progress.add(1, f.size);
+                        self.finish_meta(e, path, rel);
+                    }
+                    Err(err @ (StoreError::Io { .. } | StoreError::Damaged { .. } | StoreError::Missing { .. } | StoreError::DamagedPack { .. } | StoreError::Format(_))) => {
+                        self.fail(rel, format!("not restored: {err}"));
+                    }
+                    Err(err) => return Err(err),
+                }
+                Ok(false)
+            }
+            EntryData::Symlink(t) => {
+                if !self.opts.allow_escaping_symlinks && !symlink_stays_inside(t, depth) {
+                    self.fail(
+                        rel,
+                        format!(
+                            "refused: symlink to {:?} points outside the restore target \
+                             (use --allow-escaping-symlinks to restore it anyway)",
+                            String::from_utf8_lossy(t)
+                        ),
+                    );
+                    return Ok(false);
+                }
+                if let Err(err) = symlink(std::ffi::OsStr::from_bytes(t), path) {
+                    self.fail(rel, err);
+                    return Ok(false);
+                }
+                let mt = FileTime::from_unix_time(e.mtime_ns.div_euclid(1_000_000_000), e.mtime_ns.rem_euclid(1_000_000_000) as u32);
+                if let Err(err) = filetime::set_symlink_file_times(path, mt, mt) {
+                    self.fail(rel, format!("mtime: {err}"));
+                }
+                self.symlinks.fetch_add(1, Ordering::Relaxed);
+                Ok(false)
+            }
+        }
+    }
+
+    fn finish_meta(&self, e: &Entry, path: &Path, rel: &Path) {
+        if let Err(err) = fs::set_permissions(path, fs::Permissions::from_mode(e.mode)) {
+            self.fail(rel, format!("mode: {err}"));
+        }
+        let mt = FileTime::from_unix_time(e.mtime_ns.div_euclid(1_000_000_000), e.mtime_ns.rem_euclid(1_000_000_000) as u32);
+        if let Err(err) = filetime::set_file_mtime(path, mt) {
+            self.fail(rel, format!("mtime: {err}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::symlink_stays_inside as inside;
+
+    #[test]
+    fn symlink_escape_rules() {
+        assert!(inside(b"a/b", 0));
+        assert!(inside(b"../x", 1));
+        assert!(!inside(b"../x", 0));
+        assert!(!inside(b"/etc/passwd", 3));
+        assert!(!inside(b"a/../../x", 0));
+        assert!(inside(b"./a/./b/..", 0));
+    }
+}
+
+/// Writes to an arbitrary writer (used by `ds cat`).
+pub fn cat(store: &Store, file: &FileRef, out: &mut dyn Write) -> Result<()> {
+    store.read_file(file, out)
+}

@@ -1,0 +1,417 @@
+//! Opening a store and reading objects out of it.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ds_format::chunker::{Chunker, ChunkerParams};
+use ds_format::config::{Compression, StoreConfig};
+use ds_format::manifest::{self, FileNode, FileRef};
+use ds_format::pack::Stored;
+use ds_format::snapshot::Snapshot;
+use ds_format::tree::{DirNode, DirRef, Entry, EntryData};
+use ds_format::{ObjectId, ObjectKind};
+
+use crate::index::Index;
+use crate::layout::{Layout, sync_dir};
+use crate::packs::{LocalPacks, PackStore, read_trailer};
+use crate::refs::Refs;
+use crate::{IoContext, Result, StoreError};
+
+/// How a command uses the store. Readers share the lock and open the index
+/// read-only; a writer (snapshot, gc) holds the lock exclusively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+/// Choices fixed at `ds init`.
+#[derive(Debug, Clone, Default)]
+pub struct InitOptions {
+    pub chunker: Option<ChunkerParams>,
+    pub compression: Option<Compression>,
+    pub pack_size: Option<u64>,
+}
+
+/// An open store.
+#[derive(Debug)]
+pub struct Store {
+    layout: Layout,
+    config: StoreConfig,
+    chunker: Chunker,
+    packs: Arc<dyn PackStore>,
+    index: Arc<Index>,
+    refs: Refs,
+    access: Access,
+    _lock: File,
+}
+
+fn random_id() -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(&std::process::id().to_le_bytes());
+    h.update(
+        &std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+            .to_le_bytes(),
+    );
+    h.update(format!("{:p}", &h).as_bytes());
+    h.finalize().to_hex()[..32].to_string()
+}
+
+impl Store {
+    /// Creates a store at `root` (which must be absent or an empty directory).
+    pub fn init(root: &Path, opts: &InitOptions) -> Result<Store> {
+        let layout = Layout::new(root);
+        match fs::read_dir(root) {
+            Ok(mut rd) => {
+                if rd.next().is_some() {
+                    return Err(StoreError::NotEmpty(root.to_path_buf()));
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => fs::create_dir_all(root).at(root)?,
+            Err(e) => return Err(e).at(root),
+        }
+        let mut config = StoreConfig::new(random_id());
+        if let Some(c) = opts.chunker {
+            config.chunker = c;
+        }
+        if let Some(c) = opts.compression {
+            config.compression = c;
+        }
+        if let Some(p) = opts.pack_size {
+            config.pack_size = p;
+        }
+        config.validate()?;
+        for d in [layout.packs(), layout.tmp(), layout.refs()] {
+            fs::create_dir_all(&d).at(&d)?;
+        }
+        Index::open(&layout.index(), false)?;
+        // The config is written last and atomically: its presence marks a
+        // complete store.
+        let tmp = root.join("config.tmp");
+        let mut f = File::create(&tmp).at(&tmp)?;
+        f.write_all(&config.encode()).at(&tmp)?;
+        f.sync_all().at(&tmp)?;
+        fs::rename(&tmp, layout.config()).at(&layout.config())?;
+        sync_dir(root).at(root)?;
+        drop(f);
+        Store::open(root, Access::Write, true)
+    }
+
+    /// Opens an existing store. With `wait` false, returns
+    /// [`StoreError::Locked`] instead of waiting for another process.
+    pub fn open(root: &Path, access: Access, wait: bool) -> Result<Store> {
+        let layout = Layout::new(root);
+        let config = match fs::read(layout.config()) {
+            Ok(b) => StoreConfig::decode(&b)?,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(StoreError::NotAStore(root.to_path_buf()));
+            }
+            Err(e) => return Err(e).at(&layout.config()),
+        };
+        let lock_path = layout.lock();
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .at(&lock_path)?;
+        let tried = match access {
+            Access::Read => lock.try_lock_shared(),
+            Access::Write => lock.try_lock(),
+        };
+        match tried {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) if wait => match access {
+                Access::Read => lock.lock_shared().at(&lock_path)?,
+                Access::Write => lock.lock().at(&lock_path)?,
+            },
+            Err(TryLockError::WouldBlock) => return Err(StoreError::Locked(root.to_path_buf())),
+            Err(TryLockError::Error(e)) => return Err(e).at(&lock_path),
+        }
+        let packs: Arc<dyn PackStore> = Arc::new(LocalPacks::new(layout.packs(), layout.tmp()));
+        let index_missing = !layout.index().join("CURRENT").exists();
+        let index = if index_missing && access == Access::Read {
+            // Rebuild needs a writable index; readers rebuild it in place
+            // (the lock they hold keeps gc away, and rebuilding is idempotent).
+            let ix = Index::open(&layout.index(), false)?;
+            rebuild(&ix, packs.as_ref())?;
+            drop(ix);
+            Index::open(&layout.index(), true)?
+        } else {
+            let ix = Index::open(&layout.index(), access == Access::Read)?;
+            if index_missing {
+                rebuild(&ix, packs.as_ref())?;
+            }
+            ix
+        };
+        let chunker = Chunker::new(config.chunker)?;
+        Ok(Store {
+            refs: Refs::new(layout.refs()),
+            layout,
+            config,
+            chunker,
+            packs,
+            index: Arc::new(index),
+            access,
+            _lock: lock,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.layout.root
+    }
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+    pub fn chunker(&self) -> &Chunker {
+        &self.chunker
+    }
+    pub fn packs(&self) -> &Arc<dyn PackStore> {
+        &self.packs
+    }
+    pub fn index(&self) -> &Arc<Index> {
+        &self.index
+    }
+    pub fn refs(&self) -> &Refs {
+        &self.refs
+    }
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    pub(crate) fn require_write(&self) -> Result<()> {
+        if self.access != Access::Write {
+            return Err(StoreError::Invalid("store opened read-only".into()));
+        }
+        Ok(())
+    }
+
+    /// Reads an object, decompresses it and checks its hash. Never returns
+    /// bytes that do not hash to `id`.
+    pub fn read_object(&self, id: &ObjectId, kind: ObjectKind) -> Result<Vec<u8>> {
+        let loc = self.index.get(id)?.ok_or(StoreError::Missing {
+            kind: kind.name(),
+            id: *id,
+        })?;
+        let damaged = |why: String| StoreError::Damaged {
+            kind: kind.name(),
+            id: *id,
+            pack: Some(loc.pack),
+            why,
+        };
+        if loc.kind != kind {
+            return Err(damaged(format!("index says it is a {}", loc.kind.name())));
+        }
+        let stored = self
+            .packs
+            .read_at(&loc.pack, loc.offset, loc.stored_len as usize)?;
+        let raw = decode_stored(loc.stored, stored, loc.raw_len).map_err(damaged)?;
+        if kind.hash(&raw) != *id {
+            return Err(damaged("content does not match its hash".into()));
+        }
+        Ok(raw)
+    }
+
+    pub fn load_snapshot(&self, id: &ObjectId) -> Result<Snapshot> {
+        Ok(Snapshot::decode(&self.read_object(id, ObjectKind::Snapshot)?)?)
+    }
+
+    pub fn load_dir_node(&self, id: &ObjectId) -> Result<DirNode> {
+        Ok(DirNode::decode(&self.read_object(id, ObjectKind::DirNode)?)?)
+    }
+
+    pub fn load_file_node(&self, id: &ObjectId) -> Result<FileNode> {
+        Ok(FileNode::decode(&self.read_object(id, ObjectKind::FileNode)?)?)
+    }
+
+    /// Every entry of a directory, in name order. Checks that each node has
+    /// the level its parent promised, so a malicious tree cannot loop.
+    pub fn dir_entries(&self, dir: &DirRef) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        self.collect_entries(&dir.root, dir.height, &mut out)?;
+        for w in out.windows(2) {
+            if w[0].name >= w[1].name {
+                return Err(StoreError::Damaged {
+                    kind: "dir-node",
+                    id: dir.root,
+                    pack: None,
+                    why: "entries across nodes are not sorted".into(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn collect_entries(&self, id: &ObjectId, level: u8, out: &mut Vec<Entry>) -> Result<()> {
+        let node = self.load_dir_node(id)?;
+        if node.level() != level {
+            return Err(StoreError::Damaged {
+                kind: "dir-node",
+                id: *id,
+                pack: None,
+                why: format!("level {} where {level} expected", node.level()),
+            });
+        }
+        match node {
+            DirNode::Leaf(es) => out.extend(es),
+            DirNode::Index { children, .. } => {
+                for c in children {
+                    self.collect_entries(&c.id, level - 1, out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `f(chunk, offset, len)` for each chunk of a file, in order.
+    pub fn for_each_chunk(
+        &self,
+        file: &FileRef,
+        f: &mut dyn FnMut(ObjectId, u64, u64) -> Result<()>,
+    ) -> Result<()> {
+        match file.height {
+            _ if file.size == 0 => Ok(()),
+            0 => f(file.root, 0, file.size),
+            h => {
+                let mut off = 0;
+                self.walk_file_node(&file.root, h - 1, file.size, &mut off, f)
+            }
+        }
+    }
+
+    fn walk_file_node(
+        &self,
+        id: &ObjectId,
+        level: u8,
+        len: u64,
+        off: &mut u64,
+        f: &mut dyn FnMut(ObjectId, u64, u64) -> Result<()>,
+    ) -> Result<()> {
+        let node = self.load_file_node(id)?;
+        manifest::check_child(&node, level, len).map_err(|e| StoreError::Damaged {
+            kind: "file-node",
+            id: *id,
+            pack: None,
+            why: e.to_string(),
+        })?;
+        for c in &node.children {
+            if level == 0 {
+                f(c.id, *off, c.len)?;
+                *off += c.len;
+            } else {
+                self.walk_file_node(&c.id, level - 1, c.len, off, f)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a chunk and checks its length against the manifest.
+    pub fn read_chunk(&self, id: &ObjectId, len: u64) -> Result<Vec<u8>> {
+        let data = self.read_object(id, ObjectKind::Chunk)?;
+        if data.len() as u64 != len {
+            return Err(StoreError::Damaged {
+                kind: "chunk",
+                id: *id,
+                pack: None,
+                why: format!("{} bytes where the manifest says {len}", data.len()),
+            });
+        }
+        Ok(data)
+    }
+
+    /// Streams a file's content into `w`.
+    pub fn read_file(&self, file: &FileRef, w: &mut dyn Write) -> Result<()> {
+        self.for_each_chunk(file, &mut |id, _, len| {
+            let data = self.read_chunk(&id, len)?;
+            w.write_all(&data).map_err(|e| StoreError::Io {
+                path: PathBuf::from("<output>"),
+                source: e,
+            })
+        })
+    }
+
+    /// Finds the entry at `path` (components separated by `/`) below `root`.
+    /// An empty path (or `/`, `.`) names the root itself, returned as `None`.
+    pub fn lookup(&self, root: &DirRef, path: &[u8]) -> Result<Option<Entry>> {
+        let mut dir = *root;
+        let parts: Vec<&[u8]> = path
+            .split(|b| *b == b'/')
+            .filter(|p| !p.is_empty() && *p != b".")
+            .collect();
+        let show = || String::from_utf8_lossy(path).into_owned();
+        let mut found = None;
+        for (i, part) in parts.iter().enumerate() {
+            if *part == b".." {
+                return Err(StoreError::Invalid(format!(
+                    "{:?}: '..' is not allowed in snapshot paths",
+                    show()
+                )));
+            }
+            let entries = self.dir_entries(&dir)?;
+            let e = entries
+                .into_iter()
+                .find(|e| e.name == *part)
+                .ok_or_else(|| StoreError::NoSuchPath(show()))?;
+            if i + 1 < parts.len() {
+                match e.data {
+                    EntryData::Dir(d) => dir = d,
+                    _ => return Err(StoreError::NoSuchPath(show())),
+                }
+            }
+            found = Some(e);
+        }
+        Ok(found)
+    }
+
+    /// Recreates the index from pack trailers (the index is only a cache).
+    pub fn rebuild_index(&self) -> Result<u64> {
+        self.require_write()?;
+        rebuild(&self.index, self.packs.as_ref())
+    }
+}
+
+/// Turns stored bytes back into plaintext.
+pub(crate) fn decode_stored(stored: Stored, bytes: Vec<u8>, raw_len: u32) -> Result<Vec<u8>, String> {
+    match stored {
+        Stored::Raw => {
+            if bytes.len() != raw_len as usize {
+                return Err("length mismatch".into());
+            }
+            Ok(bytes)
+        }
+        Stored::Zstd => {
+            let out = zstd::bulk::decompress(&bytes, raw_len as usize)
+                .map_err(|e| format!("zstd: {e}"))?;
+            if out.len() != raw_len as usize {
+                return Err("decompressed length mismatch".into());
+            }
+            Ok(out)
+        }
+    }
+}
+
+fn rebuild(index: &Index, packs: &dyn PackStore) -> Result<u64> {
+    let mut n = 0;
+    for id in packs.list()? {
+        match read_trailer(packs, &id) {
+            Ok(entries) => {
+                index.add_pack(&id, &entries)?;
+                n += 1;
+            }
+            // A damaged pack is reported by verify; indexing the rest matters more.
+            Err(StoreError::DamagedPack { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    index.sync()?;
+    Ok(n)
+}

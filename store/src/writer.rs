@@ -1,0 +1,325 @@
+//! The pack writer: one thread appends objects to the current pack, a second
+//! makes finished packs durable and indexes them, so hashing, writing and
+//! fsync overlap.
+//!
+//! ```text
+//! workers ──put──▶ [bounded channel] ──▶ writer thread ──pack──▶ syncer thread
+//!                                        (append, dedup)         (commit = fsync+rename,
+//!                                                                  then index)
+//! ```
+//!
+//! Invariants:
+//! - an object enters the index only after the pack holding it is committed;
+//! - packs are committed in the order they were written, so an indexed
+//!   object implies every object written before it is indexed too (workers
+//!   emit children before parents);
+//! - an object already indexed, or already written in this session, is not
+//!   written again.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use ds_format::config::Compression;
+use ds_format::pack::{self, HEADER, PackEntry, Stored};
+use ds_format::{ObjectId, ObjectKind, PackId};
+
+use crate::index::Index;
+use crate::packs::{PackSink, PackStore};
+use crate::{Result, StoreError};
+
+/// Bytes of an object: owned, or a range of a shared read buffer (so the
+/// chunks of a large file are never copied between reading and writing).
+#[derive(Debug, Clone)]
+pub enum Payload {
+    Owned(Vec<u8>),
+    Shared(Arc<Vec<u8>>, Range<usize>),
+}
+
+impl Payload {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Owned(v) => v,
+            Payload::Shared(b, r) => &b[r.clone()],
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Put {
+    id: ObjectId,
+    kind: ObjectKind,
+    stored: Stored,
+    raw_len: u32,
+    data: Payload,
+}
+
+/// What a writer session wrote.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteStats {
+    pub objects: u64,
+    /// Plaintext bytes of new objects.
+    pub raw_bytes: u64,
+    /// Bytes of new objects as stored (after compression).
+    pub stored_bytes: u64,
+    pub packs: u64,
+    /// Objects handed in that were already present.
+    pub duplicates: u64,
+}
+
+/// Handle used by producers; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PackWriter {
+    tx: Sender<Put>,
+    index: Arc<Index>,
+    compression: Compression,
+    failed: Arc<Mutex<Option<StoreError>>>,
+}
+
+/// Owns the threads; [`WriterSession::finish`] is the durability barrier.
+#[derive(Debug)]
+pub struct WriterSession {
+    writer: Option<PackWriter>,
+    thread: Option<JoinHandle<Result<WriteStats>>>,
+    failed: Arc<Mutex<Option<StoreError>>>,
+}
+
+/// Starts a writer over `packs`, closing packs at `pack_size` bytes.
+pub fn start(
+    packs: Arc<dyn PackStore>,
+    index: Arc<Index>,
+    compression: Compression,
+    pack_size: u64,
+) -> WriterSession {
+    let (tx, rx) = bounded::<Put>(256);
+    let failed = Arc::new(Mutex::new(None));
+    let ix = index.clone();
+    let f2 = failed.clone();
+    let thread = std::thread::Builder::new()
+        .name("ds-pack-writer".into())
+        .spawn(move || {
+            let r = write_loop(rx, packs, ix, pack_size);
+            if let Err(e) = &r {
+                f2.lock().expect("poisoned").get_or_insert(StoreError::Invalid(e.to_string()));
+            }
+            r
+        })
+        .expect("spawn pack writer");
+    WriterSession {
+        writer: Some(PackWriter {
+            tx,
+            index,
+            compression,
+            failed: failed.clone(),
+        }),
+        thread: Some(thread),
+        failed,
+    }
+}
+
+impl WriterSession {
+    pub fn writer(&self) -> &PackWriter {
+        self.writer.as_ref().expect("writer open until finish")
+    }
+
+    /// Closes the last pack and waits until every pack is committed and
+    /// indexed. Objects are durable only after this returns Ok.
+    pub fn finish(mut self) -> Result<WriteStats> {
+        drop(self.writer.take());
+        let r = self
+            .thread
+            .take()
+            .expect("joined once")
+            .join()
+            .map_err(|_| StoreError::Invalid("pack writer thread panicked".into()))?;
+        if let Some(e) = self.failed.lock().expect("poisoned").take()
+            && r.is_ok()
+        {
+            return Err(e);
+        }
+        r
+    }
+}
+
+impl Drop for WriterSession {
+    fn drop(&mut self) {
+        drop(self.writer.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Looks like random bytes? Cheap order-0 entropy estimate on a sample, so
+/// that incompressible chunks (model weights, archives) skip zstd entirely.
+fn looks_incompressible(data: &[u8]) -> bool {
+    let sample = &data[..data.len().min(4096)];
+    if sample.len() < 256 {
+        return false;
+    }
+    let mut counts = [0u32; 256];
+    for b in sample {
+        counts[usize::from(*b)] += 1;
+    }
+    let n = sample.len() as f64;
+    let entropy: f64 = counts
+        .iter()
+        .filter(|c| **c > 0)
+        .map(|c| {
+            let p = f64::from(*c) / n;
+            -p * p.log2()
+        })
+        .sum();
+    entropy > 7.5
+}
+
+impl PackWriter {
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Hands an object to the writer. Compression (if configured and worth
+    /// it) happens here, on the caller's thread, so it runs in parallel.
+    pub fn put(&self, kind: ObjectKind, id: ObjectId, data: Payload) -> Result<()> {
+        let raw = data.as_slice();
+        let raw_len = u32::try_from(raw.len())
+            .ok()
+            .filter(|l| *l <= pack::MAX_OBJECT)
+            .ok_or_else(|| StoreError::Invalid(format!("object {id} too large")))?;
+        let (stored, data) = match self.compression {
+            Compression::Zstd { level } if raw.len() >= 512 && !looks_incompressible(raw) => {
+                match zstd::bulk::compress(raw, level) {
+                    Ok(c) if c.len() <= raw.len() - raw.len() / 16 => (Stored::Zstd, Payload::Owned(c)),
+                    _ => (Stored::Raw, data),
+                }
+            }
+            _ => (Stored::Raw, data),
+        };
+        let msg = Put {
+            id,
+            kind,
+            stored,
+            raw_len,
+            data,
+        };
+        if self.tx.send(msg).is_err() {
+            return Err(self.failure());
+        }
+        Ok(())
+    }
+
+    fn failure(&self) -> StoreError {
+        match self.failed.lock().expect("poisoned").as_ref() {
+            Some(e) => StoreError::Invalid(format!("pack writer failed: {e}")),
+            None => StoreError::Invalid("pack writer stopped".into()),
+        }
+    }
+}
+
+struct OpenPack {
+    sink: Box<dyn PackSink>,
+    entries: Vec<PackEntry>,
+}
+
+struct Sealed {
+    sink: Box<dyn PackSink>,
+    id: PackId,
+    entries: Vec<PackEntry>,
+}
+
+fn write_loop(
+    rx: Receiver<Put>,
+    packs: Arc<dyn PackStore>,
+    index: Arc<Index>,
+    pack_size: u64,
+) -> Result<WriteStats> {
+    let pending: Arc<Mutex<HashSet<ObjectId>>> = Arc::default();
+    let (stx, srx) = bounded::<Sealed>(2);
+    let (ix, pend) = (index.clone(), pending.clone());
+    let syncer = std::thread::Builder::new()
+        .name("ds-pack-syncer".into())
+        .spawn(move || -> Result<u64> {
+            let mut n = 0;
+            for s in srx {
+                s.sink.commit(&s.id)?;
+                ix.add_pack(&s.id, &s.entries)?;
+                let mut p = pend.lock().expect("poisoned");
+                for e in &s.entries {
+                    p.remove(&e.id);
+                }
+                n += 1;
+            }
+            Ok(n)
+        })
+        .expect("spawn pack syncer");
+
+    let mut stats = WriteStats::default();
+    let mut open: Option<OpenPack> = None;
+    let result = (|| -> Result<()> {
+        for put in rx {
+            // `pending` is checked before the index: the syncer indexes
+            // before it un-pends, so an object is always in one or the other.
+            if pending.lock().expect("poisoned").contains(&put.id) || index.contains(&put.id)? {
+                stats.duplicates += 1;
+                continue;
+            }
+            let p = match &mut open {
+                Some(p) => p,
+                None => {
+                    let mut sink = packs.create()?;
+                    sink.write(&HEADER)?;
+                    open.insert(OpenPack {
+                        sink,
+                        entries: Vec::new(),
+                    })
+                }
+            };
+            let bytes = put.data.as_slice();
+            let offset = p.sink.written();
+            p.sink.write(bytes)?;
+            p.entries.push(PackEntry {
+                id: put.id,
+                kind: put.kind,
+                stored: put.stored,
+                offset,
+                stored_len: bytes.len() as u32,
+                raw_len: put.raw_len,
+            });
+            pending.lock().expect("poisoned").insert(put.id);
+            stats.objects += 1;
+            stats.raw_bytes += u64::from(put.raw_len);
+            stats.stored_bytes += bytes.len() as u64;
+            if p.sink.written() >= pack_size {
+                let p = open.take().expect("open pack");
+                seal(p, &stx)?;
+                stats.packs += 1;
+            }
+        }
+        if let Some(p) = open.take() {
+            seal(p, &stx)?;
+            stats.packs += 1;
+        }
+        Ok(())
+    })();
+    drop(stx);
+    let synced = syncer
+        .join()
+        .map_err(|_| StoreError::Invalid("pack syncer thread panicked".into()))?;
+    // The syncer's error is the root cause when both failed.
+    synced?;
+    result?;
+    Ok(stats)
+}
+
+fn seal(mut p: OpenPack, stx: &Sender<Sealed>) -> Result<()> {
+    let (id, trailer) = pack::encode_trailer(&p.entries);
+    p.sink.write(&trailer)?;
+    stx.send(Sealed {
+        sink: p.sink,
+        id,
+        entries: p.entries,
+    })
+    .map_err(|_| StoreError::Invalid("pack syncer stopped (see the previous error)".into()))
+}

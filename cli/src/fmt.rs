@@ -61,7 +61,7 @@ mod tests {
     #[test]
     fn formats() {
         assert_eq!(time(0), "1970-01-01T00:00:00Z");
-        assert_eq!(time(1_795_000_000 * 1_000_000_000), "2026-11-18T09:46:40Z");
+        assert_eq!(time(1_795_000_000 * 1_000_000_000), "2026-11-18T11:06:40Z");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(mode('d', 0o755), "drwxr-xr-x");
     }

@@ -176,7 +176,10 @@ fn print_json(v: &Value) -> Result<()> {
 fn open(store: &Path, access: Access) -> Result<Store> {
     match Store::open(store, access, false) {
         Err(StoreError::Locked(_)) => {
-            eprintln!("ds: waiting for another ds process using {}", store.display());
+            eprintln!(
+                "ds: waiting for another ds process using {}",
+                store.display()
+            );
             Ok(Store::open(store, access, true)?)
         }
         r => Ok(r?),
@@ -203,7 +206,11 @@ pub fn run(store_path: &Path, cmd: Command) -> Result<ExitCode> {
             let s = open(store_path, Access::Write)?;
             let id = head(&s, &a.workspace)?;
             s.refs().delete(&a.workspace, id)?;
-            eprintln!("ds: forgot workspace {} (was at {}); run `ds gc` to free its data", a.workspace, id.short());
+            eprintln!(
+                "ds: forgot workspace {} (was at {}); run `ds gc` to free its data",
+                a.workspace,
+                id.short()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Reindex => {
@@ -228,7 +235,10 @@ fn init(path: &Path, a: InitArgs) -> Result<ExitCode> {
     if path.join("config").exists() {
         let s = open(path, Access::Read)?;
         let c = s.config();
-        if Some(c.chunker) != opts.chunker || Some(c.compression) != opts.compression || Some(c.pack_size) != opts.pack_size {
+        if Some(c.chunker) != opts.chunker
+            || Some(c.compression) != opts.compression
+            || Some(c.pack_size) != opts.pack_size
+        {
             bail!(
                 "a store already exists at {} with different settings (chunks {}/{}/{}, {:?}, packs {} bytes)",
                 path.display(),
@@ -298,7 +308,12 @@ fn snapshot(store_path: &Path, a: SnapshotArgs) -> Result<ExitCode> {
             "warnings": r.warnings,
         }))?;
     } else {
-        println!("snapshot {} of {} saved to workspace {}", r.id.short(), String::from_utf8_lossy(&s.source), s.workspace);
+        println!(
+            "snapshot {} of {} saved to workspace {}",
+            r.id.short(),
+            String::from_utf8_lossy(&s.source),
+            s.workspace
+        );
         println!(
             "  {} files ({}), {} read, {} unchanged; {} added in {} objects; {:.2}s",
             s.stats.files,
@@ -344,7 +359,9 @@ fn log(store: &Store, a: LogArgs) -> Result<ExitCode> {
         out.push((id, s));
     }
     if a.json {
-        print_json(&Value::Array(out.iter().map(|(i, s)| snap_json(i, s)).collect()))?;
+        print_json(&Value::Array(
+            out.iter().map(|(i, s)| snap_json(i, s)).collect(),
+        ))?;
     } else {
         for (i, (id, s)) in out.iter().enumerate() {
             println!(
@@ -368,10 +385,17 @@ fn workspaces(store: &Store, a: JsonArgs) -> Result<ExitCode> {
         rows.push((name, id, s));
     }
     if a.json {
-        print_json(&Value::Array(rows.iter().map(|(_, i, s)| snap_json(i, s)).collect()))?;
+        print_json(&Value::Array(
+            rows.iter().map(|(_, i, s)| snap_json(i, s)).collect(),
+        ))?;
     } else {
         for (name, id, s) in rows {
-            println!("{name}\t{}\t{}\t{}", id.short(), fmt::time(s.time_ns), s.message);
+            println!(
+                "{name}\t{}\t{}\t{}",
+                id.short(),
+                fmt::time(s.time_ns),
+                s.message
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -397,7 +421,10 @@ fn ls(store: &Store, a: LsArgs) -> Result<ExitCode> {
     let snap = store.load_snapshot(&id)?;
     let entries = match store.lookup(&snap.root, a.path.as_deref().unwrap_or("").as_bytes())? {
         None => store.dir_entries(&snap.root)?,
-        Some(Entry { data: EntryData::Dir(d), .. }) => store.dir_entries(&d)?,
+        Some(Entry {
+            data: EntryData::Dir(d),
+            ..
+        }) => store.dir_entries(&d)?,
         Some(e) => vec![e],
     };
     if a.json {
@@ -417,7 +444,13 @@ fn ls(store: &Store, a: LsArgs) -> Result<ExitCode> {
             EntryData::Dir(_) => format!("{name}/"),
             EntryData::File(_) => name,
         };
-        writeln!(out, "{} {:>12} {} {shown}", fmt::mode(k, e.mode), e.size(), fmt::time(e.mtime_ns))?;
+        writeln!(
+            out,
+            "{} {:>12} {} {shown}",
+            fmt::mode(k, e.mode),
+            e.size(),
+            fmt::time(e.mtime_ns)
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -426,7 +459,10 @@ fn cat(store: &Store, a: CatArgs) -> Result<ExitCode> {
     let id = resolve(store, &a.snap)?;
     let snap = store.load_snapshot(&id)?;
     match store.lookup(&snap.root, a.path.as_bytes())? {
-        Some(Entry { data: EntryData::File(f), .. }) => {
+        Some(Entry {
+            data: EntryData::File(f),
+            ..
+        }) => {
             let mut out = std::io::stdout().lock();
             restore::cat(store, &f, &mut out).with_context(|| format!("reading {}", a.path))?;
             out.flush()?;
@@ -440,7 +476,11 @@ fn diff(store: &Store, a: DiffArgs) -> Result<ExitCode> {
     let (ia, ib) = (resolve(store, &a.a)?, resolve(store, &a.b)?);
     let (sa, sb) = (store.load_snapshot(&ia)?, store.load_snapshot(&ib)?);
     let changes = diff::diff(store, &sa.root, &sb.root)?;
-    let total: u64 = changes.iter().filter(|c| c.entry_type != "dir").map(|c| c.bytes_changed).sum();
+    let total: u64 = changes
+        .iter()
+        .filter(|c| c.entry_type != "dir")
+        .map(|c| c.bytes_changed)
+        .sum();
     if a.json {
         let list: Vec<Value> = changes
             .iter()
@@ -484,7 +524,12 @@ fn diff(store: &Store, a: DiffArgs) -> Result<ExitCode> {
         };
         writeln!(out, "{sym} {}{slash}{detail}", lossy(&c.path))?;
     }
-    writeln!(out, "{} changes, {} of content changed", changes.len(), fmt::bytes(total))?;
+    writeln!(
+        out,
+        "{} changes, {} of content changed",
+        changes.len(),
+        fmt::bytes(total)
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -495,11 +540,19 @@ fn restore(store: &Store, a: RestoreArgs) -> Result<ExitCode> {
         allow_escaping_symlinks: a.allow_escaping_symlinks,
     };
     let bar = Bar::new("restore");
-    bar.progress.total_bytes.store(snap.stats.bytes, std::sync::atomic::Ordering::Relaxed);
+    bar.progress
+        .total_bytes
+        .store(snap.stats.bytes, std::sync::atomic::Ordering::Relaxed);
     let report = match store.lookup(&snap.root, a.path.as_deref().unwrap_or("").as_bytes())? {
         None => restore::restore(store, &snap.root, &a.dest, opts, &bar.progress)?,
-        Some(Entry { data: EntryData::Dir(d), .. }) => restore::restore(store, &d, &a.dest, opts, &bar.progress)?,
-        Some(Entry { data: EntryData::File(f), .. }) => {
+        Some(Entry {
+            data: EntryData::Dir(d),
+            ..
+        }) => restore::restore(store, &d, &a.dest, opts, &bar.progress)?,
+        Some(Entry {
+            data: EntryData::File(f),
+            ..
+        }) => {
             restore::restore_file(store, &f, &a.dest)?;
             ds_store::restore::RestoreReport {
                 files: 1,
@@ -535,7 +588,10 @@ fn restore(store: &Store, a: RestoreArgs) -> Result<ExitCode> {
         );
     }
     if !report.errors.is_empty() {
-        eprintln!("ds: error: {} entries were not restored (listed above)", report.errors.len());
+        eprintln!(
+            "ds: error: {} entries were not restored (listed above)",
+            report.errors.len()
+        );
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
@@ -580,13 +636,24 @@ fn verify(store: &Store, a: JsonArgs) -> Result<ExitCode> {
             fmt::bytes(r.bytes),
             r.objects,
             r.snapshots,
-            if r.problems.is_empty() { "no problems".to_string() } else { format!("{} problems", r.problems.len()) }
+            if r.problems.is_empty() {
+                "no problems".to_string()
+            } else {
+                format!("{} problems", r.problems.len())
+            }
         );
         if r.unindexed_packs > 0 {
-            println!("{} packs are not indexed (left by an interrupted snapshot; `ds gc` removes them)", r.unindexed_packs);
+            println!(
+                "{} packs are not indexed (left by an interrupted snapshot; `ds gc` removes them)",
+                r.unindexed_packs
+            );
         }
     }
-    Ok(if r.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if r.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn gc(store: &Store, a: GcArgs) -> Result<ExitCode> {
@@ -629,4 +696,3 @@ fn gc(store: &Store, a: GcArgs) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
-

@@ -221,7 +221,13 @@ mod tests {
     }
 
     fn flatten(r: &FileRef, nodes: &HashMap<ObjectId, Vec<u8>>) -> Vec<ObjectId> {
-        fn walk(id: ObjectId, level: u8, len: u64, nodes: &HashMap<ObjectId, Vec<u8>>, out: &mut Vec<ObjectId>) {
+        fn walk(
+            id: ObjectId,
+            level: u8,
+            len: u64,
+            nodes: &HashMap<ObjectId, Vec<u8>>,
+            out: &mut Vec<ObjectId>,
+        ) {
             let n = FileNode::decode(&nodes[&id]).unwrap();
             check_child(&n, level, len).unwrap();
             for c in n.children {
@@ -279,7 +285,10 @@ mod tests {
         assert!(FileNode::decode(b"F\x02\x00\x01").is_err());
         let good = FileNode {
             level: 0,
-            children: vec![Child { id: chunk(1), len: 5 }],
+            children: vec![Child {
+                id: chunk(1),
+                len: 5,
+            }],
         }
         .encode();
         assert!(FileNode::decode(&good).is_ok());

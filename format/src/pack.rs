@@ -66,7 +66,12 @@ impl PackEntry {
         let stored = match b[33] {
             0 => Stored::Raw,
             1 => Stored::Zstd,
-            c => return Err(FormatError::corrupt("pack entry", format!("unknown compression {c}"))),
+            c => {
+                return Err(FormatError::corrupt(
+                    "pack entry",
+                    format!("unknown compression {c}"),
+                ));
+            }
         };
         let e = PackEntry {
             id: ObjectId::from_slice(&b[..32]).expect("32 bytes"),
@@ -77,10 +82,16 @@ impl PackEntry {
             raw_len: u32::from_le_bytes(b[46..50].try_into().expect("4")),
         };
         if e.stored_len > MAX_OBJECT || e.raw_len > MAX_OBJECT {
-            return Err(FormatError::corrupt("pack entry", "object larger than the format allows"));
+            return Err(FormatError::corrupt(
+                "pack entry",
+                "object larger than the format allows",
+            ));
         }
         if e.stored == Stored::Raw && e.stored_len != e.raw_len {
-            return Err(FormatError::corrupt("pack entry", "raw object with two lengths"));
+            return Err(FormatError::corrupt(
+                "pack entry",
+                "raw object with two lengths",
+            ));
         }
         Ok(e)
     }
@@ -115,15 +126,24 @@ pub fn decode_footer(footer: &[u8], pack_len: u64) -> Result<u64> {
         });
     }
     if footer[36..44] != FOOTER_MAGIC {
-        return Err(FormatError::corrupt("pack footer", "bad magic (truncated or not a pack)"));
+        return Err(FormatError::corrupt(
+            "pack footer",
+            "bad magic (truncated or not a pack)",
+        ));
     }
     let count = u32::from_le_bytes(footer[..4].try_into().expect("4"));
     if count > MAX_ENTRIES {
-        return Err(FormatError::corrupt("pack footer", format!("{count} entries")));
+        return Err(FormatError::corrupt(
+            "pack footer",
+            format!("{count} entries"),
+        ));
     }
     let len = u64::from(count) * ENTRY_SIZE as u64 + FOOTER_SIZE as u64;
     if len + HEADER.len() as u64 > pack_len {
-        return Err(FormatError::corrupt("pack footer", "trailer longer than the pack"));
+        return Err(FormatError::corrupt(
+            "pack footer",
+            "trailer longer than the pack",
+        ));
     }
     Ok(len)
 }
@@ -142,11 +162,17 @@ pub fn decode_trailer(trailer: &[u8], pack_len: u64) -> Result<(PackId, Vec<Pack
     let (entries, footer) = trailer.split_at(split);
     let tlen = decode_footer(footer, pack_len)?;
     if tlen != trailer.len() as u64 {
-        return Err(FormatError::corrupt("pack trailer", "length disagrees with footer"));
+        return Err(FormatError::corrupt(
+            "pack trailer",
+            "length disagrees with footer",
+        ));
     }
     let hash = entries_hash(entries);
     if footer[4..36] != hash {
-        return Err(FormatError::corrupt("pack trailer", "entries hash mismatch"));
+        return Err(FormatError::corrupt(
+            "pack trailer",
+            "entries hash mismatch",
+        ));
     }
     let data_end = pack_len - tlen;
     let mut next = HEADER.len() as u64;
@@ -154,11 +180,17 @@ pub fn decode_trailer(trailer: &[u8], pack_len: u64) -> Result<(PackId, Vec<Pack
     for b in entries.chunks(ENTRY_SIZE) {
         let e = PackEntry::decode(b)?;
         if e.offset < next {
-            return Err(FormatError::corrupt("pack trailer", "objects overlap or are out of order"));
+            return Err(FormatError::corrupt(
+                "pack trailer",
+                "objects overlap or are out of order",
+            ));
         }
         next = e.offset + u64::from(e.stored_len);
         if next > data_end {
-            return Err(FormatError::corrupt("pack trailer", "object extends past the data"));
+            return Err(FormatError::corrupt(
+                "pack trailer",
+                "object extends past the data",
+            ));
         }
         out.push(e);
     }
@@ -188,7 +220,10 @@ mod tests {
         for i in 0..t.len() {
             let mut bad = t.clone();
             bad[i] ^= 1;
-            assert!(decode_trailer(&bad, pack_len).is_err(), "flip at {i} accepted");
+            assert!(
+                decode_trailer(&bad, pack_len).is_err(),
+                "flip at {i} accepted"
+            );
         }
         assert!(decode_trailer(&t, 20).is_err());
     }

@@ -133,7 +133,8 @@ impl Snapshot {
 
 fn utf8(r: &mut Reader<'_>, max: usize, field: &'static str) -> Result<String> {
     let b = r.bytes(max)?;
-    String::from_utf8(b.to_vec()).map_err(|_| FormatError::corrupt("snapshot", format!("{field} is not UTF-8")))
+    String::from_utf8(b.to_vec())
+        .map_err(|_| FormatError::corrupt("snapshot", format!("{field} is not UTF-8")))
 }
 
 #[cfg(test)]

@@ -22,7 +22,10 @@ use crate::{FormatError, ObjectId, ObjectKind, Result};
 
 const TAG: u8 = b'D';
 const VERSION: u8 = 1;
-pub const LEAF_SHAPE: Shape = Shape { avg: 256, max: 4096 };
+pub const LEAF_SHAPE: Shape = Shape {
+    avg: 256,
+    max: 4096,
+};
 pub const INNER_SHAPE: Shape = Shape { avg: 64, max: 1024 };
 pub const MAX_NAME: usize = 1024;
 pub const MAX_SYMLINK_TARGET: usize = 4096;
@@ -185,7 +188,10 @@ pub struct IndexChild {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DirNode {
     Leaf(Vec<Entry>),
-    Index { level: u8, children: Vec<IndexChild> },
+    Index {
+        level: u8,
+        children: Vec<IndexChild>,
+    },
 }
 
 impl DirNode {
@@ -236,7 +242,9 @@ impl DirNode {
                 if let Some(prev) = entries.last()
                     && prev.name >= e.name
                 {
-                    return Err(r.corrupt("entries not strictly sorted (duplicate or out of order)"));
+                    return Err(
+                        r.corrupt("entries not strictly sorted (duplicate or out of order)")
+                    );
                 }
                 entries.push(e);
             }
@@ -276,7 +284,12 @@ impl DirNode {
 #[derive(Debug)]
 struct DirCodec;
 
-fn seal(node: DirNode, first_name: Vec<u8>, entries: u64, emit: &mut dyn FnMut(ObjectId, Vec<u8>)) -> IndexChild {
+fn seal(
+    node: DirNode,
+    first_name: Vec<u8>,
+    entries: u64,
+    emit: &mut dyn FnMut(ObjectId, Vec<u8>),
+) -> IndexChild {
     let bytes = node.encode();
     let id = ObjectKind::DirNode.hash(&bytes);
     emit(id, bytes);
@@ -301,10 +314,22 @@ impl TreeCodec for DirCodec {
         let n = items.len() as u64;
         seal(DirNode::Leaf(items), first, n, emit)
     }
-    fn seal_inner(level: u8, items: Vec<IndexChild>, emit: &mut dyn FnMut(ObjectId, Vec<u8>)) -> IndexChild {
+    fn seal_inner(
+        level: u8,
+        items: Vec<IndexChild>,
+        emit: &mut dyn FnMut(ObjectId, Vec<u8>),
+    ) -> IndexChild {
         let first = items[0].first_name.clone();
         let n = items.iter().map(|c| c.entries).sum();
-        seal(DirNode::Index { level, children: items }, first, n, emit)
+        seal(
+            DirNode::Index {
+                level,
+                children: items,
+            },
+            first,
+            n,
+            emit,
+        )
     }
 }
 
@@ -333,7 +358,10 @@ impl DirBuilder {
         if let Some(prev) = &self.last
             && *prev >= e.name
         {
-            return Err(FormatError::corrupt("dir builder", "entries pushed out of order"));
+            return Err(FormatError::corrupt(
+                "dir builder",
+                "entries pushed out of order",
+            ));
         }
         self.last = Some(e.name.clone());
         self.count += 1;
@@ -393,7 +421,9 @@ mod tests {
         fn walk(id: ObjectId, nodes: &HashMap<ObjectId, Vec<u8>>, out: &mut Vec<Entry>) {
             match DirNode::decode(&nodes[&id]).unwrap() {
                 DirNode::Leaf(es) => out.extend(es),
-                DirNode::Index { children, .. } => children.iter().for_each(|c| walk(c.id, nodes, out)),
+                DirNode::Index { children, .. } => {
+                    children.iter().for_each(|c| walk(c.id, nodes, out))
+                }
             }
         }
         let mut out = Vec::new();
@@ -404,7 +434,9 @@ mod tests {
     #[test]
     fn round_trips_small_and_huge() {
         for n in [0usize, 1, 5, 300, 20_000] {
-            let mut entries: Vec<_> = (0..n).map(|i| file(&format!("f{i:07}"), i as u64)).collect();
+            let mut entries: Vec<_> = (0..n)
+                .map(|i| file(&format!("f{i:07}"), i as u64))
+                .collect();
             entries.sort_by(|a, b| a.name.cmp(&b.name));
             let (r, nodes) = build(&entries);
             assert_eq!(list(r, &nodes), entries);

@@ -63,7 +63,13 @@ fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {
     p
 }
 
-fn dir(store: &Store, a: &DirRef, b: &DirRef, prefix: &mut Vec<u8>, out: &mut Vec<Change>) -> Result<()> {
+fn dir(
+    store: &Store,
+    a: &DirRef,
+    b: &DirRef,
+    prefix: &mut Vec<u8>,
+    out: &mut Vec<Change>,
+) -> Result<()> {
     if a == b {
         return Ok(());
     }
@@ -96,7 +102,13 @@ fn dir(store: &Store, a: &DirRef, b: &DirRef, prefix: &mut Vec<u8>, out: &mut Ve
 }
 
 /// An entry present on one side only: it and everything below it.
-fn whole(store: &Store, e: &Entry, prefix: &[u8], kind: ChangeKind, out: &mut Vec<Change>) -> Result<()> {
+fn whole(
+    store: &Store,
+    e: &Entry,
+    prefix: &[u8],
+    kind: ChangeKind,
+    out: &mut Vec<Change>,
+) -> Result<()> {
     let path = join(prefix, &e.name);
     let size = e.size();
     let added = kind == ChangeKind::Added;
@@ -116,7 +128,13 @@ fn whole(store: &Store, e: &Entry, prefix: &[u8], kind: ChangeKind, out: &mut Ve
     Ok(())
 }
 
-fn both(store: &Store, x: &Entry, y: &Entry, prefix: &mut Vec<u8>, out: &mut Vec<Change>) -> Result<()> {
+fn both(
+    store: &Store,
+    x: &Entry,
+    y: &Entry,
+    prefix: &mut Vec<u8>,
+    out: &mut Vec<Change>,
+) -> Result<()> {
     let path = join(prefix, &x.name);
     let change = |kind, bytes| Change {
         path: path.clone(),

@@ -39,7 +39,9 @@ pub enum StoreError {
     UnknownSnapshot(String),
     #[error("snapshot prefix {prefix:?} is ambiguous: it matches {count} snapshots")]
     Ambiguous { prefix: String, count: usize },
-    #[error("workspace {name:?} moved while this operation ran (expected {expected}, found {found}); nothing was changed")]
+    #[error(
+        "workspace {name:?} moved while this operation ran (expected {expected}, found {found}); nothing was changed"
+    )]
     RefConflict {
         name: String,
         expected: String,

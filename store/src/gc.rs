@@ -160,7 +160,9 @@ pub fn gc(store: &Store, opts: GcOptions) -> Result<GcReport> {
         let ids: Vec<ObjectId> = entries.iter().map(|e| e.id).collect();
         if live_here.is_empty() {
             to_delete.push((*id, ids, size));
-        } else if (size - live_bytes) as f64 > opts.max_unused * size as f64 && live_here.len() < entries.len() {
+        } else if (size - live_bytes) as f64 > opts.max_unused * size as f64
+            && live_here.len() < entries.len()
+        {
             to_copy.push((*id, live_here));
             to_delete.push((*id, ids, size - live_bytes));
         }
@@ -211,7 +213,9 @@ fn repack(store: &Store, from: &[(PackId, Vec<PackEntry>)]) -> Result<u64> {
     let mut written = 0;
     let mut sink = None;
     let mut entries: Vec<PackEntry> = Vec::new();
-    let mut flush = |sink: &mut Option<Box<dyn crate::packs::PackSink>>, entries: &mut Vec<PackEntry>| -> Result<()> {
+    let mut flush = |sink: &mut Option<Box<dyn crate::packs::PackSink>>,
+                     entries: &mut Vec<PackEntry>|
+     -> Result<()> {
         if let Some(mut s) = sink.take() {
             let (id, trailer) = pack::encode_trailer(entries);
             s.write(&trailer)?;
@@ -226,12 +230,15 @@ fn repack(store: &Store, from: &[(PackId, Vec<PackEntry>)]) -> Result<u64> {
         for e in live {
             let bytes = packs.read_at(pid, e.offset, e.stored_len as usize)?;
             // Never copy damage forward: check before rewriting.
-            let raw = crate::store::decode_stored(e.stored, bytes.clone(), e.raw_len).map_err(|why| StoreError::Damaged {
-                kind: e.kind.name(),
-                id: e.id,
-                pack: Some(*pid),
-                why,
-            })?;
+            let raw =
+                crate::store::decode_stored(e.stored, bytes.clone(), e.raw_len).map_err(|why| {
+                    StoreError::Damaged {
+                        kind: e.kind.name(),
+                        id: e.id,
+                        pack: Some(*pid),
+                        why,
+                    }
+                })?;
             if e.kind.hash(&raw) != e.id {
                 return Err(StoreError::Damaged {
                     kind: e.kind.name(),

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use ds_format::manifest::FileRef;
 use ds_format::pack::{PackEntry, Stored};
 use ds_format::{ObjectId, ObjectKind, PackId};
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch,
+};
 
 use crate::{Result, StoreError};
 
@@ -171,7 +173,9 @@ impl Index {
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column family created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
     }
 
     fn err(&self, e: rocksdb::Error) -> StoreError {
@@ -246,8 +250,14 @@ impl Index {
     }
 
     /// Calls `f` for every object location (for verify and gc).
-    pub fn for_each_object(&self, mut f: impl FnMut(ObjectId, Location) -> Result<()>) -> Result<()> {
-        for kv in self.db.iterator_cf(self.cf(CF_OBJECTS), IteratorMode::Start) {
+    pub fn for_each_object(
+        &self,
+        mut f: impl FnMut(ObjectId, Location) -> Result<()>,
+    ) -> Result<()> {
+        for kv in self
+            .db
+            .iterator_cf(self.cf(CF_OBJECTS), IteratorMode::Start)
+        {
             let (k, v) = kv.map_err(|e| self.err(e))?;
             let (Some(id), Some(loc)) = (ObjectId::from_slice(&k), Location::decode(&v)) else {
                 return Err(StoreError::index(&self.path, "corrupt object record"));
@@ -259,7 +269,12 @@ impl Index {
 
     /// Objects whose id starts with the given bytes (for hex-prefix lookup);
     /// `nibble` is an optional extra high half-byte.
-    pub fn objects_with_prefix(&self, prefix: &[u8], nibble: Option<u8>, kind: ObjectKind) -> Result<Vec<ObjectId>> {
+    pub fn objects_with_prefix(
+        &self,
+        prefix: &[u8],
+        nibble: Option<u8>,
+        kind: ObjectKind,
+    ) -> Result<Vec<ObjectId>> {
         let mut out = Vec::new();
         let it = self.db.iterator_cf(
             self.cf(CF_OBJECTS),
@@ -285,7 +300,10 @@ impl Index {
     }
 
     pub fn stat_get(&self, path: &[u8]) -> Result<Option<StatEntry>> {
-        let v = self.db.get_pinned_cf(self.cf(CF_STAT), path).map_err(|e| self.err(e))?;
+        let v = self
+            .db
+            .get_pinned_cf(self.cf(CF_STAT), path)
+            .map_err(|e| self.err(e))?;
         Ok(v.and_then(|b| StatEntry::decode(&b)))
     }
 

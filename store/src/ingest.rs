@@ -87,11 +87,15 @@ fn now_ns() -> i64 {
 }
 
 fn mtime_ns(m: &Metadata) -> i64 {
-    m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec())
+    m.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.mtime_nsec())
 }
 
 fn ctime_ns(m: &Metadata) -> i64 {
-    m.ctime().saturating_mul(1_000_000_000).saturating_add(m.ctime_nsec())
+    m.ctime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.ctime_nsec())
 }
 
 fn hostname() -> String {
@@ -102,7 +106,12 @@ fn hostname() -> String {
 
 /// Snapshots the directory at `path` into workspace `opts.workspace` and moves
 /// the workspace's ref to it.
-pub fn snapshot(store: &Store, path: &Path, opts: &SnapshotOptions, progress: &Progress) -> Result<SnapshotReport> {
+pub fn snapshot(
+    store: &Store,
+    path: &Path,
+    opts: &SnapshotOptions,
+    progress: &Progress,
+) -> Result<SnapshotReport> {
     store.require_write()?;
     validate_workspace(&opts.workspace)?;
     let root = fs::canonicalize(path).at(path)?;
@@ -164,7 +173,8 @@ pub fn snapshot(store: &Store, path: &Path, opts: &SnapshotOptions, progress: &P
     };
     let bytes = snap.encode();
     let id = ObjectKind::Snapshot.hash(&bytes);
-    ing.writer.put(ObjectKind::Snapshot, id, Payload::Owned(bytes))?;
+    ing.writer
+        .put(ObjectKind::Snapshot, id, Payload::Owned(bytes))?;
     let Ingest {
         writer: w,
         files_read,
@@ -355,7 +365,10 @@ impl Ingest<'_> {
             }
             last = Some(fr);
         }
-        self.warn(path, "changed while being read (3 attempts); stored as last read");
+        self.warn(
+            path,
+            "changed while being read (3 attempts); stored as last read",
+        );
         Ok(Ok(last.expect("three attempts")))
     }
 
@@ -392,8 +405,11 @@ impl Ingest<'_> {
             let hash_and_put = |r: &std::ops::Range<usize>| -> Result<ObjectId> {
                 let id = ObjectKind::Chunk.hash(&buf[r.clone()]);
                 if !self.writer.index().contains(&id)? {
-                    self.writer
-                        .put(ObjectKind::Chunk, id, Payload::Shared(buf.clone(), r.clone()))?;
+                    self.writer.put(
+                        ObjectKind::Chunk,
+                        id,
+                        Payload::Shared(buf.clone(), r.clone()),
+                    )?;
                 }
                 Ok(id)
             };

@@ -20,6 +20,7 @@ pub mod gc;
 pub mod index;
 pub mod ingest;
 pub mod layout;
+pub mod pack_conformance;
 pub mod packs;
 pub mod progress;
 pub mod refs;

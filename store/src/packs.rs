@@ -165,7 +165,10 @@ impl PackStore for LocalPacks {
     }
 
     fn remove(&self, id: &PackId) -> Result<()> {
-        self.open.lock().expect("pack handle cache poisoned").remove(id);
+        self.open
+            .lock()
+            .expect("pack handle cache poisoned")
+            .remove(id);
         let path = self.path_of(id);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -231,10 +234,7 @@ impl PackSink for LocalSink {
 
 /// Reads a pack's trailer: returns its entries after checking the trailer hash
 /// and that the id matches the name.
-pub fn read_trailer(
-    packs: &dyn PackStore,
-    id: &PackId,
-) -> Result<Vec<ds_format::pack::PackEntry>> {
+pub fn read_trailer(packs: &dyn PackStore, id: &PackId) -> Result<Vec<ds_format::pack::PackEntry>> {
     use ds_format::pack::{FOOTER_SIZE, decode_footer, decode_trailer};
     let damaged = |why: String| StoreError::DamagedPack { pack: *id, why };
     let len = packs.size(id)?;

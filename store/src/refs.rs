@@ -139,7 +139,10 @@ mod tests {
         let b = ObjectId([2; 32]);
         assert_eq!(r.get("ws").unwrap(), None);
         r.swap("ws", None, a).unwrap();
-        assert!(matches!(r.swap("ws", None, b), Err(StoreError::RefConflict { .. })));
+        assert!(matches!(
+            r.swap("ws", None, b),
+            Err(StoreError::RefConflict { .. })
+        ));
         r.swap("ws", Some(a), b).unwrap();
         assert_eq!(r.list().unwrap(), vec![("ws".to_string(), b)]);
         for bad in ["", "../x", "a/b", ".hidden", "-x", "a~1", "a b"] {

@@ -18,7 +18,10 @@ pub fn resolve(store: &Store, spec: &str) -> Result<ObjectId> {
         for i in 0..steps {
             let s = store.load_snapshot(&id)?;
             id = *s.parents.first().ok_or_else(|| {
-                StoreError::Invalid(format!("{spec:?}: workspace {ws:?} has only {} snapshots", i + 1))
+                StoreError::Invalid(format!(
+                    "{spec:?}: workspace {ws:?} has only {} snapshots",
+                    i + 1
+                ))
             })?;
         }
         return Ok(id);

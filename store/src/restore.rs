@@ -164,7 +164,12 @@ impl Ctx<'_> {
                 };
                 match self.dir(sub, &path, &r, depth + 1) {
                     Ok(()) => {}
-                    Err(err @ (StoreError::Damaged { .. } | StoreError::Missing { .. } | StoreError::DamagedPack { .. } | StoreError::Format(_))) => {
+                    Err(
+                        err @ (StoreError::Damaged { .. }
+                        | StoreError::Missing { .. }
+                        | StoreError::DamagedPack { .. }
+                        | StoreError::Format(_)),
+                    ) => {
                         self.fail(&r, format!("directory not fully restored: {err}"));
                     }
                     Err(err) => return Err(err),
@@ -193,7 +198,13 @@ impl Ctx<'_> {
                         self.progress.add(1, f.size);
                         self.finish_meta(e, path, rel);
                     }
-                    Err(err @ (StoreError::Io { .. } | StoreError::Damaged { .. } | StoreError::Missing { .. } | StoreError::DamagedPack { .. } | StoreError::Format(_))) => {
+                    Err(
+                        err @ (StoreError::Io { .. }
+                        | StoreError::Damaged { .. }
+                        | StoreError::Missing { .. }
+                        | StoreError::DamagedPack { .. }
+                        | StoreError::Format(_)),
+                    ) => {
                         self.fail(rel, format!("not restored: {err}"));
                     }
                     Err(err) => return Err(err),
@@ -216,7 +227,10 @@ impl Ctx<'_> {
                     self.fail(rel, err);
                     return Ok(false);
                 }
-                let mt = FileTime::from_unix_time(e.mtime_ns.div_euclid(1_000_000_000), e.mtime_ns.rem_euclid(1_000_000_000) as u32);
+                let mt = FileTime::from_unix_time(
+                    e.mtime_ns.div_euclid(1_000_000_000),
+                    e.mtime_ns.rem_euclid(1_000_000_000) as u32,
+                );
                 if let Err(err) = filetime::set_symlink_file_times(path, mt, mt) {
                     self.fail(rel, format!("mtime: {err}"));
                 }
@@ -230,7 +244,10 @@ impl Ctx<'_> {
         if let Err(err) = fs::set_permissions(path, fs::Permissions::from_mode(e.mode)) {
             self.fail(rel, format!("mode: {err}"));
         }
-        let mt = FileTime::from_unix_time(e.mtime_ns.div_euclid(1_000_000_000), e.mtime_ns.rem_euclid(1_000_000_000) as u32);
+        let mt = FileTime::from_unix_time(
+            e.mtime_ns.div_euclid(1_000_000_000),
+            e.mtime_ns.rem_euclid(1_000_000_000) as u32,
+        );
         if let Err(err) = filetime::set_file_mtime(path, mt) {
             self.fail(rel, format!("mtime: {err}"));
         }

@@ -222,15 +222,21 @@ impl Store {
     }
 
     pub fn load_snapshot(&self, id: &ObjectId) -> Result<Snapshot> {
-        Ok(Snapshot::decode(&self.read_object(id, ObjectKind::Snapshot)?)?)
+        Ok(Snapshot::decode(
+            &self.read_object(id, ObjectKind::Snapshot)?,
+        )?)
     }
 
     pub fn load_dir_node(&self, id: &ObjectId) -> Result<DirNode> {
-        Ok(DirNode::decode(&self.read_object(id, ObjectKind::DirNode)?)?)
+        Ok(DirNode::decode(
+            &self.read_object(id, ObjectKind::DirNode)?,
+        )?)
     }
 
     pub fn load_file_node(&self, id: &ObjectId) -> Result<FileNode> {
-        Ok(FileNode::decode(&self.read_object(id, ObjectKind::FileNode)?)?)
+        Ok(FileNode::decode(
+            &self.read_object(id, ObjectKind::FileNode)?,
+        )?)
     }
 
     /// Every entry of a directory, in name order. Checks that each node has
@@ -380,7 +386,11 @@ impl Store {
 }
 
 /// Turns stored bytes back into plaintext.
-pub(crate) fn decode_stored(stored: Stored, bytes: Vec<u8>, raw_len: u32) -> Result<Vec<u8>, String> {
+pub(crate) fn decode_stored(
+    stored: Stored,
+    bytes: Vec<u8>,
+    raw_len: u32,
+) -> Result<Vec<u8>, String> {
     match stored {
         Stored::Raw => {
             if bytes.len() != raw_len as usize {

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use ds_format::pack::{HEADER, decode_trailer, FOOTER_SIZE, decode_footer};
+use ds_format::pack::{FOOTER_SIZE, HEADER, decode_footer, decode_trailer};
 use ds_format::tree::{DirNode, EntryData};
 use ds_format::{ObjectId, ObjectKind, PackId};
 use rayon::prelude::*;
@@ -40,7 +40,9 @@ pub fn verify(store: &Store, progress: &Progress) -> Result<VerifyReport> {
     let packs = store.packs();
     let list = packs.list()?;
     let total: u64 = list.iter().map(|p| packs.size(p).unwrap_or(0)).sum();
-    progress.total_bytes.store(total, std::sync::atomic::Ordering::Relaxed);
+    progress
+        .total_bytes
+        .store(total, std::sync::atomic::Ordering::Relaxed);
     report.packs = list.len() as u64;
     // 1. every pack, every object, rehashed
     let per_pack: Vec<(u64, u64, Vec<Problem>)> = list
@@ -130,7 +132,9 @@ fn check_pack(store: &Store, id: &PackId, progress: &Progress) -> Result<(u64, u
     let entries = match entries {
         Some(e) => e,
         None => {
-            probs.push(pack_problem("trailer unreadable; checking objects the index places in it".into()));
+            probs.push(pack_problem(
+                "trailer unreadable; checking objects the index places in it".into(),
+            ));
             // Fall back to the index's view of this pack.
             let mut from_index = Vec::new();
             store.index().for_each_object(|oid, loc| {
@@ -158,7 +162,9 @@ fn check_pack(store: &Store, id: &PackId, progress: &Progress) -> Result<(u64, u
             None => Some("lies past the end of the pack".to_string()),
             Some(b) => match decode_stored(e.stored, b.to_vec(), e.raw_len) {
                 Err(w) => Some(w),
-                Ok(raw) if e.kind.hash(&raw) != e.id => Some("content does not match its hash".into()),
+                Ok(raw) if e.kind.hash(&raw) != e.id => {
+                    Some("content does not match its hash".into())
+                }
                 Ok(_) => None,
             },
         };
@@ -206,7 +212,14 @@ impl Walker<'_> {
             return Ok(false);
         }
         if !self.store.index().contains(id)? {
-            self.problem(id, StoreError::Missing { kind: kind.name(), id: *id }, path);
+            self.problem(
+                id,
+                StoreError::Missing {
+                    kind: kind.name(),
+                    id: *id,
+                },
+                path,
+            );
             return Ok(false);
         }
         Ok(true)

@@ -102,7 +102,9 @@ pub fn start(
         .spawn(move || {
             let r = write_loop(rx, packs, ix, pack_size);
             if let Err(e) = &r {
-                f2.lock().expect("poisoned").get_or_insert(StoreError::Invalid(e.to_string()));
+                f2.lock()
+                    .expect("poisoned")
+                    .get_or_insert(StoreError::Invalid(e.to_string()));
             }
             r
         })
@@ -191,7 +193,9 @@ impl PackWriter {
         let (stored, data) = match self.compression {
             Compression::Zstd { level } if raw.len() >= 512 && !looks_incompressible(raw) => {
                 match zstd::bulk::compress(raw, level) {
-                    Ok(c) if c.len() <= raw.len() - raw.len() / 16 => (Stored::Zstd, Payload::Owned(c)),
+                    Ok(c) if c.len() <= raw.len() - raw.len() / 16 => {
+                        (Stored::Zstd, Payload::Owned(c))
+                    }
                     _ => (Stored::Raw, data),
                 }
             }

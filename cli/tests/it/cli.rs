@@ -15,13 +15,17 @@ fn snapshot_log_ls_cat_diff_restore() {
     // (coarse timestamps could hide a change); let them age.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     ok(ds(&store).arg("init"));
-    let s1 = json(&ok(ds(&store).args(["snapshot", "--workspace", "ws", "-m", "first", "--json"]).arg(&work)));
+    let s1 = json(&ok(ds(&store)
+        .args(["snapshot", "--workspace", "ws", "-m", "first", "--json"])
+        .arg(&work)));
     let id1 = s1["id"].as_str().unwrap().to_string();
     assert_eq!(id1.len(), 64);
     assert_eq!(s1["files"], 7);
 
     // unchanged: the stat cache means nothing is read again
-    let s2 = json(&ok(ds(&store).args(["snapshot", "--workspace", "ws", "--json"]).arg(&work)));
+    let s2 = json(&ok(ds(&store)
+        .args(["snapshot", "--workspace", "ws", "--json"])
+        .arg(&work)));
     assert_eq!(s2["files_read"], 0, "{s2}");
     assert_eq!(s2["parent"], id1.as_str());
 
@@ -35,10 +39,15 @@ fn snapshot_log_ls_cat_diff_restore() {
     fs::write(work.join("src/nested/deeper/model.bin"), &model).unwrap();
     fs::remove_file(work.join("link-to-train")).unwrap();
     fs::write(work.join("link-to-train"), b"now a file").unwrap();
-    let s3 = json(&ok(ds(&store).args(["snapshot", "--workspace", "ws", "-m", "third", "--json"]).arg(&work)));
+    let s3 = json(&ok(ds(&store)
+        .args(["snapshot", "--workspace", "ws", "-m", "third", "--json"])
+        .arg(&work)));
     assert_eq!(s3["files_read"], 4, "{s3}");
     // only the touched chunk(s) of the 3 MiB model are new
-    assert!(s3["bytes_added_uncompressed"].as_u64().unwrap() < 1 << 20, "{s3}");
+    assert!(
+        s3["bytes_added_uncompressed"].as_u64().unwrap() < 1 << 20,
+        "{s3}"
+    );
 
     let log = json(&ok(ds(&store).args(["log", "ws", "--json"])));
     let log = log.as_array().unwrap();
@@ -51,7 +60,12 @@ fn snapshot_log_ls_cat_diff_restore() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| (c["path"].as_str().unwrap().to_string(), c["kind"].as_str().unwrap().to_string()))
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_string(),
+                c["kind"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     got.sort();
     let want = [
@@ -82,11 +96,24 @@ fn snapshot_log_ls_cat_diff_restore() {
     let r1 = t.path().join("r1");
     ok(ds(&store).args(["restore", &id1]).arg(&r1));
     assert_eq!(fs::read(r1.join("README.md")).unwrap(), b"# hello\n");
-    assert_eq!(fs::read(r1.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt"))).unwrap(), b"latin-1 name");
-    assert_eq!(fs::read_link(r1.join("src/nested/up-link")).unwrap().as_os_str().as_bytes(), b"../../README.md");
+    assert_eq!(
+        fs::read(r1.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt"))).unwrap(),
+        b"latin-1 name"
+    );
+    assert_eq!(
+        fs::read_link(r1.join("src/nested/up-link"))
+            .unwrap()
+            .as_os_str()
+            .as_bytes(),
+        b"../../README.md"
+    );
 
     // restore refuses a non-empty target
-    let out = ds(&store).args(["restore", "ws"]).arg(&r3).output().unwrap();
+    let out = ds(&store)
+        .args(["restore", "ws"])
+        .arg(&r3)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
 
@@ -106,10 +133,17 @@ fn usage_errors_exit_2_and_missing_things_exit_1() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("ds init"));
     ok(ds(&store).arg("init"));
     ok(ds(&store).arg("init")); // idempotent
-    let out = ds(&store).args(["snapshot", "--workspace", "ws", "/nonexistent/path"]).output().unwrap();
+    let out = ds(&store)
+        .args(["snapshot", "--workspace", "ws", "/nonexistent/path"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/path"));
-    let out = ds(&store).args(["snapshot", "--workspace", "../evil"]).arg(t.path()).output().unwrap();
+    let out = ds(&store)
+        .args(["snapshot", "--workspace", "../evil"])
+        .arg(t.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let out = ds(&store).args(["log", "nope"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -124,13 +158,27 @@ fn json_stdout_is_only_json_and_special_files_are_skipped() {
     fs::create_dir(&work).unwrap();
     fs::write(work.join("a"), b"a").unwrap();
     let fifo = work.join("pipe");
-    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
-    let out = ok(ds(&store).args(["snapshot", "--workspace", "w", "--json"]).arg(&work));
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = ok(ds(&store)
+        .args(["snapshot", "--workspace", "w", "--json"])
+        .arg(&work));
     let v = json(&out);
     assert_eq!(v["files"], 1);
     assert!(v["warnings"][0].as_str().unwrap().contains("FIFO"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("FIFO"));
-    for args in [&["log", "w", "--json"][..], &["ls", "w", "--json"], &["verify", "--json"], &["gc", "--json"], &["workspaces", "--json"]] {
+    for args in [
+        &["log", "w", "--json"][..],
+        &["ls", "w", "--json"],
+        &["verify", "--json"],
+        &["gc", "--json"],
+        &["workspaces", "--json"],
+    ] {
         json(&ok(ds(&store).args(args)));
     }
 }
@@ -158,7 +206,9 @@ fn gc_frees_forgotten_workspaces_and_keeps_the_rest() {
     ok(ds(&store).args(["restore", "b"]).arg(&r));
     assert_eq!(fs::read(r.join("other")).unwrap(), noise(1 << 20, 2));
     // a re-snapshot after gc must not trust stat-cache entries for deleted data
-    let s = json(&ok(ds(&store).args(["snapshot", "-w", "a", "--json"]).arg(&a)));
+    let s = json(&ok(ds(&store)
+        .args(["snapshot", "-w", "a", "--json"])
+        .arg(&a)));
     assert_eq!(s["files_read"], 1, "{s}");
     ok(ds(&store).arg("verify"));
 }

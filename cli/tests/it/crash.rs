@@ -15,7 +15,9 @@ fn sigkill_mid_snapshot_leaves_only_garbage() {
     ok(ds(&store).args(["init", "--pack-size", "524288"]));
     // a first snapshot that must survive everything below
     fs::write(work.join("keep"), b"acknowledged").unwrap();
-    let first = json(&ok(ds(&store).args(["snapshot", "-w", "w", "--json"]).arg(&work)))["id"]
+    let first = json(&ok(ds(&store)
+        .args(["snapshot", "-w", "w", "--json"])
+        .arg(&work)))["id"]
         .as_str()
         .unwrap()
         .to_string();

@@ -46,18 +46,34 @@ fn flipped_byte_is_found_and_named() {
     let out = ds(&store).arg("verify").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let report = String::from_utf8_lossy(&out.stdout);
-    assert!(report.contains("DAMAGED") && report.contains("model.bin"), "{report}");
+    assert!(
+        report.contains("DAMAGED") && report.contains("model.bin"),
+        "{report}"
+    );
 
     let dest = t.path().join("r");
-    let out = ds(&store).args(["restore", "w"]).arg(&dest).output().unwrap();
+    let out = ds(&store)
+        .args(["restore", "w"])
+        .arg(&dest)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("src/nested/deeper/model.bin") && err.contains("damaged"), "{err}");
-    assert!(!dest.join("src/nested/deeper/model.bin").exists(), "no wrong bytes on disk");
+    assert!(
+        err.contains("src/nested/deeper/model.bin") && err.contains("damaged"),
+        "{err}"
+    );
+    assert!(
+        !dest.join("src/nested/deeper/model.bin").exists(),
+        "no wrong bytes on disk"
+    );
     assert_eq!(fs::read(dest.join("README.md")).unwrap(), b"# hello\n");
 
     // cat refuses to print wrong bytes
-    let out = ds(&store).args(["cat", "w", "src/nested/deeper/model.bin"]).output().unwrap();
+    let out = ds(&store)
+        .args(["cat", "w", "src/nested/deeper/model.bin"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     // gc will not delete anything it cannot account for, nor copy damage
     let out = ds(&store).arg("gc").output().unwrap();
@@ -67,15 +83,27 @@ fn flipped_byte_is_found_and_named() {
 #[test]
 fn truncated_pack_is_found_and_the_rest_survives() {
     let (t, store, _work) = setup();
-    let biggest = packs(&store).into_iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
+    let biggest = packs(&store)
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
     let len = fs::metadata(&biggest).unwrap().len();
-    fs::OpenOptions::new().write(true).open(&biggest).unwrap().set_len(len / 2).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&biggest)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     let out = ds(&store).arg("verify").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(report.contains("trailer unreadable"), "{report}");
     let dest = t.path().join("r");
-    let out = ds(&store).args(["restore", "w"]).arg(&dest).output().unwrap();
+    let out = ds(&store)
+        .args(["restore", "w"])
+        .arg(&dest)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(fs::read(dest.join("README.md")).unwrap(), b"# hello\n");
 }

@@ -32,7 +32,10 @@ pub fn ok(c: &mut Command) -> Output {
 
 pub fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
     })
 }
 
@@ -58,7 +61,9 @@ pub fn sample_tree(root: &Path) {
     fs::write(root.join("empty"), b"").unwrap();
     fs::write(root.join("src/train.py"), b"print('hi')\n".repeat(100)).unwrap();
     fs::write(root.join("src/nested/deeper/model.bin"), noise(3 << 20, 7)).unwrap();
-    let csv: String = (0..20_000).map(|i| format!("{i},{},{}\n", i * 7 % 13, i * 31 % 101)).collect();
+    let csv: String = (0..20_000)
+        .map(|i| format!("{i},{},{}\n", i * 7 % 13, i * 31 % 101))
+        .collect();
     fs::write(root.join("data.csv"), csv).unwrap();
     fs::write(root.join("run.sh"), b"#!/bin/sh\necho run\n").unwrap();
     fs::set_permissions(root.join("run.sh"), fs::Permissions::from_mode(0o750)).unwrap();
@@ -66,14 +71,21 @@ pub fn sample_tree(root: &Path) {
     symlink("../../README.md", root.join("src/nested/up-link")).unwrap();
     // a non-UTF-8 name
     use std::os::unix::ffi::OsStrExt;
-    fs::write(root.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt")), b"latin-1 name").unwrap();
+    fs::write(
+        root.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt")),
+        b"latin-1 name",
+    )
+    .unwrap();
 }
 
 /// Asserts two trees hold the same names, types, bytes, modes, mtimes and
 /// symlink targets.
 pub fn assert_same_tree(a: &Path, b: &Path) {
     fn walk(root: &Path, rel: &Path, out: &mut Vec<(PathBuf, String)>) {
-        let mut names: Vec<_> = fs::read_dir(root.join(rel)).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let mut names: Vec<_> = fs::read_dir(root.join(rel))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         names.sort();
         for n in names {
             let r = rel.join(&n);
@@ -86,7 +98,13 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
                 format!("dir mode {:o} mtime {}", m.mode() & 0o7777, m.mtime())
             } else {
                 let h = blake3::hash(&fs::read(&p).unwrap());
-                format!("file {} mode {:o} mtime {}.{}", h, m.mode() & 0o7777, m.mtime(), m.mtime_nsec())
+                format!(
+                    "file {} mode {:o} mtime {}.{}",
+                    h,
+                    m.mode() & 0o7777,
+                    m.mtime(),
+                    m.mtime_nsec()
+                )
             };
             out.push((r, desc));
         }

@@ -19,15 +19,29 @@ use crate::*;
 /// as-is, bypassing every check a builder would make) into workspace `ws`.
 fn craft(store: &Path, ws: &str, entries: Vec<Entry>) -> ObjectId {
     let s = Store::open(store, Access::Write, true).unwrap();
-    let session = writer::start(s.packs().clone(), s.index().clone(), Compression::None, 1 << 20);
+    let session = writer::start(
+        s.packs().clone(),
+        s.index().clone(),
+        Compression::None,
+        1 << 20,
+    );
     let w = session.writer();
     let data = b"payload".to_vec();
-    w.put(ObjectKind::Chunk, ObjectKind::Chunk.hash(&data), Payload::Owned(data)).unwrap();
+    w.put(
+        ObjectKind::Chunk,
+        ObjectKind::Chunk.hash(&data),
+        Payload::Owned(data),
+    )
+    .unwrap();
     let node = DirNode::Leaf(entries).encode();
     let nid = ObjectKind::DirNode.hash(&node);
-    w.put(ObjectKind::DirNode, nid, Payload::Owned(node)).unwrap();
+    w.put(ObjectKind::DirNode, nid, Payload::Owned(node))
+        .unwrap();
     let snap = Snapshot {
-        root: DirRef { height: 0, root: nid },
+        root: DirRef {
+            height: 0,
+            root: nid,
+        },
         parents: vec![],
         time_ns: 0,
         workspace: ws.into(),
@@ -39,7 +53,8 @@ fn craft(store: &Path, ws: &str, entries: Vec<Entry>) -> ObjectId {
     };
     let sb = snap.encode();
     let sid = ObjectKind::Snapshot.hash(&sb);
-    w.put(ObjectKind::Snapshot, sid, Payload::Owned(sb)).unwrap();
+    w.put(ObjectKind::Snapshot, sid, Payload::Owned(sb))
+        .unwrap();
     session.finish().unwrap();
     s.index().sync().unwrap();
     s.refs().swap(ws, None, sid).unwrap();
@@ -77,7 +92,11 @@ fn names_that_escape_are_refused() {
         craft(&store, "evil", vec![file(bad)]);
         let dest = t.path().join("sub/dest");
         fs::create_dir_all(t.path().join("sub")).unwrap();
-        let out = ds(&store).args(["restore", "evil"]).arg(&dest).output().unwrap();
+        let out = ds(&store)
+            .args(["restore", "evil"])
+            .arg(&dest)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1), "{bad:?} accepted");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("invalid entry name"), "{err}");
@@ -104,16 +123,31 @@ fn symlinks_that_escape_are_refused_unless_allowed() {
         ],
     );
     let dest = t.path().join("dest");
-    let out = ds(&store).args(["restore", "evil"]).arg(&dest).output().unwrap();
+    let out = ds(&store)
+        .args(["restore", "evil"])
+        .arg(&dest)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("abs: refused") && err.contains("up: refused"), "{err}");
+    assert!(
+        err.contains("abs: refused") && err.contains("up: refused"),
+        "{err}"
+    );
     assert_eq!(fs::read(dest.join("good")).unwrap(), b"payload");
-    assert_eq!(fs::read_link(dest.join("inside")).unwrap(), Path::new("good"));
+    assert_eq!(
+        fs::read_link(dest.join("inside")).unwrap(),
+        Path::new("good")
+    );
     assert!(fs::symlink_metadata(dest.join("abs")).is_err());
     assert!(fs::symlink_metadata(dest.join("up")).is_err());
 
     let dest2 = t.path().join("dest2");
-    ok(ds(&store).args(["restore", "--allow-escaping-symlinks", "evil"]).arg(&dest2));
-    assert_eq!(fs::read_link(dest2.join("abs")).unwrap(), Path::new("/etc/passwd"));
+    ok(ds(&store)
+        .args(["restore", "--allow-escaping-symlinks", "evil"])
+        .arg(&dest2));
+    assert_eq!(
+        fs::read_link(dest2.join("abs")).unwrap(),
+        Path::new("/etc/passwd")
+    );
 }

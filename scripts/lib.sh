@@ -25,7 +25,7 @@ ds_install_system_packages() {
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
     fi
     if ! command -v cargo >/dev/null; then
-        echo "ds: Rust (cargo ≥ 1.88) is required; install it with rustup (https://rustup.rs)" >&2
+        echo "ds: Rust (cargo ≥ 1.89) is required; install it with rustup (https://rustup.rs)" >&2
         exit 1
     fi
 }

@@ -50,7 +50,7 @@ pub struct Change {
 /// Lists changes from `a` to `b`, in path order.
 pub fn diff(store: &Store, a: &DirRef, b: &DirRef) -> Result<Vec<Change>> {
     let mut out = Vec::new();
-    dir(store, a, b, &mut Vec::new(), &mut out)?;
+    dir(store, a, b, &[], &mut out)?;
     Ok(out)
 }
 
@@ -63,13 +63,7 @@ fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {
     p
 }
 
-fn dir(
-    store: &Store,
-    a: &DirRef,
-    b: &DirRef,
-    prefix: &mut Vec<u8>,
-    out: &mut Vec<Change>,
-) -> Result<()> {
+fn dir(store: &Store, a: &DirRef, b: &DirRef, prefix: &[u8], out: &mut Vec<Change>) -> Result<()> {
     if a == b {
         return Ok(());
     }
@@ -128,13 +122,7 @@ fn whole(
     Ok(())
 }
 
-fn both(
-    store: &Store,
-    x: &Entry,
-    y: &Entry,
-    prefix: &mut Vec<u8>,
-    out: &mut Vec<Change>,
-) -> Result<()> {
+fn both(store: &Store, x: &Entry, y: &Entry, prefix: &[u8], out: &mut Vec<Change>) -> Result<()> {
     let path = join(prefix, &x.name);
     let change = |kind, bytes| Change {
         path: path.clone(),
@@ -146,8 +134,7 @@ fn both(
     };
     match (&x.data, &y.data) {
         (EntryData::Dir(a), EntryData::Dir(b)) => {
-            let mut p = path.clone();
-            dir(store, a, b, &mut p, out)?;
+            dir(store, a, b, &path, out)?;
         }
         (EntryData::File(a), EntryData::File(b)) => {
             if a != b {

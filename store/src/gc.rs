@@ -173,9 +173,8 @@ pub fn gc(store: &Store, opts: GcOptions) -> Result<GcReport> {
         report.bytes_freed = to_delete.iter().map(|d| d.2).sum();
         return Ok(report);
     }
-    // 1. copy live objects out of packs about to go
-    report.packs_written = repack(store, &to_copy)?;
-    // 2. forget index entries of packs that vanished from disk
+    // 1. forget index entries of packs that vanished from disk (before
+    //    repacking: `on_disk` does not list the packs repack writes)
     let mut stale: Vec<(PackId, Vec<ObjectId>)> = Vec::new();
     index.for_each_object(|oid, loc: Location| {
         if !on_disk.contains(&loc.pack) {
@@ -190,6 +189,8 @@ pub fn gc(store: &Store, opts: GcOptions) -> Result<GcReport> {
         index.remove_pack(p, ids)?;
     }
     index.sync()?;
+    // 2. copy live objects out of packs about to go
+    report.packs_written = repack(store, &to_copy)?;
     // 3. delete
     for (id, ids, freed) in &to_delete {
         index.remove_pack(id, ids)?;

@@ -254,6 +254,11 @@ impl Ctx<'_> {
     }
 }
 
+/// Writes to an arbitrary writer (used by `ds cat`).
+pub fn cat(store: &Store, file: &FileRef, out: &mut dyn Write) -> Result<()> {
+    store.read_file(file, out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::symlink_stays_inside as inside;
@@ -267,9 +272,4 @@ mod tests {
         assert!(!inside(b"a/../../x", 0));
         assert!(inside(b"./a/./b/..", 0));
     }
-}
-
-/// Writes to an arbitrary writer (used by `ds cat`).
-pub fn cat(store: &Store, file: &FileRef, out: &mut dyn Write) -> Result<()> {
-    store.read_file(file, out)
 }

@@ -200,3 +200,15 @@ proptest! {
         run(ops);
     }
 }
+
+/// Found by `model_sequences`: gc forgot the index entries of the packs its
+/// own repack had just written (it treated them as "vanished from disk"),
+/// losing a directory node shared by a surviving snapshot.
+#[test]
+fn regression_gc_kept_index_entries_of_repacked_objects() {
+    run(vec![
+        Op::Snapshot { ws: true },
+        Op::Snapshot { ws: false },
+        Op::Forget { ws: true },
+    ]);
+}

@@ -185,13 +185,11 @@ pub fn decode_trailer(trailer: &[u8], pack_len: u64) -> Result<(PackId, Vec<Pack
                 "objects overlap or are out of order",
             ));
         }
-        next = e.offset + u64::from(e.stored_len);
-        if next > data_end {
-            return Err(FormatError::corrupt(
-                "pack trailer",
-                "object extends past the data",
-            ));
-        }
+        next = e
+            .offset
+            .checked_add(u64::from(e.stored_len))
+            .filter(|end| *end <= data_end)
+            .ok_or_else(|| FormatError::corrupt("pack trailer", "object extends past the data"))?;
         out.push(e);
     }
     Ok((PackId(hash), out))

@@ -10,5 +10,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo test"
+echo "== cargo test (unit, integration, property, model-based, crash, fuzz corpora, benches once)"
 cargo test --workspace --all-targets --locked
+echo "== benchmark smoke: ds and its peers on a 16 MiB corpus (no timing assertions)"
+python3 benches/harness.py --smoke --json-out "$CARGO_TARGET_DIR/bench-smoke.json"

@@ -100,12 +100,15 @@ pub fn start(
     let thread = std::thread::Builder::new()
         .name("ds-pack-writer".into())
         .spawn(move || {
-            let r = write_loop(rx, packs, ix, pack_size);
+            let r = write_loop(&rx, packs, ix, pack_size);
+            // Record the cause before `rx` is dropped: producers whose next
+            // send fails then report it instead of a bare "stopped".
             if let Err(e) = &r {
                 f2.lock()
                     .expect("poisoned")
                     .get_or_insert(StoreError::Invalid(e.to_string()));
             }
+            drop(rx);
             r
         })
         .expect("spawn pack writer");
@@ -234,7 +237,7 @@ struct Sealed {
 }
 
 fn write_loop(
-    rx: Receiver<Put>,
+    rx: &Receiver<Put>,
     packs: Arc<dyn PackStore>,
     index: Arc<Index>,
     pack_size: u64,
@@ -262,7 +265,7 @@ fn write_loop(
     let mut stats = WriteStats::default();
     let mut open: Option<OpenPack> = None;
     let result = (|| -> Result<()> {
-        for put in rx {
+        for put in rx.iter() {
             // `pending` is checked before the index: the syncer indexes
             // before it un-pends, so an object is always in one or the other.
             if pending.lock().expect("poisoned").contains(&put.id) || index.contains(&put.id)? {

@@ -1,5 +1,6 @@
 //! Library-level tests of the storage engine (one test binary).
 
+mod changing;
 mod conformance;
 mod model;
 mod roundtrip;

@@ -33,21 +33,22 @@ pub struct JsonArgs {
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// Minimum chunk size in bytes
-    #[arg(long, default_value_t = ChunkerParams::default().min)]
-    chunk_min: u32,
-    /// Average chunk size in bytes
-    #[arg(long, default_value_t = ChunkerParams::default().avg)]
-    chunk_avg: u32,
-    /// Maximum chunk size in bytes
-    #[arg(long, default_value_t = ChunkerParams::default().max)]
-    chunk_max: u32,
-    /// Chunk compression: `none`, `zstd` or `zstd:LEVEL` (incompressible chunks are always stored raw)
-    #[arg(long, default_value = "zstd:1", value_parser = parse_compression)]
-    compression: Compression,
-    /// Close pack files at this many bytes
-    #[arg(long, default_value_t = 32 << 20)]
-    pack_size: u64,
+    /// Minimum chunk size in bytes [default: 16384]
+    #[arg(long)]
+    chunk_min: Option<u32>,
+    /// Average chunk size in bytes [default: 65536]
+    #[arg(long)]
+    chunk_avg: Option<u32>,
+    /// Maximum chunk size in bytes [default: 262144]
+    #[arg(long)]
+    chunk_max: Option<u32>,
+    /// Chunk compression: `none`, `zstd` or `zstd:LEVEL` (incompressible
+    /// chunks are always stored raw) [default: zstd:1]
+    #[arg(long, value_parser = parse_compression)]
+    compression: Option<Compression>,
+    /// Close pack files at this many bytes [default: 33554432]
+    #[arg(long)]
+    pack_size: Option<u64>,
 }
 
 fn parse_compression(s: &str) -> Result<Compression, String> {
@@ -223,24 +224,31 @@ pub fn run(store_path: &Path, cmd: Command) -> Result<ExitCode> {
 }
 
 fn init(path: &Path, a: InitArgs) -> Result<ExitCode> {
+    let d = ChunkerParams::default();
+    let chunker =
+        (a.chunk_min.is_some() || a.chunk_avg.is_some() || a.chunk_max.is_some()).then(|| {
+            ChunkerParams {
+                min: a.chunk_min.unwrap_or(d.min),
+                avg: a.chunk_avg.unwrap_or(d.avg),
+                max: a.chunk_max.unwrap_or(d.max),
+            }
+        });
     let opts = InitOptions {
-        chunker: Some(ChunkerParams {
-            min: a.chunk_min,
-            avg: a.chunk_avg,
-            max: a.chunk_max,
-        }),
-        compression: Some(a.compression),
-        pack_size: Some(a.pack_size),
+        chunker,
+        compression: a.compression,
+        pack_size: a.pack_size,
     };
     if path.join("config").exists() {
+        // Idempotent: fine unless a flag asks for something the store is not.
         let s = open(path, Access::Read)?;
         let c = s.config();
-        if Some(c.chunker) != opts.chunker
-            || Some(c.compression) != opts.compression
-            || Some(c.pack_size) != opts.pack_size
+        if opts.chunker.is_some_and(|x| x != c.chunker)
+            || opts.compression.is_some_and(|x| x != c.compression)
+            || opts.pack_size.is_some_and(|x| x != c.pack_size)
         {
             bail!(
-                "a store already exists at {} with different settings (chunks {}/{}/{}, {:?}, packs {} bytes)",
+                "a store already exists at {} with other settings (chunks {}/{}/{}, {:?}, packs of {} bytes); \
+                 these are fixed at init",
                 path.display(),
                 c.chunker.min,
                 c.chunker.avg,

@@ -78,10 +78,10 @@ impl StoreConfig {
             )));
         }
         if let Compression::Zstd { level } = self.compression
-            && !(1..=19).contains(&level)
+            && !(-7..=19).contains(&level)
         {
             return Err(FormatError::Config(format!(
-                "zstd level {level} outside [1, 19]"
+                "zstd level {level} outside [-7, 19] (negative levels are zstd's fast modes)"
             )));
         }
         Ok(())

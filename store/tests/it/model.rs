@@ -64,7 +64,7 @@ fn bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|i| {
-            if seed % 3 == 0 {
+            if seed.is_multiple_of(3) {
                 return (i % 7) as u8; // compressible
             }
             x ^= x << 13;

@@ -17,6 +17,7 @@ ds_install_system_packages() {
     ls /usr/lib/llvm-*/lib/clang/*/include/stdbool.h >/dev/null 2>&1 || need+=(libclang-dev)
     command -v fusermount3 >/dev/null || need+=(fuse3)
     command -v mkfifo >/dev/null || need+=(coreutils)
+    command -v python3 >/dev/null || need+=(python3)
     if [ ${#need[@]} -gt 0 ]; then
         echo "ds: installing system packages: ${need[*]}" >&2
         local sudo=""
@@ -27,5 +28,8 @@ ds_install_system_packages() {
     if ! command -v cargo >/dev/null; then
         echo "ds: Rust (cargo ≥ 1.89) is required; install it with rustup (https://rustup.rs)" >&2
         exit 1
+    fi
+    if command -v rustup >/dev/null && ! { cargo fmt --version && cargo clippy --version; } >/dev/null 2>&1; then
+        rustup component add rustfmt clippy
     fi
 }

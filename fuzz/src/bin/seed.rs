@@ -393,6 +393,9 @@ fn store_configs(o: &mut Out) {
     max.pack_size = 1 << 30;
     max.store_id = "\u{e9}\"\\\n\u{1F600}".into();
     put("zstd19-max", &max.encode());
+    let mut fast = c.clone();
+    fast.compression = Compression::Zstd { level: -7 };
+    put("zstd-fast", &fast.encode());
     // Same values, written compactly and with fields reordered.
     put(
         "compact-reordered",

@@ -20,7 +20,15 @@ use clap::{Parser, Subcommand};
 /// content-defined chunks, so a snapshot after a small change stores only
 /// the changed bytes. Workspaces name lines of snapshots.
 #[derive(Debug, Parser)]
-#[command(name = "ds", version, propagate_version = true)]
+#[command(
+    name = "ds",
+    version,
+    propagate_version = true,
+    after_help = "SNAP is a full snapshot id, a unique id prefix (4+ hex digits), a workspace W \
+                  (its latest snapshot) or W~N (N snapshots before it).\n\
+                  Exit status: 0 success, 1 error (including damage found by verify and entries \
+                  refused by restore), 2 usage error."
+)]
 pub struct Cli {
     /// Store directory [default: $XDG_DATA_HOME/ds/store, i.e. ~/.local/share/ds/store]
     #[arg(long, global = true, env = "DS_STORE", value_name = "DIR")]

@@ -8,9 +8,9 @@
 //! - a decoded value breaks an invariant its decoder promises (sorted and
 //!   valid names, objects inside the pack, ...).
 //!
-//! `format/tests/fuzz_corpus.rs` repeats these checks over the committed
-//! corpora and regressions under plain `cargo test`; keep the two in step
-//! (in particular the input layouts of `pack_trailer` and `codec`).
+//! `format/tests/fuzz_corpus.rs` compiles this very file (via `#[path]`) to
+//! replay the committed corpora and regressions under plain `cargo test`, so
+//! it must depend on nothing but `ds-format` and std.
 
 use ds_format::codec::{Reader, Writer};
 use ds_format::config::StoreConfig;

@@ -202,7 +202,7 @@ pub fn run(store_path: &Path, cmd: Command) -> Result<ExitCode> {
         Command::Diff(a) => diff(&open(store_path, Access::Read)?, a),
         Command::Restore(a) => restore(&open(store_path, Access::Read)?, a),
         Command::Verify(a) => verify(&open(store_path, Access::Read)?, a),
-        Command::Gc(a) => gc(&open(store_path, Access::Write)?, a),
+        Command::Gc(a) => gc(&open(store_path, Access::Exclusive)?, a),
         Command::Forget(a) => {
             let s = open(store_path, Access::Write)?;
             let id = head(&s, &a.workspace)?;
@@ -215,7 +215,7 @@ pub fn run(store_path: &Path, cmd: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Reindex => {
-            let s = open(store_path, Access::Write)?;
+            let s = open(store_path, Access::Exclusive)?;
             let n = s.rebuild_index()?;
             eprintln!("ds: indexed {n} packs");
             Ok(ExitCode::SUCCESS)

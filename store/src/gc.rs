@@ -117,7 +117,7 @@ fn mark_file_node(store: &Store, id: &ObjectId, seen: &mut HashSet<ObjectId>) ->
 
 /// Runs a collection.
 pub fn gc(store: &Store, opts: GcOptions) -> Result<GcReport> {
-    store.require_write()?;
+    store.require_exclusive()?;
     let mut report = GcReport::default();
     let live = reachable(store).map_err(|e| {
         StoreError::Invalid(format!(

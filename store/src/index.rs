@@ -123,10 +123,25 @@ impl StatEntry {
     }
 }
 
+/// How a process opens the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexMode {
+    /// The one writer process (RocksDB allows exactly one).
+    Primary,
+    /// A reader beside a possibly running writer: a RocksDB secondary
+    /// instance, which keeps every table file it needs open (so a writer's
+    /// compaction cannot pull one away) and sees newer writes after
+    /// [`Index::catch_up`].
+    Secondary,
+}
+
 /// The RocksDB index of one store.
 pub struct Index {
     db: DB,
     path: PathBuf,
+    mode: IndexMode,
+    // A secondary instance's own directory (its info log); removed on drop.
+    _secondary: Option<tempfile::TempDir>,
 }
 
 impl std::fmt::Debug for Index {
@@ -159,21 +174,49 @@ fn options() -> Options {
 }
 
 impl Index {
-    /// Opens (creating when missing and `read_only` is false).
-    pub fn open(path: &Path, read_only: bool) -> Result<Self> {
-        let opts = options();
+    /// Opens the index; a primary creates it when missing.
+    pub fn open(path: &Path, mode: IndexMode) -> Result<Self> {
         let cfs = [CF_OBJECTS, CF_PACKS, CF_STAT];
-        let db = if read_only {
-            DB::open_cf_for_read_only(&opts, path, cfs, false)
-        } else {
-            let descs = cfs.map(|n| ColumnFamilyDescriptor::new(n, options()));
-            DB::open_cf_descriptors(&opts, path, descs)
-        }
-        .map_err(|e| StoreError::index(path, e))?;
+        let (db, secondary) = match mode {
+            IndexMode::Primary => {
+                let descs = cfs.map(|n| ColumnFamilyDescriptor::new(n, options()));
+                (DB::open_cf_descriptors(&options(), path, descs), None)
+            }
+            IndexMode::Secondary => {
+                let dir = tempfile::Builder::new()
+                    .prefix("ds-index-reader-")
+                    .tempdir()
+                    .map_err(|e| StoreError::index(path, format!("temporary directory: {e}")))?;
+                let mut opts = options();
+                opts.create_if_missing(false);
+                opts.set_max_open_files(-1);
+                let descs = cfs.map(|n| ColumnFamilyDescriptor::new(n, options()));
+                let db = DB::open_cf_descriptors_as_secondary(&opts, path, dir.path(), descs);
+                (db, Some(dir))
+            }
+        };
+        let db = db.map_err(|e| StoreError::index(path, e))?;
         Ok(Index {
             db,
             path: path.to_path_buf(),
+            mode,
+            _secondary: secondary,
         })
+    }
+
+    pub fn mode(&self) -> IndexMode {
+        self.mode
+    }
+
+    /// Makes a secondary instance see what the writer has synced since it
+    /// opened (or last caught up). A no-op on the primary.
+    pub fn catch_up(&self) -> Result<()> {
+        if self.mode == IndexMode::Secondary {
+            self.db
+                .try_catch_up_with_primary()
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! STORE/config            JSON, written once by `ds init`
-//! STORE/lock              flock: shared by readers, exclusive by writers
+//! STORE/lock              flock: held by the one writer (snapshot, gc, reindex)
+//! STORE/gc.lock           flock: shared by everyone, exclusive by gc and reindex
 //! STORE/packs/ab/<id>.pack
 //! STORE/tmp/              packs being written (removed by gc after a crash)
 //! STORE/refs/<workspace>  hex snapshot id, replaced atomically
@@ -28,6 +29,9 @@ impl Layout {
     }
     pub fn lock(&self) -> PathBuf {
         self.root.join("lock")
+    }
+    pub fn gc_lock(&self) -> PathBuf {
+        self.root.join("gc.lock")
     }
     pub fn packs(&self) -> PathBuf {
         self.root.join("packs")

@@ -13,18 +13,28 @@ use ds_format::snapshot::Snapshot;
 use ds_format::tree::{DirNode, DirRef, Entry, EntryData};
 use ds_format::{ObjectId, ObjectKind};
 
-use crate::index::Index;
+use crate::index::{Index, IndexMode, Location};
 use crate::layout::{Layout, sync_dir};
 use crate::packs::{LocalPacks, PackStore, read_trailer};
 use crate::refs::Refs;
 use crate::{IoContext, Result, StoreError};
 
-/// How a command uses the store. Readers share the lock and open the index
-/// read-only; a writer (snapshot, gc) holds the lock exclusively.
+/// How a process uses the store. Two flock(2) locks arbitrate:
+///
+/// | access      | `STORE/lock` (writers) | `STORE/gc.lock` (deleters) | index      |
+/// |-------------|------------------------|----------------------------|------------|
+/// | `Read`      | —                      | shared                     | secondary  |
+/// | `Write`     | exclusive              | shared                     | primary    |
+/// | `Exclusive` | exclusive              | exclusive                  | primary    |
+///
+/// So readers (restore, a read-only mount, a hub serving downloads) never
+/// wait for a snapshot, and a snapshot never waits for them: objects are
+/// immutable, and only gc and reindex, which delete, need everyone gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     Read,
     Write,
+    Exclusive,
 }
 
 /// Choices fixed at `ds init`.
@@ -45,7 +55,36 @@ pub struct Store {
     index: Arc<Index>,
     refs: Refs,
     access: Access,
-    _lock: File,
+    _locks: Vec<File>,
+}
+
+enum LockKind {
+    Shared,
+    Exclusive,
+}
+
+fn take_lock(path: &Path, kind: LockKind, wait: bool, root: &Path) -> Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .at(path)?;
+    let tried = match kind {
+        LockKind::Shared => f.try_lock_shared(),
+        LockKind::Exclusive => f.try_lock(),
+    };
+    match tried {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) if wait => match kind {
+            LockKind::Shared => f.lock_shared().at(path)?,
+            LockKind::Exclusive => f.lock().at(path)?,
+        },
+        Err(TryLockError::WouldBlock) => return Err(StoreError::Locked(root.to_path_buf())),
+        Err(TryLockError::Error(e)) => return Err(e).at(path),
+    }
+    Ok(f)
 }
 
 fn random_id() -> String {
@@ -89,7 +128,7 @@ impl Store {
         for d in [layout.packs(), layout.tmp(), layout.refs()] {
             fs::create_dir_all(&d).at(&d)?;
         }
-        Index::open(&layout.index(), false)?;
+        Index::open(&layout.index(), IndexMode::Primary)?;
         // The config is written last and atomically: its presence marks a
         // complete store.
         let tmp = root.join("config.tmp");
@@ -99,7 +138,7 @@ impl Store {
         fs::rename(&tmp, layout.config()).at(&layout.config())?;
         sync_dir(root).at(root)?;
         drop(f);
-        Store::open(root, Access::Write, true)
+        Store::open(root, Access::Exclusive, true)
     }
 
     /// Opens an existing store. With `wait` false, returns
@@ -113,43 +152,35 @@ impl Store {
             }
             Err(e) => return Err(e).at(&layout.config()),
         };
-        let lock_path = layout.lock();
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .at(&lock_path)?;
-        let tried = match access {
-            Access::Read => lock.try_lock_shared(),
-            Access::Write => lock.try_lock(),
-        };
-        match tried {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) if wait => match access {
-                Access::Read => lock.lock_shared().at(&lock_path)?,
-                Access::Write => lock.lock().at(&lock_path)?,
-            },
-            Err(TryLockError::WouldBlock) => return Err(StoreError::Locked(root.to_path_buf())),
-            Err(TryLockError::Error(e)) => return Err(e).at(&lock_path),
+        // Writers first take the writer lock, then the gc lock, in that order
+        // everywhere, so two processes cannot deadlock.
+        let mut locks = Vec::new();
+        if access != Access::Read {
+            locks.push(take_lock(&layout.lock(), LockKind::Exclusive, wait, root)?);
         }
+        let gc_kind = match access {
+            Access::Exclusive => LockKind::Exclusive,
+            _ => LockKind::Shared,
+        };
+        locks.push(take_lock(&layout.gc_lock(), gc_kind, wait, root)?);
         let packs: Arc<dyn PackStore> = Arc::new(LocalPacks::new(layout.packs(), layout.tmp()));
-        let index_missing = !layout.index().join("CURRENT").exists();
-        let index = if index_missing && access == Access::Read {
-            // Rebuild needs a writable index; readers rebuild it in place
-            // (the lock they hold keeps gc away, and rebuilding is idempotent).
-            let ix = Index::open(&layout.index(), false)?;
-            rebuild(&ix, packs.as_ref())?;
-            drop(ix);
-            Index::open(&layout.index(), true)?
-        } else {
-            let ix = Index::open(&layout.index(), access == Access::Read)?;
-            if index_missing {
+        if !layout.index().join("CURRENT").exists() {
+            // The index is only a cache: rebuild it from the packs. A reader
+            // borrows the writer lock for that.
+            let _w = match access {
+                Access::Read => Some(take_lock(&layout.lock(), LockKind::Exclusive, true, root)?),
+                _ => None,
+            };
+            if !layout.index().join("CURRENT").exists() {
+                let ix = Index::open(&layout.index(), IndexMode::Primary)?;
                 rebuild(&ix, packs.as_ref())?;
             }
-            ix
+        }
+        let mode = match access {
+            Access::Read => IndexMode::Secondary,
+            _ => IndexMode::Primary,
         };
+        let index = Index::open(&layout.index(), mode)?;
         let chunker = Chunker::new(config.chunker)?;
         Ok(Store {
             refs: Refs::new(layout.refs()),
@@ -159,7 +190,7 @@ impl Store {
             packs,
             index: Arc::new(index),
             access,
-            _lock: lock,
+            _locks: locks,
         })
     }
 
@@ -189,16 +220,39 @@ impl Store {
     }
 
     pub(crate) fn require_write(&self) -> Result<()> {
-        if self.access != Access::Write {
+        if self.access == Access::Read {
             return Err(StoreError::Invalid("store opened read-only".into()));
         }
         Ok(())
     }
 
+    pub(crate) fn require_exclusive(&self) -> Result<()> {
+        if self.access != Access::Exclusive {
+            return Err(StoreError::Invalid(
+                "this needs the store opened exclusively (Access::Exclusive)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where an object lives. A reader whose index is a secondary instance
+    /// catches up with the writer once before it reports a miss, so objects
+    /// written since it opened are found.
+    pub fn locate(&self, id: &ObjectId) -> Result<Option<Location>> {
+        if let Some(l) = self.index.get(id)? {
+            return Ok(Some(l));
+        }
+        if self.index.mode() == IndexMode::Secondary {
+            self.index.catch_up()?;
+            return self.index.get(id);
+        }
+        Ok(None)
+    }
+
     /// Reads an object, decompresses it and checks its hash. Never returns
     /// bytes that do not hash to `id`.
     pub fn read_object(&self, id: &ObjectId, kind: ObjectKind) -> Result<Vec<u8>> {
-        let loc = self.index.get(id)?.ok_or(StoreError::Missing {
+        let loc = self.locate(id)?.ok_or(StoreError::Missing {
             kind: kind.name(),
             id: *id,
         })?;
@@ -380,7 +434,7 @@ impl Store {
 
     /// Recreates the index from pack trailers (the index is only a cache).
     pub fn rebuild_index(&self) -> Result<u64> {
-        self.require_write()?;
+        self.require_exclusive()?;
         rebuild(&self.index, self.packs.as_ref())
     }
 }

@@ -211,7 +211,7 @@ impl Walker<'_> {
             self.problem(id, StoreError::Invalid(String::new()), path);
             return Ok(false);
         }
-        if !self.store.index().contains(id)? {
+        if self.store.locate(id)?.is_none() {
             self.problem(
                 id,
                 StoreError::Missing {

@@ -2,6 +2,7 @@
 
 mod changing;
 mod conformance;
+mod locking;
 mod model;
 mod roundtrip;
 

@@ -174,12 +174,12 @@ fn run(ops: Vec<Op>) {
             }
             Op::Reopen => {
                 drop(store.take());
-                store = Some(Store::open(&root, Access::Write, false).unwrap());
+                store = Some(Store::open(&root, Access::Exclusive, false).unwrap());
             }
             Op::LoseIndex => {
                 drop(store.take());
                 std::fs::remove_dir_all(root.join("index")).unwrap();
-                store = Some(Store::open(&root, Access::Write, false).unwrap());
+                store = Some(Store::open(&root, Access::Exclusive, false).unwrap());
             }
         }
     }

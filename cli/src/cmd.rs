@@ -214,6 +214,9 @@ pub fn run(store_path: &Path, cmd: Command) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Mount(a) => crate::mount::mount(store_path, a),
+        Command::Umount(a) => crate::mount::umount(a),
+        Command::Push(a) => crate::sync::push(store_path, a),
         Command::Reindex => {
             let s = open(store_path, Access::Exclusive)?;
             let n = s.rebuild_index()?;

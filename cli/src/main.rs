@@ -7,7 +7,9 @@
 
 mod cmd;
 mod fmt;
+mod mount;
 mod progress;
+mod sync;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,6 +67,12 @@ pub enum Command {
     Forget(cmd::ForgetArgs),
     /// Rebuild the local index from the pack files
     Reindex,
+    /// Mount a snapshot read-only, or a workspace read-write (--rw)
+    Mount(mount::MountArgs),
+    /// Unmount what `ds mount` mounted
+    Umount(mount::UmountArgs),
+    /// Send a workspace's new snapshots to a hub
+    Push(sync::PushArgs),
 }
 
 fn default_store() -> PathBuf {

@@ -14,6 +14,7 @@
 //! which `gc` removes. Every object read is rehashed against its id.
 #![forbid(unsafe_code)]
 
+pub mod dag;
 pub mod diff;
 mod error;
 pub mod gc;
@@ -28,11 +29,12 @@ pub mod resolve;
 pub mod restore;
 mod store;
 pub mod verify;
+pub mod vfs;
 pub mod writer;
 
 pub use ds_format as format;
 pub use error::{IoContext, StoreError};
-pub use store::{Access, InitOptions, Store};
+pub use store::{Access, InitOptions, Store, decode_stored};
 
 /// Result alias for this crate.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

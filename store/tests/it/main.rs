@@ -5,6 +5,7 @@ mod conformance;
 mod locking;
 mod model;
 mod roundtrip;
+mod vfs;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -31,6 +31,7 @@ import random
 import shutil
 import statistics
 import subprocess
+import threading
 import sys
 import tempfile
 import time
@@ -833,6 +834,18 @@ METRICS: list[Metric] = [
     Metric("restore_mibs", "restore throughput (MiB/s)", _div(_corpus_mib, "restore_s")),
     Metric("restore_rss", "restore peak RSS (MiB)", _v("restore_rss")),
     Metric("restore_ok", "restore byte-identical", _v("restore_ok"), ratio=False),
+    # ds only: push to a `ds hub` over loopback (file:// storage under the workdir)
+    Metric("push_cold_mibs", "ds push, cold: new data MiB/s over loopback", _div(lambda r, h: (r.get("push_cold_bytes") or 0) / MiB, "push_cold_s"), ratio=False),
+    Metric("push_incr_ratio", "ds push after mutation: bytes shipped / truly changed",
+           lambda r, h: r["push_incr_bytes"] / h.mutation_stats["changed_bytes"] if "push_incr_bytes" in r and h.mutation_stats.get("changed_bytes") else None, ratio=False),
+    Metric("push_incr_rt", "ds push after mutation: round trips", _v("push_incr_rt"), ratio=False),
+    # ds only: FUSE mounts (phase_fuse); need /dev/fuse, bindfs installed from Debian
+    Metric("fuse_read_mibs", "ds mount (read-only): sequential read, warm (MiB/s)", _v("fuse_read_mibs"), ratio=False),
+    Metric("fuse_bindfs_mibs", "bindfs passthrough: same read, warm (MiB/s)", _v("fuse_bindfs_mibs"), ratio=False),
+    Metric("fuse_read_vs_bindfs", "ds mount read / bindfs read (goal >= 0.8)", _div("fuse_read_mibs", "fuse_bindfs_mibs"), ratio=False),
+    Metric("fuse_cold_s", "ds snapshot of one big file, cold (s)", _v("fuse_cold_s"), ratio=False),
+    Metric("fuse_rw_snap_s", "ds snapshot of a rw mount after a 1 MiB overwrite in it (s)", _v("fuse_rw_snap_s"), ratio=False),
+    Metric("fuse_rw_vs_cold", "rw-mount snapshot / cold snapshot (goal <= 0.02)", _div("fuse_rw_snap_s", "fuse_cold_s"), ratio=False),
 ]
 
 
@@ -1092,8 +1105,160 @@ class Harness:
         else:
             log(f"  ds verify: ok ({r.seconds:.2f}s)")
 
-    PHASES: list[str] = ["phase_limits", "phase_cold", "phase_cold_dropped", "phase_mutate",
-                         "phase_incremental", "phase_restore", "phase_ds_verify"]
+    def _push(self, rep: int, state: dict, key: str) -> None:
+        """Pushes the ds repo's workspace to a loopback hub started on first use."""
+        tool = state["tools"].get("ds")
+        if tool is None or not self.alive(rep, "ds"):
+            return
+        exe = tool.exe(self)
+        if "hub" not in state:
+            data = os.path.join(self.workdir, "hub")
+            rmtree(data)
+            p = subprocess.Popen([exe, "hub", "--listen", "127.0.0.1:0", "--data", data],
+                                 stderr=subprocess.PIPE, text=True)
+            url = None
+            for line in p.stderr:
+                if "listening on " in line:
+                    url = line.split("listening on ", 1)[1].strip()
+                    break
+            if url is None:
+                log("  ds hub did not start; push rows skipped")
+                return
+            threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
+            with open(os.path.join(data, "admin.token")) as f:
+                state["hub"] = (p, url, f.read().strip())
+        p, url, token = state["hub"]
+        r = self.runner.run([exe, "--store", tool.repo, "push", "bench", "--hub", url,
+                             "--token", token, "--json"], capture=True)
+        if not r.ok:
+            self.fail(rep, "ds", f"push ({key})", r)
+            return
+        rep_json = json.loads(r.stdout)
+        v = self.values[rep]["ds"]
+        v[f"push_{key}_s"] = r.seconds
+        v[f"push_{key}_bytes"] = rep_json["bytes_sent"]
+        v[f"push_{key}_rt"] = rep_json["round_trips"]
+        self.extras[rep][f"ds_push_{key}_json"] = rep_json
+        log(f"  push {key}: {human(rep_json['bytes_sent'])} in {r.seconds:.2f}s, "
+            f"{rep_json['round_trips']} round trips")
+
+    def phase_push_cold(self, rep: int, state: dict) -> None:
+        self._push(rep, state, "cold")
+
+    def phase_push_incr(self, rep: int, state: dict) -> None:
+        self._push(rep, state, "incr")
+        hub = state.pop("hub", None)
+        if hub:
+            hub[0].terminate()
+            hub[0].wait()
+
+    def _fuse_read(self, path: str) -> float:
+        """Seconds to read a file sequentially in 1 MiB requests."""
+        buf = bytearray(1 << 20)
+        t = time.perf_counter()
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+        return time.perf_counter() - t
+
+    def _fuse_mounted(self, mp: str) -> bool:
+        with open("/proc/self/mountinfo") as f:
+            return any(line.split(" ")[4] == mp for line in f)
+
+    def phase_fuse(self, rep: int, state: dict) -> None:
+        """ds only: a read-only mount's sequential read against bindfs on the
+        same data (both warm: each is read once, remounted, then measured),
+        and the snapshot of a read-write mount after a 1 MiB overwrite inside
+        one big file against a cold snapshot of that file."""
+        tool = state["tools"].get("ds")
+        if tool is None or not self.alive(rep, "ds"):
+            return
+        if not os.path.exists("/dev/fuse"):
+            log("  /dev/fuse absent: FUSE rows skipped")
+            return
+        exe, v = tool.exe(self), self.values[rep]["ds"]
+        mp = os.path.join(self.workdir, "fuse-mnt")
+        os.makedirs(mp, exist_ok=True)
+        files = [(os.path.getsize(p), p) for p in list_files(self.corpus)]
+        size, big = max(files)
+        rel = os.path.relpath(big, self.corpus)
+
+        def ds_mount(*args):
+            r = self.runner.run([exe, "--store", tool.repo, "mount", "--background", *args, mp],
+                                measured=False)
+            return r.ok
+
+        def umount():
+            subprocess.run([exe, "--store", tool.repo, "umount", mp], capture_output=True)
+            if self._fuse_mounted(mp):
+                subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
+
+        if ds_mount("bench"):
+            self._fuse_read(os.path.join(mp, rel))
+            umount()
+            ds_mount("bench")
+            secs = self._fuse_read(os.path.join(mp, rel))
+            umount()
+            v["fuse_read_mibs"] = size / MiB / secs
+            log(f"  ds mount read {human(size)}: {v['fuse_read_mibs']:.0f} MiB/s")
+        bindfs = shutil.which("bindfs")
+        if not bindfs and not self.args.no_install:
+            self.runner.run(["apt-get", "install", "-y", "-q", "bindfs"],
+                            env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), measured=False)
+            bindfs = shutil.which("bindfs")
+        if bindfs:
+            for measure in (False, True):
+                subprocess.run([bindfs, self.corpus, mp], check=True)
+                secs = self._fuse_read(os.path.join(mp, rel))
+                subprocess.run(["fusermount3", "-u", mp], check=True)
+            v["fuse_bindfs_mibs"] = size / MiB / secs
+            self.versions["bindfs"] = "bindfs"
+            log(f"  bindfs read: {v['fuse_bindfs_mibs']:.0f} MiB/s")
+        else:
+            log("  bindfs not installed: no passthrough baseline")
+        # One big file: cold snapshot into a fresh store, then the same file
+        # mounted read-write, 1 MiB overwritten in its middle, snapshotted live.
+        big_n = min(1 << 30, max(8 * MiB, self.args.size // 2))
+        work = os.path.join(self.workdir, "fuse-big")
+        rmtree(work)
+        os.makedirs(os.path.join(work, "src"))
+        write_random(os.path.join(work, "src", "checkpoint.bin"), random.Random(self.args.seed), big_n)
+        store = os.path.join(work, "store")
+        warm(os.path.join(work, "src"))
+        r = self.runner.run([exe, "--store", store, "snapshot", "--workspace", "big", "--json",
+                             os.path.join(work, "src")], capture=True)
+        if not r.ok:
+            self.fail(rep, "ds", "fuse cold snapshot", r)
+            return
+        v["fuse_cold_s"] = r.seconds
+        rw = self.runner.run([exe, "--store", store, "mount", "--background", "--rw", "big", mp],
+                             measured=False)
+        if not rw.ok:
+            self.fail(rep, "ds", "mount --rw", rw)
+            return
+        try:
+            with open(os.path.join(mp, "checkpoint.bin"), "r+b") as f:
+                f.seek(big_n // 2)
+                f.write(random.Random(7).randbytes(MiB))
+            r = self.runner.run([exe, "--store", store, "snapshot", "--workspace", "big", "--json", mp],
+                                capture=True)
+            if r.ok:
+                v["fuse_rw_snap_s"] = r.seconds
+                self.extras[rep]["ds_fuse_rw_snapshot_json"] = json.loads(r.stdout)
+                log(f"  cold {v['fuse_cold_s']:.2f}s vs rw-mount snapshot {r.seconds:.3f}s "
+                    f"({human(big_n)} file, 1 MiB overwritten)")
+            else:
+                self.fail(rep, "ds", "snapshot of rw mount", r)
+        finally:
+            subprocess.run([exe, "--store", store, "umount", mp], capture_output=True)
+            if self._fuse_mounted(mp):
+                subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
+            if not self.args.keep:
+                rmtree(work)
+
+    PHASES: list[str] = ["phase_limits", "phase_cold", "phase_push_cold", "phase_cold_dropped",
+                         "phase_mutate", "phase_incremental", "phase_push_incr", "phase_restore",
+                         "phase_ds_verify", "phase_fuse"]
 
     def run_rep(self, rep: int) -> None:
         self.values.append({t: {} for t in self.tools})

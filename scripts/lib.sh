@@ -18,6 +18,12 @@ ds_install_system_packages() {
     command -v fusermount3 >/dev/null || need+=(fuse3)
     command -v mkfifo >/dev/null || need+=(coreutils)
     command -v python3 >/dev/null || need+=(python3)
+    command -v curl >/dev/null || need+=(curl)
+    # Real workloads the FUSE tests run on a mount.
+    command -v git >/dev/null || need+=(git)
+    command -v sqlite3 >/dev/null || need+=(sqlite3)
+    command -v tar >/dev/null || need+=(tar)
+    python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
     if [ ${#need[@]} -gt 0 ]; then
         echo "ds: installing system packages: ${need[*]}" >&2
         local sudo=""

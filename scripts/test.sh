@@ -10,7 +10,11 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo test (unit, integration, property, model-based, crash, fuzz corpora, benches once)"
+echo "== starting a real S3-compatible server (moto) for the storage and sync tests"
+eval "$(scripts/s3.sh)"
+trap 'kill "$DS_S3_PID" 2>/dev/null || true' EXIT
+export DS_TEST_REQUIRE_S3=1
+echo "== cargo test (unit, integration, property, model-based, crash, sync, fuzz corpora, benches once)"
 cargo test --workspace --all-targets --locked
 echo "== benchmark smoke: ds and its peers on a 16 MiB corpus (no timing assertions)"
 python3 benches/harness.py --smoke --json-out "$CARGO_TARGET_DIR/bench-smoke.json"

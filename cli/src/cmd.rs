@@ -217,6 +217,11 @@ pub fn run(store_path: &Path, cmd: Command) -> Result<ExitCode> {
         Command::Mount(a) => crate::mount::mount(store_path, a),
         Command::Umount(a) => crate::mount::umount(a),
         Command::Push(a) => crate::sync::push(store_path, a),
+        Command::Pull(a) => crate::sync::pull(store_path, a),
+        Command::Clone(a) => crate::sync::clone(store_path, a),
+        Command::Remote(a) => crate::sync::remote(store_path, a),
+        Command::Token(a) => crate::sync::token(store_path, a),
+        Command::Hub(a) => crate::sync::hub(a),
         Command::Reindex => {
             let s = open(store_path, Access::Exclusive)?;
             let n = s.rebuild_index()?;

@@ -71,17 +71,31 @@ pub enum Command {
     Mount(mount::MountArgs),
     /// Unmount what `ds mount` mounted
     Umount(mount::UmountArgs),
-    /// Send a workspace's new snapshots to a hub
+    /// Send a workspace's new snapshots to a hub (only what it lacks)
     Push(sync::PushArgs),
+    /// Fetch a workspace's new snapshots from a hub (only what is missing)
+    Pull(sync::PullArgs),
+    /// Copy a workspace from a hub into this store (created when missing)
+    Clone(sync::CloneArgs),
+    /// Save, list and remove hubs, and choose the default one
+    Remote(sync::RemoteArgs),
+    /// Create a token limited to some workspaces (needs an admin token)
+    Token(sync::TokenArgs),
+    /// Run a hub: gRPC sync into object storage (a directory, or S3)
+    Hub(sync::HubServeArgs),
 }
 
-fn default_store() -> PathBuf {
-    let base = std::env::var_os("XDG_DATA_HOME")
+/// $XDG_DATA_HOME, else ~/.local/share.
+pub fn data_home() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("ds").join("store")
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn default_store() -> PathBuf {
+    data_home().join("ds").join("store")
 }
 
 fn main() -> ExitCode {

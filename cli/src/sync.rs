@@ -1,18 +1,416 @@
-//! `ds push`, `ds pull`, `ds clone`, `ds remote` and `ds hub` (the hub
-//! issue): being built.
+//! `ds push`, `ds pull`, `ds clone`, `ds remote`, `ds token` and `ds hub`:
+//! the CLI face of `ds-hub`. Hubs are named by URL or by a remote saved in
+//! `STORE/remotes.json` (mode 0600 when it holds a token).
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
 
-use anyhow::{Result, bail};
-use clap::Args;
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use ds_hub::client::{self, Event, Remote, SyncReport};
+use ds_hub::server::{HubOptions, run};
+use ds_store::{Access, InitOptions, Store};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+/// Where and how to reach a hub.
+#[derive(Debug, Args)]
+pub struct HubArgs {
+    /// Hub URL (http://HOST:PORT, or https:// with TLS) or the name of a
+    /// remote saved with `ds remote add` [default: $DS_HUB, else the default
+    /// remote]
+    #[arg(long, value_name = "URL|NAME")]
+    hub: Option<String>,
+    /// Token for the hub [default: $DS_TOKEN, else the remote's saved token]
+    #[arg(long, value_name = "TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM file of the CA that signed an https hub's certificate
+    #[arg(long, env = "DS_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// Print a JSON report on stdout
+    #[arg(long)]
+    json: bool,
+}
 
 #[derive(Debug, Args)]
 pub struct PushArgs {
     /// Workspace to push
     workspace: String,
+    /// Replace the hub's head even if it is not in this workspace's history
+    /// (the replaced snapshots stay on the hub, outside the workspace)
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    hub: HubArgs,
 }
 
-pub fn push(_store: &Path, _a: PushArgs) -> Result<ExitCode> {
-    bail!("ds push is not available yet")
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Workspace to pull
+    workspace: String,
+    /// Replace the local head even if the hub's does not descend from it
+    /// (local snapshots stay in the store until `ds gc`)
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    hub: HubArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CloneArgs {
+    /// Workspace to copy from the hub (it must not exist locally yet; the
+    /// store is created when missing)
+    workspace: String,
+    #[command(flatten)]
+    hub: HubArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteCmd {
+    /// Save a hub under a name (the first one saved becomes the default)
+    Add {
+        name: String,
+        url: String,
+        /// Token to save with it (stored in STORE/remotes.json, mode 0600)
+        #[arg(long)]
+        token: Option<String>,
+        /// Make it the default hub
+        #[arg(long)]
+        default: bool,
+    },
+    /// Forget a saved hub
+    Remove { name: String },
+    /// List saved hubs
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    #[command(subcommand)]
+    cmd: RemoteCmd,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Workspace the new token may read and write (repeat for several; `*`
+    /// for all)
+    #[arg(long = "workspace", short = 'w', required = true)]
+    workspaces: Vec<String>,
+    /// Note stored with the token
+    #[arg(long, default_value = "")]
+    comment: String,
+    #[command(flatten)]
+    hub: HubArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct HubServeArgs {
+    /// Address to listen on (port 0 picks a free port and prints it)
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    listen: String,
+    /// Object storage: file:///PATH or s3://BUCKET/PREFIX (S3 is configured
+    /// by the AWS_* environment variables: AWS_ENDPOINT, AWS_ALLOW_HTTP,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION) [default:
+    /// file://DATA/storage]
+    #[arg(long, value_name = "URL")]
+    storage: Option<String>,
+    /// Local state (admin token, cache) [default: $XDG_DATA_HOME/ds/hub]
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// PEM certificate chain for TLS (with --tls-key)
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Remotes {
+    default: Option<String>,
+    remotes: BTreeMap<String, SavedRemote>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedRemote {
+    url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+}
+
+fn remotes_path(store: &Path) -> PathBuf {
+    store.join("remotes.json")
+}
+
+fn load_remotes(store: &Path) -> Result<Remotes> {
+    let p = remotes_path(store);
+    match std::fs::read(&p) {
+        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading {}", p.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Remotes::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+}
+
+fn save_remotes(store: &Path, r: &Remotes) -> Result<()> {
+    if !store.join("config").exists() {
+        bail!("no store at {} (run `ds init` first)", store.display());
+    }
+    let p = remotes_path(store);
+    let tmp = store.join("remotes.json.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(&serde_json::to_vec_pretty(r)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))?;
+    Ok(())
+}
+
+/// (url, token) for a command.
+fn target(store: &Path, a: &HubArgs) -> Result<(String, String)> {
+    let remotes = load_remotes(store)?;
+    let named = a
+        .hub
+        .clone()
+        .or_else(|| std::env::var("DS_HUB").ok().filter(|s| !s.is_empty()))
+        .or(remotes.default.clone())
+        .ok_or_else(|| {
+            anyhow!("no hub given: pass --hub URL, set DS_HUB, or save one with `ds remote add origin URL`")
+        })?;
+    let (url, saved_token) = if named.contains("://") {
+        (named, None)
+    } else {
+        let r = remotes.remotes.get(&named).ok_or_else(|| {
+            anyhow!("no remote named {named:?} (see `ds remote list`; a URL needs its http:// or https://)")
+        })?;
+        (r.url.clone(), r.token.clone())
+    };
+    let token = a
+        .token
+        .clone()
+        .or_else(|| std::env::var("DS_TOKEN").ok().filter(|s| !s.is_empty()))
+        .or(saved_token)
+        .ok_or_else(|| {
+            anyhow!("no token for {url}: pass --token, set DS_TOKEN, or save one with `ds remote add NAME URL --token T`")
+        })?;
+    Ok((url, token))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// A progress bar of bytes and chunks moved (hidden when stderr is not a
+/// terminal).
+fn bar(verb: &'static str) -> (ProgressBar, impl Fn(Event) + Sync) {
+    let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    b.set_style(
+        ProgressStyle::with_template(
+            "{prefix} {bar:30} {bytes}/{total_bytes} ({bytes_per_sec}) {msg}",
+        )
+        .expect("valid template"),
+    );
+    b.set_prefix(verb);
+    let b2 = b.clone();
+    let chunks = std::sync::atomic::AtomicU64::new(0);
+    let total_chunks = std::sync::atomic::AtomicU64::new(0);
+    let f = move |e: Event| {
+        use std::sync::atomic::Ordering::Relaxed;
+        match e {
+            Event::Level { level, asked } => {
+                b2.set_message(format!("comparing trees: level {level}, {asked} objects"));
+            }
+            Event::Transfer { chunks: c, .. } => {
+                total_chunks.store(c, Relaxed);
+                b2.set_message(format!("0/{c} chunks"));
+            }
+            Event::Moved { bytes, chunks: c } => {
+                b2.inc(bytes);
+                if b2.length().unwrap_or(0) < b2.position() {
+                    b2.set_length(b2.position());
+                }
+                let n = chunks.fetch_add(c, Relaxed) + c;
+                b2.set_message(format!("{n}/{} chunks", total_chunks.load(Relaxed)));
+            }
+        }
+    };
+    (b, f)
+}
+
+fn report(r: &SyncReport, verb: &str, json: bool, started: Instant) -> Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+    } else if r.up_to_date && r.objects_sent == 0 {
+        eprintln!("ds: {} is up to date at {}", r.workspace, &r.snapshot[..12]);
+    } else {
+        eprintln!(
+            "ds: {verb} {} → {}: {} in {} objects ({} chunks sent, {} skipped), {} round trips, {:.2}s",
+            r.workspace,
+            &r.snapshot[..12],
+            crate::fmt::bytes(r.bytes_sent),
+            r.objects_sent,
+            r.chunks_sent,
+            r.chunks_skipped,
+            r.round_trips,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_store(path: &Path, access: Access) -> Result<Store> {
+    Store::open(path, access, true)
+        .with_context(|| format!("opening the store at {}", path.display()))
+}
+
+pub fn push(store: &Path, a: PushArgs) -> Result<ExitCode> {
+    let (url, token) = target(store, &a.hub)?;
+    let s = Arc::new(open_store(store, Access::Read)?);
+    let started = Instant::now();
+    let (b, progress) = bar("push");
+    let r = runtime()?.block_on(async {
+        let mut remote = Remote::connect(&url, &token, a.hub.ca_cert.as_deref()).await?;
+        client::push(s, &mut remote, &a.workspace, a.force, &progress).await
+    });
+    b.finish_and_clear();
+    report(&r?, "pushed", a.hub.json, started)
+}
+
+pub fn pull(store: &Path, a: PullArgs) -> Result<ExitCode> {
+    let (url, token) = target(store, &a.hub)?;
+    let s = open_store(store, Access::Write)?;
+    let started = Instant::now();
+    let (b, progress) = bar("pull");
+    let r = runtime()?.block_on(async {
+        let mut remote = Remote::connect(&url, &token, a.hub.ca_cert.as_deref()).await?;
+        client::pull(&s, &mut remote, &a.workspace, a.force, &progress).await
+    });
+    b.finish_and_clear();
+    report(&r?, "pulled", a.hub.json, started)
+}
+
+pub fn clone(store: &Path, a: CloneArgs) -> Result<ExitCode> {
+    let (url, token) = target(store, &a.hub)?;
+    let s = if store.join("config").exists() {
+        open_store(store, Access::Write)?
+    } else {
+        let s = Store::init(store, &InitOptions::default())
+            .with_context(|| format!("creating a store at {}", store.display()))?;
+        eprintln!("ds: initialized store at {}", store.display());
+        s
+    };
+    if let Some(h) = s.refs().get(&a.workspace)? {
+        bail!(
+            "workspace {} already exists here (at {}); use `ds pull {}` to update it",
+            a.workspace,
+            h.short(),
+            a.workspace
+        );
+    }
+    let started = Instant::now();
+    let (b, progress) = bar("clone");
+    let r = runtime()?.block_on(async {
+        let mut remote = Remote::connect(&url, &token, a.hub.ca_cert.as_deref()).await?;
+        client::pull(&s, &mut remote, &a.workspace, false, &progress).await
+    });
+    b.finish_and_clear();
+    report(&r?, "cloned", a.hub.json, started)
+}
+
+pub fn remote(store: &Path, a: RemoteArgs) -> Result<ExitCode> {
+    let mut r = load_remotes(store)?;
+    match a.cmd {
+        RemoteCmd::Add {
+            name,
+            url,
+            token,
+            default,
+        } => {
+            if name.contains("://") || name.is_empty() {
+                bail!("{name:?} is not a remote name (the URL comes second)");
+            }
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("{url:?}: a hub URL starts with http:// or https://");
+            }
+            if default || r.default.is_none() {
+                r.default = Some(name.clone());
+            }
+            r.remotes.insert(name.clone(), SavedRemote { url, token });
+            save_remotes(store, &r)?;
+            eprintln!("ds: saved remote {name}");
+        }
+        RemoteCmd::Remove { name } => {
+            if r.remotes.remove(&name).is_none() {
+                bail!("no remote named {name:?}");
+            }
+            if r.default.as_deref() == Some(&name) {
+                r.default = None;
+            }
+            save_remotes(store, &r)?;
+        }
+        RemoteCmd::List => {
+            for (n, s) in &r.remotes {
+                let d = if r.default.as_deref() == Some(n) {
+                    " (default)"
+                } else {
+                    ""
+                };
+                let t = if s.token.is_some() {
+                    " [token saved]"
+                } else {
+                    ""
+                };
+                println!("{n}\t{}{d}{t}", s.url);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn token(store: &Path, a: TokenArgs) -> Result<ExitCode> {
+    let (url, token) = target(store, &a.hub)?;
+    let t = runtime()?.block_on(async {
+        let mut remote = Remote::connect(&url, &token, a.hub.ca_cert.as_deref()).await?;
+        remote.create_token(a.workspaces, a.comment).await
+    })?;
+    println!("{t}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn hub(a: HubServeArgs) -> Result<ExitCode> {
+    let data = a
+        .data
+        .unwrap_or_else(|| crate::data_home().join("ds").join("hub"));
+    let opts = HubOptions {
+        listen: a.listen,
+        storage: a.storage,
+        data,
+        tls: a.tls_cert.zip(a.tls_key),
+    };
+    runtime()?.block_on(async {
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("ds hub: shutting down");
+        };
+        run(opts, |_| {}, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
 }

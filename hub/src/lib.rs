@@ -1,8 +1,22 @@
-//! The ds hub (not built yet; see the hub and sync issue).
+//! The ds hub, and the client that talks to it.
 //!
-//! What goes here: the central server — gRPC sync and task dispatch, packs
-//! and refs in object storage through `object_store` (local directory by
-//! default, S3-compatible by URL) with conditional writes for refs, a REST
-//! API and web UI, and an HTTP relay to tasks on runners. Stateless over its
-//! bucket. Empty until that work lands: it holds no placeholder behaviour.
+//! A hub keeps everything in object storage ([`storage`]: packs with their
+//! index objects, refs moved by conditional PUT, token grants), so several
+//! hubs can serve one bucket; its local disk holds only a rebuildable
+//! [`cache`] of object locations and its admin token. The gRPC [`service`]
+//! answers the protocol in `ds-proto`; [`verify`] rehashes every uploaded
+//! object before a pack is acknowledged. [`client`] is the other end: push,
+//! pull and clone of a local `ds-store` store, used by the CLI and runners.
 #![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod cache;
+pub mod client;
+pub mod conformance;
+pub mod error;
+pub mod server;
+pub mod service;
+pub mod storage;
+pub mod verify;
+
+pub use error::{HubError, Result};

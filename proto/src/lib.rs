@@ -1,8 +1,84 @@
-//! The ds sync protocol (not built yet; see the hub and sync issue).
+//! The ds sync protocol: generated gRPC types and services, plus the
+//! protocol constants both sides agree on.
 //!
-//! What goes here: versioned gRPC messages and services (tonic + prost, with
-//! a pure-Rust proto compiler) for exchanging root hashes, descending Merkle
-//! trees one batched level per request, streaming size-capped pack uploads,
-//! chunk and pack-range downloads, and compare-and-swap ref updates. Empty
-//! until that work lands: it holds no placeholder behaviour.
+//! The schema is `proto/ds/sync/v1/sync.proto`; its comments are the
+//! protocol's documentation. Generated code lives in `v1`. Hand-written code
+//! here is limited to limits and id packing, so client and hub cannot drift.
 #![forbid(unsafe_code)]
+
+#[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("ds.sync.v1");
+}
+
+/// The protocol version this build speaks.
+pub const PROTOCOL: u32 = 1;
+/// Largest gRPC message either side accepts (decoding), in bytes.
+pub const MAX_MESSAGE: usize = 8 << 20;
+/// Size of the data pieces of a pack upload.
+pub const UPLOAD_PIECE: usize = 1 << 20;
+/// Most ids in one `Have` or `GetObjects` request (32 bytes each: 2 MiB).
+pub const MAX_BATCH: usize = 1 << 16;
+/// Largest pack the hub accepts.
+pub const MAX_PACK: u64 = 256 << 20;
+/// Target bytes of objects in one `GetObjects` reply message.
+pub const REPLY_TARGET: usize = 4 << 20;
+
+/// Splits concatenated 32-byte ids; `None` if the length is not a multiple.
+pub fn split_ids(b: &[u8]) -> Option<Vec<[u8; 32]>> {
+    if b.len() % 32 != 0 {
+        return None;
+    }
+    Some(
+        b.chunks_exact(32)
+            .map(|c| c.try_into().expect("32-byte chunk"))
+            .collect(),
+    )
+}
+
+/// Concatenates ids for a request.
+pub fn join_ids<'a>(ids: impl IntoIterator<Item = &'a [u8; 32]>) -> Vec<u8> {
+    ids.into_iter().flat_map(|i| i.iter().copied()).collect()
+}
+
+/// One bit per id, least significant bit first.
+pub fn bitmap(bits: impl IntoIterator<Item = bool>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, b) in bits.into_iter().enumerate() {
+        if i % 8 == 0 {
+            out.push(0);
+        }
+        if b {
+            *out.last_mut().expect("pushed above") |= 1 << (i % 8);
+        }
+    }
+    out
+}
+
+/// Reads bit `i` of a bitmap (missing bytes read as 0).
+pub fn bit(map: &[u8], i: usize) -> bool {
+    map.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitmap_round_trips() {
+        let bits: Vec<bool> = (0..21).map(|i| i % 3 == 0).collect();
+        let m = bitmap(bits.iter().copied());
+        assert_eq!(m.len(), 3);
+        for (i, b) in bits.iter().enumerate() {
+            assert_eq!(bit(&m, i), *b);
+        }
+        assert!(!bit(&m, 100));
+    }
+
+    #[test]
+    fn ids_round_trip_and_reject_ragged_input() {
+        let ids = [[1u8; 32], [2u8; 32]];
+        assert_eq!(split_ids(&join_ids(&ids)).unwrap(), ids);
+        assert!(split_ids(&[0u8; 33]).is_none());
+    }
+}

@@ -440,11 +440,7 @@ impl Store {
 }
 
 /// Turns stored bytes back into plaintext.
-pub(crate) fn decode_stored(
-    stored: Stored,
-    bytes: Vec<u8>,
-    raw_len: u32,
-) -> Result<Vec<u8>, String> {
+pub fn decode_stored(stored: Stored, bytes: Vec<u8>, raw_len: u32) -> Result<Vec<u8>, String> {
     match stored {
         Stored::Raw => {
             if bytes.len() != raw_len as usize {

@@ -1,0 +1,377 @@
+//! The gRPC service: each method checks the token, then works against the
+//! bucket ([`Storage`]) and the local [`Cache`] of where objects are.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ds_format::{ObjectId, ObjectKind, PackId};
+use ds_proto::v1::sync_server::Sync;
+use ds_proto::v1::{
+    CreateTokenReply, CreateTokenRequest, GetObjectsReply, GetObjectsRequest, GetRefReply,
+    GetRefRequest, HaveReply, HaveRequest, HelloReply, HelloRequest, StoredObject,
+    UpdateRefReply, UpdateRefRequest, UploadPackReply, UploadPackRequest, upload_pack_request,
+};
+use ds_proto::{MAX_BATCH, MAX_MESSAGE, MAX_PACK, PROTOCOL, REPLY_TARGET, bitmap, split_ids};
+use ds_store::index::Location;
+use ds_store::refs::validate_workspace;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::{Auth, Grant, new_token};
+use crate::cache::Cache;
+use crate::error::HubError;
+use crate::storage::Storage;
+use crate::verify::verify_pack;
+
+/// Ranges of one pack closer than this are fetched in one read.
+const COALESCE_GAP: u64 = 256 << 10;
+/// Stored bytes fetched from the bucket per step of a download.
+const WINDOW: u64 = 16 << 20;
+
+#[derive(Debug, Clone)]
+pub struct SyncService {
+    storage: Storage,
+    cache: Cache,
+    auth: Arc<Auth>,
+}
+
+fn internal(e: HubError) -> Status {
+    match e {
+        HubError::RefConflict { .. } => Status::failed_precondition(e.to_string()),
+        HubError::Invalid(m) => Status::invalid_argument(m),
+        HubError::Store(ds_store::StoreError::Invalid(m)) => Status::invalid_argument(m),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn ids_of(b: &[u8]) -> Result<Vec<ObjectId>, Status> {
+    let ids = split_ids(b)
+        .ok_or_else(|| Status::invalid_argument("ids must be a multiple of 32 bytes"))?;
+    if ids.len() > MAX_BATCH {
+        return Err(Status::invalid_argument(format!(
+            "{} ids in one request; the limit is {MAX_BATCH}",
+            ids.len()
+        )));
+    }
+    Ok(ids.into_iter().map(ObjectId).collect())
+}
+
+fn one_id(b: &[u8], what: &str) -> Result<ObjectId, Status> {
+    ObjectId::from_slice(b)
+        .ok_or_else(|| Status::invalid_argument(format!("{what} must be a 32-byte id")))
+}
+
+fn opt_id(b: &[u8], what: &str) -> Result<Option<ObjectId>, Status> {
+    if b.is_empty() {
+        Ok(None)
+    } else {
+        one_id(b, what).map(Some)
+    }
+}
+
+fn workspace_ok(ws: &str) -> Result<(), Status> {
+    validate_workspace(ws).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+impl SyncService {
+    pub fn new(storage: Storage, cache: Cache, auth: Arc<Auth>) -> Self {
+        SyncService {
+            storage,
+            cache,
+            auth,
+        }
+    }
+
+    /// Locations of `ids`, refreshing the cache once if any is unknown.
+    async fn locate(&self, ids: &[ObjectId]) -> Result<Vec<Location>, Status> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut refreshed = false;
+        for id in ids {
+            let mut loc = self.cache.get(id).map_err(internal)?;
+            if loc.is_none() && !refreshed {
+                self.cache.refresh(&self.storage).await.map_err(internal)?;
+                refreshed = true;
+                loc = self.cache.get(id).map_err(internal)?;
+            }
+            out.push(loc.ok_or_else(|| Status::not_found(format!("the hub has no object {id}")))?);
+        }
+        Ok(out)
+    }
+}
+
+/// Reads one window of objects from the bucket, coalescing nearby ranges of
+/// the same pack into single reads.
+async fn fetch_window(
+    storage: &Storage,
+    ids: &[ObjectId],
+    locs: &[Location],
+) -> Result<Vec<StoredObject>, Status> {
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| (locs[i].pack, locs[i].offset));
+    let mut data: Vec<Option<Bytes>> = vec![None; ids.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let pack: PackId = locs[order[i]].pack;
+        let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
+        let mut members: Vec<(usize, usize)> = Vec::new(); // (object, range index)
+        while i < order.len() && locs[order[i]].pack == pack {
+            let l = &locs[order[i]];
+            let (s, e) = (l.offset, l.offset + u64::from(l.stored_len));
+            match ranges.last_mut() {
+                Some(r) if s <= r.end + COALESCE_GAP => r.end = r.end.max(e),
+                _ => ranges.push(s..e),
+            }
+            members.push((order[i], ranges.len() - 1));
+            i += 1;
+        }
+        let got = storage
+            .read_ranges(&pack, &ranges)
+            .await
+            .map_err(|e| Status::unavailable(format!("reading pack {pack}: {e}")))?;
+        for (obj, r) in members {
+            let l = &locs[obj];
+            let base = ranges[r].start;
+            let s = (l.offset - base) as usize;
+            let e = s + l.stored_len as usize;
+            if e > got[r].len() {
+                return Err(Status::data_loss(format!(
+                    "pack {pack} is shorter than its index"
+                )));
+            }
+            data[obj] = Some(got[r].slice(s..e));
+        }
+    }
+    Ok(ids
+        .iter()
+        .zip(locs)
+        .zip(data)
+        .map(|((id, l), d)| StoredObject {
+            id: id.0.to_vec(),
+            kind: u32::from(l.kind as u8),
+            stored: u32::from(l.stored as u8),
+            raw_len: l.raw_len,
+            data: d.expect("every object fetched").to_vec(),
+        })
+        .collect())
+}
+
+#[tonic::async_trait]
+impl Sync for SyncService {
+    async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+        self.auth.check(&req).await?;
+        let v = req.get_ref().protocol;
+        if v != PROTOCOL {
+            return Err(Status::failed_precondition(format!(
+                "client speaks protocol {v}, this hub speaks {PROTOCOL}; upgrade the older side"
+            )));
+        }
+        Ok(Response::new(HelloReply {
+            protocol: PROTOCOL,
+            max_message: MAX_MESSAGE as u64,
+            max_batch: MAX_BATCH as u32,
+            max_pack: MAX_PACK,
+            hub_version: env!("CARGO_PKG_VERSION").into(),
+        }))
+    }
+
+    async fn get_ref(&self, req: Request<GetRefRequest>) -> Result<Response<GetRefReply>, Status> {
+        let grant = self.auth.check(&req).await?;
+        let ws = &req.get_ref().workspace;
+        workspace_ok(ws)?;
+        grant.require(ws)?;
+        let id = self.storage.get_ref(ws).await.map_err(internal)?;
+        Ok(Response::new(GetRefReply {
+            snapshot: id.map(|i| i.0.to_vec()).unwrap_or_default(),
+        }))
+    }
+
+    async fn have(&self, req: Request<HaveRequest>) -> Result<Response<HaveReply>, Status> {
+        self.auth.check(&req).await?;
+        let ids = ids_of(&req.get_ref().ids)?;
+        let mut bits: Vec<bool> = Vec::with_capacity(ids.len());
+        for id in &ids {
+            bits.push(self.cache.contains(id).map_err(internal)?);
+        }
+        if bits.iter().any(|b| !b) {
+            // Another hub may have stored them since we last looked.
+            self.cache
+                .refresh_if_stale(&self.storage)
+                .await
+                .map_err(internal)?;
+            for (id, b) in ids.iter().zip(bits.iter_mut()) {
+                if !*b {
+                    *b = self.cache.contains(id).map_err(internal)?;
+                }
+            }
+        }
+        Ok(Response::new(HaveReply {
+            bitmap: bitmap(bits),
+        }))
+    }
+
+    async fn upload_pack(
+        &self,
+        req: Request<Streaming<UploadPackRequest>>,
+    ) -> Result<Response<UploadPackReply>, Status> {
+        self.auth.check(&req).await?;
+        let mut stream = req.into_inner();
+        let header = match stream.message().await?.and_then(|m| m.part) {
+            Some(upload_pack_request::Part::Header(h)) => h,
+            _ => return Err(Status::invalid_argument("an upload must start with a pack header")),
+        };
+        let id = PackId::from_slice(&header.id)
+            .ok_or_else(|| Status::invalid_argument("pack id must be 32 bytes"))?;
+        if header.size > MAX_PACK {
+            return Err(Status::invalid_argument(format!(
+                "pack of {} bytes; the hub takes at most {MAX_PACK}",
+                header.size
+            )));
+        }
+        let mut data = Vec::with_capacity(header.size as usize);
+        while let Some(m) = stream.message().await? {
+            match m.part {
+                Some(upload_pack_request::Part::Data(d)) => {
+                    if (data.len() + d.len()) as u64 > header.size {
+                        return Err(Status::invalid_argument(format!(
+                            "pack {} is longer than the {} bytes its header announced",
+                            id.short(),
+                            header.size
+                        )));
+                    }
+                    data.extend_from_slice(&d);
+                }
+                _ => return Err(Status::invalid_argument("a second header in one upload")),
+            }
+        }
+        if data.len() as u64 != header.size {
+            return Err(Status::invalid_argument(format!(
+                "pack {} truncated: {} of {} bytes arrived",
+                id.short(),
+                data.len(),
+                header.size
+            )));
+        }
+        let index = self.cache.index().clone();
+        let (data, verified) = tokio::task::spawn_blocking(move || {
+            let held = |c: &ObjectId| Ok(index.contains(c)?);
+            let v = verify_pack(&id, &data, &held);
+            (data, v)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("verification task: {e}")))?;
+        let verified = verified.map_err(internal)?;
+        let stored = self
+            .storage
+            .put_pack(&id, Bytes::from(data), &verified.trailer)
+            .await
+            .map_err(|e| Status::unavailable(format!("storing pack {id}: {e}")))?;
+        self.cache
+            .index()
+            .add_pack(&id, &verified.entries)
+            .map_err(|e| internal(e.into()))?;
+        Ok(Response::new(UploadPackReply {
+            objects: verified.entries.len() as u64,
+            stored,
+        }))
+    }
+
+    type GetObjectsStream = ReceiverStream<Result<GetObjectsReply, Status>>;
+
+    async fn get_objects(
+        &self,
+        req: Request<GetObjectsRequest>,
+    ) -> Result<Response<Self::GetObjectsStream>, Status> {
+        self.auth.check(&req).await?;
+        let ids = ids_of(&req.get_ref().ids)?;
+        let locs = self.locate(&ids).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let storage = self.storage.clone();
+        tokio::spawn(async move {
+            let mut start = 0;
+            while start < ids.len() {
+                let mut end = start;
+                let mut bytes = 0u64;
+                while end < ids.len() && (end == start || bytes < WINDOW) {
+                    bytes += u64::from(locs[end].stored_len);
+                    end += 1;
+                }
+                let objs = match fetch_window(&storage, &ids[start..end], &locs[start..end]).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let mut reply = GetObjectsReply::default();
+                let mut size = 0;
+                for o in objs {
+                    size += o.data.len() + 64;
+                    reply.objects.push(o);
+                    if size >= REPLY_TARGET {
+                        if tx.send(Ok(std::mem::take(&mut reply))).await.is_err() {
+                            return;
+                        }
+                        size = 0;
+                    }
+                }
+                if !reply.objects.is_empty() && tx.send(Ok(reply)).await.is_err() {
+                    return;
+                }
+                start = end;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn update_ref(
+        &self,
+        req: Request<UpdateRefRequest>,
+    ) -> Result<Response<UpdateRefReply>, Status> {
+        let grant = self.auth.check(&req).await?;
+        let r = req.get_ref();
+        workspace_ok(&r.workspace)?;
+        grant.require(&r.workspace)?;
+        let new = one_id(&r.new, "new")?;
+        let expected = opt_id(&r.expected, "expected")?;
+        let loc = self.locate(&[new]).await.map_err(|_| {
+            Status::failed_precondition(format!(
+                "the hub does not hold snapshot {new}: upload its objects before moving a ref to it"
+            ))
+        })?;
+        if loc[0].kind != ObjectKind::Snapshot {
+            return Err(Status::invalid_argument(format!("{new} is not a snapshot")));
+        }
+        let prev = self
+            .storage
+            .swap_ref(&r.workspace, expected, new, r.force)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(UpdateRefReply {
+            previous: prev.map(|p| p.0.to_vec()).unwrap_or_default(),
+        }))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenReply>, Status> {
+        self.auth.check(&req).await?.require_admin()?;
+        let r = req.get_ref();
+        if r.workspaces.is_empty() {
+            return Err(Status::invalid_argument("name at least one workspace (or *)"));
+        }
+        for w in &r.workspaces {
+            if w != "*" {
+                workspace_ok(w)?;
+            }
+        }
+        let token = new_token().map_err(internal)?;
+        let grant = Grant {
+            admin: false,
+            workspaces: r.workspaces.clone(),
+            comment: r.comment.clone(),
+        };
+        self.auth.register(&token, &grant).await.map_err(internal)?;
+        Ok(Response::new(CreateTokenReply { token }))
+    }
+}

@@ -1,0 +1,431 @@
+//! The hub's durable state, all of it in object storage, so that any number
+//! of hub processes can serve one bucket and a hub's local disk holds only
+//! caches.
+//!
+//! ```text
+//! packs/ab/<id>.pack   a pack, byte for byte as ds writes them locally
+//! packs/ab/<id>.idx    pack length (u64 le) + the pack's trailer; written
+//!                      after the pack, so its presence commits the pack
+//! refs/<workspace>     hex snapshot id; moved only by compare-and-swap
+//! tokens/<hash>        JSON grant of the token whose BLAKE3 is <hash>
+//! ```
+//!
+//! Refs move by conditional PUT (`PutMode::Create` / `PutMode::Update` on
+//! the ETag) on S3-compatible stores, checked at open by a probe, because a
+//! store that ignores the condition silently loses updates. object_store's
+//! local filesystem backend has no `PutMode::Update`; there the refs are
+//! files swapped under an flock(2) held in the storage directory, which
+//! gives the same guarantee to every hub on the machine.
+
+use std::fs::OpenOptions;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ds_format::pack::{PackEntry, decode_trailer};
+use ds_format::{ObjectId, PackId};
+use ds_store::refs::{Refs, validate_workspace};
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{
+    ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion, WriteMultipart,
+};
+
+use crate::error::{HubError, IoContext, Result};
+
+/// Packs at least this big are uploaded in parts.
+const MULTIPART_THRESHOLD: usize = 16 << 20;
+const PART_SIZE: usize = 8 << 20;
+
+#[derive(Debug)]
+enum RefBackend {
+    /// Conditional PUT on the object store itself.
+    Conditional,
+    /// Files under `dir/refs`, swapped while holding `dir/refs.lock`.
+    LocalLocked { dir: PathBuf },
+}
+
+/// The bucket (or directory) a hub serves.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    url: String,
+    objects: Arc<dyn ObjectStore>,
+    prefix: Path,
+    refs: RefBackend,
+}
+
+fn pack_key(prefix: &Path, id: &PackId, ext: &str) -> Path {
+    let hex = id.to_hex();
+    prefix
+        .clone()
+        .join("packs")
+        .join(&hex[..2])
+        .join(format!("{hex}.{ext}"))
+}
+
+impl Storage {
+    /// Opens `file:///abs/path` or `s3://bucket/prefix` (configured by the
+    /// `AWS_*` environment variables as object_store reads them).
+    pub async fn open(url: &str) -> Result<Storage> {
+        Storage::open_with(url, &[]).await
+    }
+
+    /// Like [`Storage::open`], with S3 settings (`aws_endpoint`,
+    /// `aws_allow_http`, …) given explicitly on top of the environment.
+    pub async fn open_with(url: &str, s3_config: &[(&str, &str)]) -> Result<Storage> {
+        let bad = |why: &str| HubError::BadUrl {
+            url: url.to_string(),
+            why: why.to_string(),
+        };
+        let inner = if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(bad("a file:// URL needs an absolute path (file:///srv/ds)"));
+            }
+            let dir = PathBuf::from(path);
+            std::fs::create_dir_all(&dir).at(&dir)?;
+            let fs = LocalFileSystem::new_with_prefix(&dir)?;
+            Inner {
+                url: url.to_string(),
+                objects: Arc::new(fs),
+                prefix: Path::default(),
+                refs: RefBackend::LocalLocked { dir },
+            }
+        } else if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("no bucket name (s3://BUCKET/PREFIX)"));
+            }
+            let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            for (k, v) in s3_config {
+                let key: AmazonS3ConfigKey = k.parse()?;
+                b = b.with_config(key, *v);
+            }
+            let s3 = b.build()?;
+            let s = Inner {
+                url: url.to_string(),
+                objects: Arc::new(s3),
+                prefix: Path::from(prefix.trim_matches('/')),
+                refs: RefBackend::Conditional,
+            };
+            probe_conditional(&s).await?;
+            s
+        } else {
+            return Err(bad("expected file:///PATH or s3://BUCKET/PREFIX"));
+        };
+        Ok(Storage {
+            inner: Arc::new(inner),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// Stores a verified pack; returns false when it was already there.
+    /// The index object is written last: it is what makes the pack visible.
+    pub async fn put_pack(&self, id: &PackId, pack: Bytes, trailer: &[u8]) -> Result<bool> {
+        let s = &self.inner;
+        let idx = pack_key(&s.prefix, id, "idx");
+        if s.objects.head(&idx).await.is_ok() {
+            return Ok(false);
+        }
+        let key = pack_key(&s.prefix, id, "pack");
+        let len = pack.len() as u64;
+        if pack.len() >= MULTIPART_THRESHOLD {
+            let upload = s.objects.put_multipart(&key).await?;
+            let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+            w.put(pack);
+            w.finish().await?;
+        } else {
+            s.objects.put(&key, PutPayload::from(pack)).await?;
+        }
+        let mut ix = Vec::with_capacity(8 + trailer.len());
+        ix.extend_from_slice(&len.to_le_bytes());
+        ix.extend_from_slice(trailer);
+        s.objects.put(&idx, PutPayload::from(ix)).await?;
+        Ok(true)
+    }
+
+    /// Every committed pack (those whose index object exists), sorted.
+    pub async fn list_packs(&self) -> Result<Vec<PackId>> {
+        let s = &self.inner;
+        let prefix = s.prefix.clone().join("packs");
+        let metas: Vec<_> = s.objects.list(Some(&prefix)).try_collect().await?;
+        let mut out: Vec<PackId> = metas
+            .iter()
+            .filter_map(|m| m.location.filename()?.strip_suffix(".idx")?.parse().ok())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// A committed pack's entries, checked against its id.
+    pub async fn pack_entries(&self, id: &PackId) -> Result<Vec<PackEntry>> {
+        let s = &self.inner;
+        let b = s
+            .objects
+            .get(&pack_key(&s.prefix, id, "idx"))
+            .await?
+            .bytes()
+            .await?;
+        if b.len() < 8 {
+            return Err(HubError::Invalid(format!("pack index {id} is truncated")));
+        }
+        let len = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+        let (got, entries) = decode_trailer(&b[8..], len)?;
+        if got != *id {
+            return Err(HubError::Invalid(format!(
+                "pack index {id} describes pack {got}"
+            )));
+        }
+        Ok(entries)
+    }
+
+    /// Byte ranges of one pack, in one request where the store allows.
+    pub async fn read_ranges(
+        &self,
+        id: &PackId,
+        ranges: &[std::ops::Range<u64>],
+    ) -> Result<Vec<Bytes>> {
+        let s = &self.inner;
+        Ok(s
+            .objects
+            .get_ranges(&pack_key(&s.prefix, id, "pack"), ranges)
+            .await?)
+    }
+
+    /// A workspace's head.
+    pub async fn get_ref(&self, workspace: &str) -> Result<Option<ObjectId>> {
+        validate_workspace(workspace)?;
+        Ok(self.get_ref_versioned(workspace).await?.map(|(id, _)| id))
+    }
+
+    async fn get_ref_versioned(&self, ws: &str) -> Result<Option<(ObjectId, UpdateVersion)>> {
+        let s = &self.inner;
+        match &s.refs {
+            RefBackend::LocalLocked { dir } => {
+                let refs = Refs::new(dir.join("refs"));
+                Ok(refs.get(ws)?.map(|id| {
+                    (
+                        id,
+                        UpdateVersion {
+                            e_tag: None,
+                            version: None,
+                        },
+                    )
+                }))
+            }
+            RefBackend::Conditional => {
+                let key = s.prefix.clone().join("refs").join(ws);
+                match s.objects.get(&key).await {
+                    Ok(r) => {
+                        let v = UpdateVersion {
+                            e_tag: r.meta.e_tag.clone(),
+                            version: r.meta.version.clone(),
+                        };
+                        let b = r.bytes().await?;
+                        let id = std::str::from_utf8(&b)
+                            .ok()
+                            .and_then(|t| t.trim().parse().ok())
+                            .ok_or_else(|| {
+                                HubError::Invalid(format!("ref object {key} is corrupt"))
+                            })?;
+                        Ok(Some((id, v)))
+                    }
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    /// Moves `workspace` from `expected` to `new` (from whatever it is, with
+    /// `force`). Returns the head it replaced. Never loses a concurrent
+    /// update: the loser gets [`HubError::RefConflict`].
+    pub async fn swap_ref(
+        &self,
+        workspace: &str,
+        expected: Option<ObjectId>,
+        new: ObjectId,
+        force: bool,
+    ) -> Result<Option<ObjectId>> {
+        validate_workspace(workspace)?;
+        let s = &self.inner;
+        match &s.refs {
+            RefBackend::LocalLocked { dir } => {
+                let dir = dir.clone();
+                let ws = workspace.to_string();
+                tokio::task::spawn_blocking(move || local_swap(&dir, &ws, expected, new, force))
+                    .await
+                    .map_err(|e| HubError::Invalid(format!("ref update task failed: {e}")))?
+            }
+            RefBackend::Conditional => loop {
+                let current = self.get_ref_versioned(workspace).await?;
+                let actual = current.as_ref().map(|(id, _)| *id);
+                if !force && actual != expected {
+                    return Err(HubError::RefConflict {
+                        workspace: workspace.to_string(),
+                        expected,
+                        actual,
+                    });
+                }
+                let mode = match current {
+                    Some((_, v)) => PutMode::Update(v),
+                    None => PutMode::Create,
+                };
+                let key = s.prefix.clone().join("refs").join(workspace);
+                let body = PutPayload::from(format!("{new}\n").into_bytes());
+                match s.objects.put_opts(&key, body, PutOptions::from(mode)).await {
+                    Ok(_) => return Ok(actual),
+                    // Someone moved it between our read and our write: look again.
+                    Err(object_store::Error::Precondition { .. })
+                    | Err(object_store::Error::AlreadyExists { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            },
+        }
+    }
+
+    /// Every workspace and its head.
+    pub async fn list_refs(&self) -> Result<Vec<(String, ObjectId)>> {
+        let s = &self.inner;
+        match &s.refs {
+            RefBackend::LocalLocked { dir } => Ok(Refs::new(dir.join("refs")).list()?),
+            RefBackend::Conditional => {
+                let metas: Vec<_> = s
+                    .objects
+                    .list(Some(&s.prefix.clone().join("refs")))
+                    .try_collect()
+                    .await?;
+                let mut out = Vec::new();
+                for m in metas {
+                    let Some(name) = m.location.filename() else {
+                        continue;
+                    };
+                    if let Some(id) = self.get_ref(name).await? {
+                        out.push((name.to_string(), id));
+                    }
+                }
+                out.sort();
+                Ok(out)
+            }
+        }
+    }
+
+    /// Stores a token grant under the hash of the token.
+    pub async fn put_token(&self, hash: &str, grant: &[u8]) -> Result<()> {
+        let s = &self.inner;
+        let key = s.prefix.clone().join("tokens").join(hash);
+        s.objects.put(&key, PutPayload::from(grant.to_vec())).await?;
+        Ok(())
+    }
+
+    /// The grant stored for a token hash.
+    pub async fn get_token(&self, hash: &str) -> Result<Option<Bytes>> {
+        let s = &self.inner;
+        let key = s.prefix.clone().join("tokens").join(hash);
+        match s.objects.get(&key).await {
+            Ok(r) => Ok(Some(r.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn local_swap(
+    dir: &std::path::Path,
+    ws: &str,
+    expected: Option<ObjectId>,
+    new: ObjectId,
+    force: bool,
+) -> Result<Option<ObjectId>> {
+    let lock_path = dir.join("refs.lock");
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .at(&lock_path)?;
+    lock.lock().at(&lock_path)?;
+    let refs = Refs::new(dir.join("refs"));
+    let actual = refs.get(ws)?;
+    if !force && actual != expected {
+        return Err(HubError::RefConflict {
+            workspace: ws.to_string(),
+            expected,
+            actual,
+        });
+    }
+    refs.swap(ws, actual, new)?;
+    Ok(actual)
+}
+
+/// Checks that the store refuses a second create and an update against a
+/// stale ETag; a store that accepts either would silently lose ref updates.
+async fn probe_conditional(s: &Inner) -> Result<()> {
+    let fail = |why: String| HubError::NoConditionalWrites {
+        url: s.url.clone(),
+        why,
+    };
+    let nonce = blake3::hash(
+        format!(
+            "{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        )
+        .as_bytes(),
+    )
+    .to_hex();
+    let key = s.prefix.clone().join("hub").join(format!("probe-{}", &nonce[..16]));
+    let create = || PutOptions::from(PutMode::Create);
+    let first = s
+        .objects
+        .put_opts(&key, PutPayload::from_static(b"1"), create())
+        .await?;
+    let second = s
+        .objects
+        .put_opts(&key, PutPayload::from_static(b"2"), create())
+        .await;
+    let stale = UpdateVersion {
+        e_tag: Some("\"0000000000000000\"".into()),
+        version: None,
+    };
+    let update = s
+        .objects
+        .put_opts(
+            &key,
+            PutPayload::from_static(b"3"),
+            PutOptions::from(PutMode::Update(stale)),
+        )
+        .await;
+    let good = PutMode::Update(UpdateVersion {
+        e_tag: first.e_tag.clone(),
+        version: first.version.clone(),
+    });
+    let matching = s
+        .objects
+        .put_opts(&key, PutPayload::from_static(b"4"), PutOptions::from(good))
+        .await;
+    let _ = s.objects.delete(&key).await;
+    match second {
+        Err(object_store::Error::AlreadyExists { .. }) => {}
+        Ok(_) => return Err(fail("a create-only PUT overwrote an existing object".into())),
+        Err(e) => return Err(fail(format!("create-only PUT failed: {e}"))),
+    }
+    match update {
+        Err(object_store::Error::Precondition { .. }) => {}
+        Ok(_) => return Err(fail("a PUT with a stale If-Match succeeded".into())),
+        Err(e) => return Err(fail(format!("conditional PUT failed: {e}"))),
+    }
+    if let Err(e) = matching {
+        return Err(fail(format!("a PUT with the current ETag failed: {e}")));
+    }
+    Ok(())
+}

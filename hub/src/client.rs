@@ -72,7 +72,7 @@ pub enum Event {
 pub type Progress<'a> = &'a (dyn Fn(Event) + Sync);
 
 fn rpc(e: Status) -> HubError {
-    HubError::Rpc(e)
+    e.into()
 }
 
 impl Remote {
@@ -487,6 +487,7 @@ pub async fn pull(
         });
         let mut next = Vec::new();
         let mut kids = Vec::new();
+        let mut got: HashSet<ObjectId> = HashSet::with_capacity(want.len());
         remote
             .get_objects(&want, &mut |o| {
                 let id = ObjectId::from_slice(&o.id)
@@ -494,6 +495,9 @@ pub async fn pull(
                 let kind = *kinds
                     .get(&id)
                     .ok_or_else(|| HubError::Invalid(format!("hub sent {id}, which was not asked for")))?;
+                if !got.insert(id) {
+                    return Err(HubError::Invalid(format!("hub sent {id} twice")));
+                }
                 let stored = match o.stored {
                     0 => Stored::Raw,
                     1 => Stored::Zstd,
@@ -531,7 +535,10 @@ pub async fn pull(
                 Ok(())
             })
             .await?;
-        if let Some(id) = want.iter().find(|i| !edges.contains_key(i) && kinds[i] != ObjectKind::Chunk && !meta.contains_key(i)) {
+        // Every object asked for must arrive before anything above it is
+        // written: a gap would break "holding an object means holding its
+        // subtree".
+        if let Some(id) = want.iter().find(|i| !got.contains(i)) {
             return Err(HubError::Invalid(format!("hub did not send {id}")));
         }
         frontier = next;

@@ -33,8 +33,15 @@ pub enum HubError {
     Invalid(String),
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The hub refused or failed a request; its message says why.
     #[error("{}", .0.message())]
-    Rpc(#[from] tonic::Status),
+    Rpc(Box<tonic::Status>),
+}
+
+impl From<tonic::Status> for HubError {
+    fn from(s: tonic::Status) -> Self {
+        HubError::Rpc(Box::new(s))
+    }
 }
 
 fn show(id: &Option<ObjectId>) -> String {

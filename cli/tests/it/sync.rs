@@ -103,15 +103,15 @@ fn push_clone_pull_ship_only_what_changed_and_refuse_conflicts() {
     sample_tree(&work);
     ok(ds(&a).arg("snapshot").arg(&work).args(["-w", "w"]));
 
-    let first = json(&ok(hub_cmd(&a, &hub, &hub.admin, &["push", "w", "--json"])));
+    let first = json(&ok(&mut hub_cmd(&a, &hub, &hub.admin, &["push", "w", "--json"])));
     assert!(first["chunks_sent"].as_u64().unwrap() > 40, "{first}");
     assert_eq!(first["up_to_date"], false);
-    let again = json(&ok(hub_cmd(&a, &hub, &hub.admin, &["push", "w", "--json"])));
+    let again = json(&ok(&mut hub_cmd(&a, &hub, &hub.admin, &["push", "w", "--json"])));
     assert_eq!(again["up_to_date"], true, "{again}");
     assert_eq!(again["objects_sent"], 0);
     assert!(again["round_trips"].as_u64().unwrap() <= 3, "{again}");
 
-    let cl = json(&ok(hub_cmd(
+    let cl = json(&ok(&mut hub_cmd(
         &b,
         &hub,
         &hub.admin,
@@ -133,14 +133,14 @@ fn push_clone_pull_ship_only_what_changed_and_refuse_conflicts() {
     csv.extend_from_slice(b"20000,1,2\n".repeat(100).as_slice());
     std::fs::write(work.join("data.csv"), csv).unwrap();
     ok(ds(&a).arg("snapshot").arg(&work).args(["-w", "w"]));
-    let inc = json(&ok(hub_cmd(&a, &hub, &hub.admin, &["push", "w", "--json"])));
+    let inc = json(&ok(&mut hub_cmd(&a, &hub, &hub.admin, &["push", "w", "--json"])));
     let sent = inc["bytes_sent"].as_u64().unwrap();
     assert!(
         sent < 700 << 10,
         "incremental push sent {sent} bytes: {inc}"
     );
     assert!(inc["chunks_skipped"].as_u64().unwrap() > 0, "{inc}");
-    let pulled = json(&ok(hub_cmd(&b, &hub, &hub.admin, &["pull", "w", "--json"])));
+    let pulled = json(&ok(&mut hub_cmd(&b, &hub, &hub.admin, &["pull", "w", "--json"])));
     assert!(
         pulled["bytes_sent"].as_u64().unwrap() < 700 << 10,
         "{pulled}"
@@ -152,7 +152,7 @@ fn push_clone_pull_ship_only_what_changed_and_refuse_conflicts() {
     // B moves on and pushes; A, behind, snapshots something else.
     std::fs::write(work.join("b.txt"), b"from b").unwrap();
     ok(ds(&b).arg("snapshot").arg(&work).args(["-w", "w"]));
-    ok(hub_cmd(&b, &hub, &hub.admin, &["push", "w"]));
+    ok(&mut hub_cmd(&b, &hub, &hub.admin, &["push", "w"]));
     std::fs::write(work.join("b.txt"), b"from a").unwrap();
     ok(ds(&a).arg("snapshot").arg(&work).args(["-w", "w"]));
     let err = fails_saying(
@@ -160,7 +160,7 @@ fn push_clone_pull_ship_only_what_changed_and_refuse_conflicts() {
         "not in your history",
     );
     assert!(err.contains("--force"), "{err}");
-    let forced = json(&ok(hub_cmd(
+    let forced = json(&ok(&mut hub_cmd(
         &a,
         &hub,
         &hub.admin,
@@ -173,7 +173,7 @@ fn push_clone_pull_ship_only_what_changed_and_refuse_conflicts() {
         &mut hub_cmd(&b, &hub, &hub.admin, &["pull", "w"]),
         "does not descend",
     );
-    ok(hub_cmd(&b, &hub, &hub.admin, &["pull", "w", "--force"]));
+    ok(&mut hub_cmd(&b, &hub, &hub.admin, &["pull", "w", "--force"]));
     assert_eq!(head(&b, "w"), head(&a, "w"));
 }
 
@@ -198,7 +198,7 @@ fn tokens_are_required_checked_and_scoped_and_remotes_are_saved() {
         "not known to the hub",
     );
     let limited =
-        String::from_utf8(ok(hub_cmd(&a, &hub, &hub.admin, &["token", "-w", "other"])).stdout)
+        String::from_utf8(ok(&mut hub_cmd(&a, &hub, &hub.admin, &["token", "-w", "other"])).stdout)
             .unwrap();
     fails_saying(
         &mut hub_cmd(&a, &hub, limited.trim(), &["push", "w"]),
@@ -284,7 +284,7 @@ fn a_push_killed_with_sigkill_resumes_without_resending_what_landed() {
     let (_, landed) = packs_in(&bucket);
     assert!(landed_before_kill >= 3);
 
-    let r = json(&ok(hub_cmd(&a, &hub, &hub.admin, &["push", "w", "--json"])));
+    let r = json(&ok(&mut hub_cmd(&a, &hub, &hub.admin, &["push", "w", "--json"])));
     let total: u64 = 96 << 20;
     let sent = r["bytes_sent"].as_u64().unwrap();
     assert!(
@@ -292,7 +292,7 @@ fn a_push_killed_with_sigkill_resumes_without_resending_what_landed() {
         "resumed push sent {sent} bytes although {landed} had landed: {r}"
     );
     let b = t.path().join("b");
-    ok(hub_cmd(&b, &hub, &hub.admin, &["clone", "w"]));
+    ok(&mut hub_cmd(&b, &hub, &hub.admin, &["clone", "w"]));
     ok(ds(&b).arg("verify"));
     restore_eq(&a, &b, "w", t.path());
 }
@@ -323,9 +323,9 @@ fn two_hubs_on_one_s3_bucket_lose_no_update() {
     let work = t.path().join("work");
     sample_tree(&work);
     ok(ds(&a).arg("snapshot").arg(&work).args(["-w", "w"]));
-    ok(hub_cmd(&a, &h1, &h1.admin, &["push", "w"]));
+    ok(&mut hub_cmd(&a, &h1, &h1.admin, &["push", "w"]));
     // Each hub accepts the other's admin token: grants live in the bucket.
-    ok(hub_cmd(&b, &h2, &h1.admin, &["clone", "w"]));
+    ok(&mut hub_cmd(&b, &h2, &h1.admin, &["clone", "w"]));
     for round in 0..3 {
         for (s, who) in [(&a, "a"), (&b, "b")] {
             std::fs::write(work.join("who"), format!("{who} {round}")).unwrap();
@@ -363,9 +363,9 @@ fn two_hubs_on_one_s3_bucket_lose_no_update() {
         );
         // The hub (read through either hub) holds the winner's snapshot.
         let c = t.path().join(format!("check{round}"));
-        ok(hub_cmd(&c, &h2, &h2.admin, &["clone", "w"]));
+        ok(&mut hub_cmd(&c, &h2, &h2.admin, &["clone", "w"]));
         assert_eq!(head(&c, "w"), head(winner, "w"));
         // The loser catches up for the next round.
-        ok(hub_cmd(loser, &h1, &h1.admin, &["pull", "w", "--force"]));
+        ok(&mut hub_cmd(loser, &h1, &h1.admin, &["pull", "w", "--force"]));
     }
 }

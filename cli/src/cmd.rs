@@ -215,7 +215,7 @@ pub fn run(store_path: &Path, cmd: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Mount(a) => crate::mount::mount(store_path, a),
-        Command::Umount(a) => crate::mount::umount(a),
+        Command::Umount(a) => crate::mount::umount(store_path, a),
         Command::Push(a) => crate::sync::push(store_path, a),
         Command::Pull(a) => crate::sync::pull(store_path, a),
         Command::Clone(a) => crate::sync::clone(store_path, a),
@@ -274,6 +274,17 @@ fn init(path: &Path, a: InitArgs) -> Result<ExitCode> {
 }
 
 fn snapshot(store_path: &Path, a: SnapshotArgs) -> Result<ExitCode> {
+    // A live read-write mount is snapshotted by its own process (it holds the dirty layer).
+    if let Some(code) = crate::mount::snapshot_of_mount(
+        store_path,
+        &a.path,
+        &a.workspace,
+        &a.message,
+        &a.meta,
+        a.json,
+    )? {
+        return Ok(code);
+    }
     let store = if store_path.join("config").exists() {
         open(store_path, Access::Write)?
     } else {

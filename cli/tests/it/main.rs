@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod damage;
 mod malicious;
+mod mount;
 mod sync;
 
 use std::fs;

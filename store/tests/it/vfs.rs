@@ -530,3 +530,29 @@ fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn a_workspace_without_snapshots_mounts_empty_and_snapshots_like_a_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    drop(small_store(&root, Compression::Zstd { level: 1 }));
+    let mut v = Vfs::open_workspace(reader(&root), "fresh", VfsOptions::default(), false).unwrap();
+    assert!(v.readdir(Ino::ROOT).unwrap().is_empty());
+    let d = v.mkdir(Ino::ROOT, b"d", 0o755, 0, 0).unwrap();
+    let (_, fh) = v.create(d.ino, b"f", 0o644, 0, 0).unwrap();
+    v.write(fh, 0, &noise(50_000, 4)).unwrap();
+    v.release(fh);
+    let r = commit(&root, &mut v);
+    assert_eq!(r.parent, None);
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/f"), noise(50_000, 4)).unwrap();
+    fs::set_permissions(src.join("d/f"), fs::Permissions::from_mode(0o644)).unwrap();
+    let c = cold(&root, &src, "cold");
+    let s = Store::open(&root, Access::Read, true).unwrap();
+    assert_eq!(listing(&s, r.id), listing(&s, c));
+    assert_eq!(
+        s.load_snapshot(&r.id).unwrap().stats,
+        s.load_snapshot(&c).unwrap().stats
+    );
+}

@@ -19,6 +19,7 @@ ds_install_system_packages() {
     command -v mkfifo >/dev/null || need+=(coreutils)
     command -v python3 >/dev/null || need+=(python3)
     command -v curl >/dev/null || need+=(curl)
+    command -v openssl >/dev/null || need+=(openssl)
     # Real workloads the FUSE tests run on a mount.
     command -v git >/dev/null || need+=(git)
     command -v sqlite3 >/dev/null || need+=(sqlite3)

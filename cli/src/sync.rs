@@ -250,6 +250,13 @@ fn bar(verb: &'static str) -> (ProgressBar, impl Fn(Event) + Sync) {
 }
 
 fn report(r: &SyncReport, verb: &str, json: bool, started: Instant) -> Result<ExitCode> {
+    if r.forced && r.previous.as_deref().is_some_and(|p| p != r.snapshot) && !json {
+        eprintln!(
+            "ds: --force: replaced {} (was at {}); its snapshots stay in the store, outside the workspace's history",
+            r.workspace,
+            &r.previous.as_deref().unwrap_or_default()[..12]
+        );
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(r)?);
     } else if r.up_to_date && r.objects_sent == 0 {

@@ -17,6 +17,7 @@
 //! - Decoders never allocate more than the input justifies and never panic.
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod chunker;
 pub mod codec;
 pub mod config;

@@ -15,17 +15,18 @@ use std::path::{Path, PathBuf};
 #[path = "../../fuzz/src/lib.rs"]
 mod checks;
 
-use checks::{codec, dir_node, file_node, hex, pack_trailer, snapshot, store_config};
+use checks::{codec, dir_node, file_node, hex, pack_trailer, pack_verify, snapshot, store_config};
 
 type Check = fn(&[u8]);
 
-const TARGETS: [(&str, Check); 6] = [
+const TARGETS: [(&str, Check); 7] = [
     ("dir_node", dir_node),
     ("file_node", file_node),
     ("snapshot", snapshot),
     ("pack_trailer", pack_trailer),
     ("store_config", store_config),
     ("codec", codec),
+    ("pack_verify", pack_verify),
 ];
 
 fn fuzz_dir() -> PathBuf {

@@ -12,13 +12,14 @@
 //! replay the committed corpora and regressions under plain `cargo test`, so
 //! it must depend on nothing but `ds-format` and std.
 
+use ds_format::check;
 use ds_format::codec::{Reader, Writer};
 use ds_format::config::StoreConfig;
 use ds_format::manifest::{self, FileNode};
 use ds_format::pack::{self, PackEntry};
 use ds_format::snapshot::Snapshot;
 use ds_format::tree::{self, DirNode, EntryData};
-use ds_format::{FormatError, ObjectKind};
+use ds_format::{FormatError, ObjectKind, PackId};
 
 /// Lowercase hex, for assertion messages.
 pub fn hex(b: &[u8]) -> String {
@@ -419,4 +420,36 @@ fn round_trip(v: u64) {
     );
     assert_eq!(r.bytes(8).ok(), Some(&v.to_le_bytes()[..]));
     assert!(r.finish().is_ok());
+}
+
+/// `check::verify_pack`: a whole pack as a hub receives it, claimed under
+/// the name its footer gives (so the checks behind the name are reachable),
+/// once with a receiver that holds nothing and once with one that holds all.
+pub fn pack_verify(data: &[u8]) {
+    let claimed = data
+        .len()
+        .checked_sub(40)
+        .and_then(|s| PackId::from_slice(&data[s..s + 32]))
+        .unwrap_or(PackId::ZERO);
+    for holds_all in [false, true] {
+        let Ok((entries, tstart)) = check::verify_pack(&claimed, data, &mut |_| holds_all) else {
+            continue;
+        };
+        assert!(tstart >= pack::HEADER.len() && tstart <= data.len());
+        for e in &entries {
+            let end = e.offset as usize + e.stored_len as usize;
+            assert!(
+                end <= tstart,
+                "pack verify: object {} runs into the trailer",
+                e.id
+            );
+            let raw = check::decode_stored(e.stored, &data[e.offset as usize..end], e.raw_len)
+                .expect("pack verify: accepted an object that does not decode");
+            assert_eq!(
+                e.kind.hash(&raw),
+                e.id,
+                "pack verify: accepted a wrong hash"
+            );
+        }
+    }
 }

@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
+use ds_format::pack::Stored;
 use ds_format::pack::{HEADER, PackEntry, encode_trailer};
 use ds_format::{ObjectId, ObjectKind, PackId};
 use ds_proto::v1::sync_client::SyncClient;
@@ -20,7 +21,6 @@ use ds_proto::v1::{
     UpdateRefRequest, UploadPackRequest, upload_pack_request,
 };
 use ds_proto::{MAX_MESSAGE, PROTOCOL, UPLOAD_PIECE, bit, join_ids};
-use ds_format::pack::Stored;
 use ds_store::writer::{self, Payload};
 use ds_store::{Store, dag};
 use serde::Serialize;
@@ -39,7 +39,11 @@ impl Bearer {
     /// # Panics
     /// If the token holds characters an HTTP header cannot (tokens are hex).
     pub fn new(token: &str) -> Bearer {
-        Bearer(format!("Bearer {token}").parse().expect("token is header-safe"))
+        Bearer(
+            format!("Bearer {token}")
+                .parse()
+                .expect("token is header-safe"),
+        )
     }
 }
 
@@ -77,12 +81,14 @@ fn rpc(e: Status) -> HubError {
 
 impl Remote {
     /// Connects and checks the protocol version. `https://` URLs use TLS,
-    /// trusting `ca` (PEM) when given.
+    /// trusting the system's CAs and `ca` (PEM) when given.
     pub async fn connect(url: &str, token: &str, ca: Option<&Path>) -> Result<Remote> {
+        crate::install_crypto_provider();
         let mut ep = Endpoint::from_shared(url.to_string())
             .map_err(|e| HubError::Invalid(format!("hub URL {url:?}: {e}")))?;
         if url.starts_with("https://") {
-            let mut tls = ClientTlsConfig::new();
+            // The system's trust store, plus a private CA when given.
+            let mut tls = ClientTlsConfig::new().with_native_roots();
             if let Some(ca) = ca {
                 let pem = std::fs::read(ca).map_err(|source| HubError::Io {
                     path: ca.to_path_buf(),
@@ -93,11 +99,18 @@ impl Remote {
             ep = ep.tls_config(tls)?;
         }
         let channel = ep.connect().await.map_err(|e| {
-            HubError::Invalid(format!("cannot reach the hub at {url}: {e}"))
+            // tonic's own message is just "transport error": say why.
+            let mut why = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                why = format!("{why}: {s}");
+                src = s.source();
+            }
+            HubError::Invalid(format!("cannot reach the hub at {url}: {why}"))
         })?;
-        let header = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| HubError::Invalid("the token contains characters a header cannot".into()))?;
+        let header = format!("Bearer {token}").parse().map_err(|_| {
+            HubError::Invalid("the token contains characters a header cannot".into())
+        })?;
         let client = SyncClient::with_interceptor(channel, Bearer(header))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
@@ -216,7 +229,11 @@ impl Remote {
         Ok(ObjectId::from_slice(&r.previous))
     }
 
-    pub async fn create_token(&mut self, workspaces: Vec<String>, comment: String) -> Result<String> {
+    pub async fn create_token(
+        &mut self,
+        workspaces: Vec<String>,
+        comment: String,
+    ) -> Result<String> {
         let r = self
             .client
             .create_token(CreateTokenRequest {
@@ -323,7 +340,10 @@ pub async fn push(
         .into_iter()
         .filter_map(|id| kinds.get(&id).map(|k| (id, *k)))
         .collect();
-    let chunks = order.iter().filter(|(_, k)| *k == ObjectKind::Chunk).count() as u64;
+    let chunks = order
+        .iter()
+        .filter(|(_, k)| *k == ObjectKind::Chunk)
+        .count() as u64;
     progress(Event::Transfer {
         objects: order.len() as u64,
         chunks,
@@ -492,9 +512,9 @@ pub async fn pull(
             .get_objects(&want, &mut |o| {
                 let id = ObjectId::from_slice(&o.id)
                     .ok_or_else(|| HubError::Invalid("hub sent a malformed id".into()))?;
-                let kind = *kinds
-                    .get(&id)
-                    .ok_or_else(|| HubError::Invalid(format!("hub sent {id}, which was not asked for")))?;
+                let kind = *kinds.get(&id).ok_or_else(|| {
+                    HubError::Invalid(format!("hub sent {id}, which was not asked for"))
+                })?;
                 if !got.insert(id) {
                     return Err(HubError::Invalid(format!("hub sent {id} twice")));
                 }
@@ -504,11 +524,14 @@ pub async fn pull(
                     s => return Err(HubError::Invalid(format!("hub sent {id} with storage {s}"))),
                 };
                 if o.raw_len > ds_format::pack::MAX_OBJECT || u32::from(kind as u8) != o.kind {
-                    return Err(HubError::Invalid(format!("hub sent {id} with a wrong header")));
+                    return Err(HubError::Invalid(format!(
+                        "hub sent {id} with a wrong header"
+                    )));
                 }
                 let len = o.data.len() as u64;
-                let raw = ds_store::decode_stored(stored, o.data, o.raw_len)
-                    .map_err(|why| HubError::Invalid(format!("hub sent {id} undecodable: {why}")))?;
+                let raw = ds_store::decode_stored(stored, o.data, o.raw_len).map_err(|why| {
+                    HubError::Invalid(format!("hub sent {id} undecodable: {why}"))
+                })?;
                 if kind.hash(&raw) != id {
                     return Err(HubError::Invalid(format!(
                         "hub sent {id} with content that does not match it (refused)"
@@ -518,10 +541,16 @@ pub async fn pull(
                 rep.objects_sent += 1;
                 if kind == ObjectKind::Chunk {
                     rep.chunks_sent += 1;
-                    progress(Event::Moved { bytes: len, chunks: 1 });
+                    progress(Event::Moved {
+                        bytes: len,
+                        chunks: 1,
+                    });
                     w.put(kind, id, Payload::Owned(raw))?;
                 } else {
-                    progress(Event::Moved { bytes: len, chunks: 0 });
+                    progress(Event::Moved {
+                        bytes: len,
+                        chunks: 0,
+                    });
                     kids.clear();
                     dag::children(&id, kind, &raw, &mut kids)?;
                     edges.insert(id, kids.iter().map(|(c, _)| *c).collect());

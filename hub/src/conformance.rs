@@ -35,26 +35,48 @@ pub fn pack_of(chunks: &[&[u8]]) -> (PackId, Vec<u8>, Vec<u8>, Vec<PackEntry>) {
 /// Runs every check against `a` and `b`, two handles on the same empty
 /// storage (as two hubs would open it); panics at the first broken promise.
 pub async fn run(a: &Storage, b: &Storage) {
-    assert!(a.list_packs().await.unwrap().is_empty(), "storage must start empty");
+    assert!(
+        a.list_packs().await.unwrap().is_empty(),
+        "storage must start empty"
+    );
 
     // Packs: visible once stored, readable by range, index checked, idempotent.
     let (id, data, trailer, entries) = pack_of(&[b"alpha chunk", b"beta chunk!"]);
-    assert!(a.put_pack(&id, Bytes::from(data.clone()), &trailer).await.unwrap());
-    assert!(!b.put_pack(&id, Bytes::from(data.clone()), &trailer).await.unwrap());
+    assert!(
+        a.put_pack(&id, Bytes::from(data.clone()), &trailer)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.put_pack(&id, Bytes::from(data.clone()), &trailer)
+            .await
+            .unwrap()
+    );
     assert_eq!(b.list_packs().await.unwrap(), vec![id]);
     assert_eq!(b.pack_entries(&id).await.unwrap(), entries);
-    let r = b
-        .read_ranges(&id, &[8..13, 19..23])
-        .await
-        .unwrap();
+    let r = b.read_ranges(&id, &[8..13, 19..23]).await.unwrap();
     assert_eq!(&r[0][..], b"alpha");
     assert_eq!(&r[1][..], b"beta");
     // A big pack goes up in parts and reads back whole.
     let big: Vec<u8> = (0..20u32 << 20).map(|i| (i * 31 % 251) as u8).collect();
     let (bid, bdata, btrailer, _) = pack_of(&[&big[..12 << 20], &big[12 << 20..]]);
-    assert!(a.put_pack(&bid, Bytes::from(bdata.clone()), &btrailer).await.unwrap());
-    let whole = b.read_ranges(&bid, &[0..bdata.len() as u64]).await.unwrap();
-    assert!(whole[0][..] == bdata[..], "multipart pack reads back differently");
+    assert!(
+        a.put_pack(&bid, Bytes::from(bdata.clone()), &btrailer)
+            .await
+            .unwrap()
+    );
+    let all = std::ops::Range {
+        start: 0,
+        end: bdata.len() as u64,
+    };
+    let whole = b
+        .read_ranges(&bid, std::slice::from_ref(&all))
+        .await
+        .unwrap();
+    assert!(
+        whole[0][..] == bdata[..],
+        "multipart pack reads back differently"
+    );
 
     // Refs: create, compare-and-swap, conflicts that say what is there, force.
     let s = |n: u8| ObjectId([n; 32]);
@@ -64,20 +86,32 @@ pub async fn run(a: &Storage, b: &Storage) {
         Err(HubError::RefConflict { actual, .. }) => assert_eq!(actual, Some(s(1))),
         other => panic!("create over an existing ref: {other:?}"),
     }
-    assert_eq!(b.swap_ref("w", Some(s(1)), s(2), false).await.unwrap(), Some(s(1)));
+    assert_eq!(
+        b.swap_ref("w", Some(s(1)), s(2), false).await.unwrap(),
+        Some(s(1))
+    );
     assert!(matches!(
         a.swap_ref("w", Some(s(1)), s(3), false).await,
         Err(HubError::RefConflict { .. })
     ));
-    assert_eq!(a.swap_ref("w", Some(s(9)), s(3), true).await.unwrap(), Some(s(2)));
+    assert_eq!(
+        a.swap_ref("w", Some(s(9)), s(3), true).await.unwrap(),
+        Some(s(2))
+    );
     assert_eq!(b.get_ref("w").await.unwrap(), Some(s(3)));
-    assert!(a.get_ref("../x").await.is_err(), "hostile workspace names are refused");
+    assert!(
+        a.get_ref("../x").await.is_err(),
+        "hostile workspace names are refused"
+    );
 
     // Concurrent writers through both handles never lose an update: each
     // successful swap moves the ref from the value it read.
     let counter = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for (w, st) in [a.clone(), b.clone(), a.clone(), b.clone()].into_iter().enumerate() {
+    for (w, st) in [a.clone(), b.clone(), a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+    {
         let counter = counter.clone();
         tasks.push(tokio::spawn(async move {
             let mut wins = 0;
@@ -108,7 +142,10 @@ pub async fn run(a: &Storage, b: &Storage) {
         "an acknowledged ref update was lost"
     );
     let refs = b.list_refs().await.unwrap();
-    assert_eq!(refs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["race", "w"]);
+    assert_eq!(
+        refs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["race", "w"]
+    );
 
     // Tokens.
     assert_eq!(a.get_token("abc").await.unwrap(), None);

@@ -20,3 +20,10 @@ pub mod storage;
 pub mod verify;
 
 pub use error::{HubError, Result};
+
+/// Selects rustls's process-wide crypto provider (ring). Both ring (tonic)
+/// and aws-lc-rs (object_store's S3 client) are linked, and rustls will not
+/// choose between them by itself. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

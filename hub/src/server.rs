@@ -58,6 +58,7 @@ pub async fn run(
     ready: impl FnOnce(SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
+    crate::install_crypto_provider();
     std::fs::create_dir_all(&opts.data).at(&opts.data)?;
     let data = std::fs::canonicalize(&opts.data).at(&opts.data)?;
     let url = match &opts.storage {
@@ -85,7 +86,9 @@ pub async fn run(
     let listener = TcpListener::bind(&opts.listen)
         .await
         .at(std::path::Path::new(&opts.listen))?;
-    let addr = listener.local_addr().at(std::path::Path::new(&opts.listen))?;
+    let addr = listener
+        .local_addr()
+        .at(std::path::Path::new(&opts.listen))?;
     let svc = SyncServer::new(SyncService::new(storage, cache, auth))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);

@@ -11,8 +11,8 @@ use ds_format::{ObjectId, ObjectKind, PackId};
 use ds_proto::v1::sync_server::Sync;
 use ds_proto::v1::{
     CreateTokenReply, CreateTokenRequest, GetObjectsReply, GetObjectsRequest, GetRefReply,
-    GetRefRequest, HaveReply, HaveRequest, HelloReply, HelloRequest, StoredObject,
-    UpdateRefReply, UpdateRefRequest, UploadPackReply, UploadPackRequest, upload_pack_request,
+    GetRefRequest, HaveReply, HaveRequest, HelloReply, HelloRequest, StoredObject, UpdateRefReply,
+    UpdateRefRequest, UploadPackReply, UploadPackRequest, upload_pack_request,
 };
 use ds_proto::{MAX_BATCH, MAX_MESSAGE, MAX_PACK, PROTOCOL, REPLY_TARGET, bitmap, split_ids};
 use ds_store::index::Location;
@@ -220,7 +220,11 @@ impl Sync for SyncService {
         let mut stream = req.into_inner();
         let header = match stream.message().await?.and_then(|m| m.part) {
             Some(upload_pack_request::Part::Header(h)) => h,
-            _ => return Err(Status::invalid_argument("an upload must start with a pack header")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "an upload must start with a pack header",
+                ));
+            }
         };
         let id = PackId::from_slice(&header.id)
             .ok_or_else(|| Status::invalid_argument("pack id must be 32 bytes"))?;
@@ -256,8 +260,7 @@ impl Sync for SyncService {
         }
         let index = self.cache.index().clone();
         let (data, verified) = tokio::task::spawn_blocking(move || {
-            let held = |c: &ObjectId| Ok(index.contains(c)?);
-            let v = verify_pack(&id, &data, &held);
+            let v = verify_pack(&id, &data, &index);
             (data, v)
         })
         .await
@@ -361,7 +364,9 @@ impl Sync for SyncService {
         self.auth.check(&req).await?.require_admin()?;
         let r = req.get_ref();
         if r.workspaces.is_empty() {
-            return Err(Status::invalid_argument("name at least one workspace (or *)"));
+            return Err(Status::invalid_argument(
+                "name at least one workspace (or *)",
+            ));
         }
         for w in &r.workspaces {
             if w != "*" {

@@ -195,8 +195,7 @@ impl Storage {
         ranges: &[std::ops::Range<u64>],
     ) -> Result<Vec<Bytes>> {
         let s = &self.inner;
-        Ok(s
-            .objects
+        Ok(s.objects
             .get_ranges(&pack_key(&s.prefix, id, "pack"), ranges)
             .await?)
     }
@@ -323,7 +322,9 @@ impl Storage {
     pub async fn put_token(&self, hash: &str, grant: &[u8]) -> Result<()> {
         let s = &self.inner;
         let key = s.prefix.clone().join("tokens").join(hash);
-        s.objects.put(&key, PutPayload::from(grant.to_vec())).await?;
+        s.objects
+            .put(&key, PutPayload::from(grant.to_vec()))
+            .await?;
         Ok(())
     }
 
@@ -375,20 +376,25 @@ async fn probe_conditional(s: &Inner) -> Result<()> {
         why,
     };
     let nonce = blake3::hash(
-        format!(
-            "{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-        )
-        .as_bytes(),
+        format!("{}-{:?}", std::process::id(), std::time::SystemTime::now()).as_bytes(),
     )
     .to_hex();
-    let key = s.prefix.clone().join("hub").join(format!("probe-{}", &nonce[..16]));
+    let key = s
+        .prefix
+        .clone()
+        .join("hub")
+        .join(format!("probe-{}", &nonce[..16]));
     let create = || PutOptions::from(PutMode::Create);
     let first = s
         .objects
         .put_opts(&key, PutPayload::from_static(b"1"), create())
-        .await?;
+        .await
+        .map_err(|e| match e {
+            object_store::Error::NotImplemented { .. } => {
+                fail(format!("create-only PUT is not supported: {e}"))
+            }
+            e => HubError::Storage(e),
+        })?;
     let second = s
         .objects
         .put_opts(&key, PutPayload::from_static(b"2"), create())
@@ -416,7 +422,11 @@ async fn probe_conditional(s: &Inner) -> Result<()> {
     let _ = s.objects.delete(&key).await;
     match second {
         Err(object_store::Error::AlreadyExists { .. }) => {}
-        Ok(_) => return Err(fail("a create-only PUT overwrote an existing object".into())),
+        Ok(_) => {
+            return Err(fail(
+                "a create-only PUT overwrote an existing object".into(),
+            ));
+        }
         Err(e) => return Err(fail(format!("create-only PUT failed: {e}"))),
     }
     match update {

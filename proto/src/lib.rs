@@ -26,7 +26,7 @@ pub const REPLY_TARGET: usize = 4 << 20;
 
 /// Splits concatenated 32-byte ids; `None` if the length is not a multiple.
 pub fn split_ids(b: &[u8]) -> Option<Vec<[u8; 32]>> {
-    if b.len() % 32 != 0 {
+    if !b.len().is_multiple_of(32) {
         return None;
     }
     Some(

@@ -10,62 +10,25 @@
 
 use std::collections::{HashMap, HashSet};
 
-use ds_format::manifest::FileNode;
-use ds_format::snapshot::Snapshot;
-use ds_format::tree::{DirNode, EntryData};
+use ds_format::check;
 use ds_format::{ObjectId, ObjectKind};
 
 use crate::{Result, Store, StoreError};
 
-/// The objects directly below an object, given its verified plaintext.
+/// The objects directly below an object, given its verified plaintext
+/// (see [`ds_format::check::children`]).
 pub fn children(
     id: &ObjectId,
     kind: ObjectKind,
     raw: &[u8],
     out: &mut Vec<(ObjectId, ObjectKind)>,
 ) -> Result<()> {
-    let damaged = |why: String| StoreError::Damaged {
+    check::children(kind, raw, out).map_err(|e| StoreError::Damaged {
         kind: kind.name(),
         id: *id,
         pack: None,
-        why,
-    };
-    match kind {
-        ObjectKind::Chunk => {}
-        ObjectKind::FileNode => {
-            let n = FileNode::decode(raw).map_err(|e| damaged(e.to_string()))?;
-            let k = if n.level == 0 {
-                ObjectKind::Chunk
-            } else {
-                ObjectKind::FileNode
-            };
-            out.extend(n.children.iter().map(|c| (c.id, k)));
-        }
-        ObjectKind::DirNode => match DirNode::decode(raw).map_err(|e| damaged(e.to_string()))? {
-            DirNode::Leaf(entries) => {
-                for e in entries {
-                    match e.data {
-                        EntryData::File(f) if f.size == 0 => {}
-                        EntryData::File(f) if f.height == 0 => {
-                            out.push((f.root, ObjectKind::Chunk))
-                        }
-                        EntryData::File(f) => out.push((f.root, ObjectKind::FileNode)),
-                        EntryData::Dir(d) => out.push((d.root, ObjectKind::DirNode)),
-                        EntryData::Symlink(_) => {}
-                    }
-                }
-            }
-            DirNode::Index { children, .. } => {
-                out.extend(children.iter().map(|c| (c.id, ObjectKind::DirNode)));
-            }
-        },
-        ObjectKind::Snapshot => {
-            let s = Snapshot::decode(raw).map_err(|e| damaged(e.to_string()))?;
-            out.push((s.root.root, ObjectKind::DirNode));
-            out.extend(s.parents.iter().map(|p| (*p, ObjectKind::Snapshot)));
-        }
-    }
-    Ok(())
+        why: e.to_string(),
+    })
 }
 
 /// Orders the objects reachable from `roots` through `edges` so that every

@@ -439,24 +439,13 @@ impl Store {
     }
 }
 
-/// Turns stored bytes back into plaintext.
+/// Turns stored bytes back into plaintext (see
+/// [`ds_format::check::decode_stored`]).
 pub fn decode_stored(stored: Stored, bytes: Vec<u8>, raw_len: u32) -> Result<Vec<u8>, String> {
-    match stored {
-        Stored::Raw => {
-            if bytes.len() != raw_len as usize {
-                return Err("length mismatch".into());
-            }
-            Ok(bytes)
-        }
-        Stored::Zstd => {
-            let out = zstd::bulk::decompress(&bytes, raw_len as usize)
-                .map_err(|e| format!("zstd: {e}"))?;
-            if out.len() != raw_len as usize {
-                return Err("decompressed length mismatch".into());
-            }
-            Ok(out)
-        }
+    if stored == Stored::Raw && bytes.len() == raw_len as usize {
+        return Ok(bytes); // no copy on the hot path
     }
+    ds_format::check::decode_stored(stored, &bytes, raw_len).map_err(|e| e.to_string())
 }
 
 fn rebuild(index: &Index, packs: &dyn PackStore) -> Result<u64> {

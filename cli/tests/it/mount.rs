@@ -203,7 +203,11 @@ fn read_write_mount_runs_real_tools_and_snapshots_live() {
     let tarball = tmp.path().join("t.tar");
     sh(
         tmp.path(),
-        &format!("tar -cf {} -C {} .", tarball.display(), src.display()),
+        &format!(
+            "tar --format=posix -cf {} -C {} .",
+            tarball.display(),
+            src.display()
+        ),
     );
     let wheel = make_wheel(tmp.path());
     let mp = tmp.path().join("home");
@@ -212,7 +216,7 @@ fn read_write_mount_runs_real_tools_and_snapshots_live() {
         &mp,
         "git init -q repo && cd repo && echo hello > a.txt && mkdir d && echo x > d/b && \
          git add -A && git commit -qm one && echo more >> a.txt && git commit -qam two && \
-         git log --oneline | wc -l | grep -qx 2 && git fsck -q && git status --porcelain | wc -l | grep -qx 0",
+         git log --oneline | wc -l | grep -qx 2 && git fsck --strict --no-progress && git status --porcelain | wc -l | grep -qx 0",
     );
     sh(
         &mp,
@@ -292,26 +296,30 @@ EOF",
 /// A tiny pure-Python wheel, built by hand (no network, no setuptools).
 fn make_wheel(dir: &Path) -> PathBuf {
     let path = dir.join("dstiny-1.0-py3-none-any.whl");
-    sh(
-        dir,
-        &format!(
-            "python3 - <<'EOF'\n\
-import zipfile, hashlib, base64\n\
-files = {{'dstiny/__init__.py': 'def answer():\\n    return 42\\n',\n\
- 'dstiny-1.0.dist-info/METADATA': 'Metadata-Version: 2.1\\nName: dstiny\\nVersion: 1.0\\n',\n\
- 'dstiny-1.0.dist-info/WHEEL': 'Wheel-Version: 1.0\\nGenerator: hand\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n'}}\n\
-rec = []\n\
-with zipfile.ZipFile('{}', 'w') as z:\n\
-    for n, c in files.items():\n\
-        z.writestr(n, c)\n\
-        d = base64.urlsafe_b64encode(hashlib.sha256(c.encode()).digest()).rstrip(b'=').decode()\n\
-        rec.append(f'{{n}},sha256={{d}},{{len(c)}}')\n\
-    rec.append('dstiny-1.0.dist-info/RECORD,,')\n\
-    z.writestr('dstiny-1.0.dist-info/RECORD', '\\n'.join(rec) + '\\n')\n\
-EOF",
-            path.display()
-        ),
-    );
+    let script = r#"
+import sys, zipfile, hashlib, base64
+files = {
+    'dstiny/__init__.py': 'def answer():\n    return 42\n',
+    'dstiny-1.0.dist-info/METADATA': 'Metadata-Version: 2.1\nName: dstiny\nVersion: 1.0\n',
+    'dstiny-1.0.dist-info/WHEEL':
+        'Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n',
+}
+rec = []
+with zipfile.ZipFile(sys.argv[1], 'w') as z:
+    for n, c in files.items():
+        z.writestr(n, c)
+        d = base64.urlsafe_b64encode(hashlib.sha256(c.encode()).digest()).rstrip(b'=').decode()
+        rec.append(f'{n},sha256={d},{len(c)}')
+    rec.append('dstiny-1.0.dist-info/RECORD,,')
+    z.writestr('dstiny-1.0.dist-info/RECORD', '\n'.join(rec) + '\n')
+"#;
+    let st = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(st.success());
     path
 }
 

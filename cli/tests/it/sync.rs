@@ -24,9 +24,19 @@ impl Drop for Hub {
 }
 
 pub fn start_hub(data: &Path, storage: Option<&str>, env: &[(&str, &str)]) -> Hub {
+    start_hub_with(data, storage, env, &[])
+}
+
+pub fn start_hub_with(
+    data: &Path,
+    storage: Option<&str>,
+    env: &[(&str, &str)],
+    extra: &[&str],
+) -> Hub {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ds"));
     c.args(["hub", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data);
+        .arg(data)
+        .args(extra);
     if let Some(s) = storage {
         c.args(["--storage", s]);
     }
@@ -103,10 +113,20 @@ fn push_clone_pull_ship_only_what_changed_and_refuse_conflicts() {
     sample_tree(&work);
     ok(ds(&a).arg("snapshot").arg(&work).args(["-w", "w"]));
 
-    let first = json(&ok(&mut hub_cmd(&a, &hub, &hub.admin, &["push", "w", "--json"])));
+    let first = json(&ok(&mut hub_cmd(
+        &a,
+        &hub,
+        &hub.admin,
+        &["push", "w", "--json"],
+    )));
     assert!(first["chunks_sent"].as_u64().unwrap() > 40, "{first}");
     assert_eq!(first["up_to_date"], false);
-    let again = json(&ok(&mut hub_cmd(&a, &hub, &hub.admin, &["push", "w", "--json"])));
+    let again = json(&ok(&mut hub_cmd(
+        &a,
+        &hub,
+        &hub.admin,
+        &["push", "w", "--json"],
+    )));
     assert_eq!(again["up_to_date"], true, "{again}");
     assert_eq!(again["objects_sent"], 0);
     assert!(again["round_trips"].as_u64().unwrap() <= 3, "{again}");
@@ -133,14 +153,24 @@ fn push_clone_pull_ship_only_what_changed_and_refuse_conflicts() {
     csv.extend_from_slice(b"20000,1,2\n".repeat(100).as_slice());
     std::fs::write(work.join("data.csv"), csv).unwrap();
     ok(ds(&a).arg("snapshot").arg(&work).args(["-w", "w"]));
-    let inc = json(&ok(&mut hub_cmd(&a, &hub, &hub.admin, &["push", "w", "--json"])));
+    let inc = json(&ok(&mut hub_cmd(
+        &a,
+        &hub,
+        &hub.admin,
+        &["push", "w", "--json"],
+    )));
     let sent = inc["bytes_sent"].as_u64().unwrap();
     assert!(
         sent < 700 << 10,
         "incremental push sent {sent} bytes: {inc}"
     );
     assert!(inc["chunks_skipped"].as_u64().unwrap() > 0, "{inc}");
-    let pulled = json(&ok(&mut hub_cmd(&b, &hub, &hub.admin, &["pull", "w", "--json"])));
+    let pulled = json(&ok(&mut hub_cmd(
+        &b,
+        &hub,
+        &hub.admin,
+        &["pull", "w", "--json"],
+    )));
     assert!(
         pulled["bytes_sent"].as_u64().unwrap() < 700 << 10,
         "{pulled}"
@@ -173,7 +203,12 @@ fn push_clone_pull_ship_only_what_changed_and_refuse_conflicts() {
         &mut hub_cmd(&b, &hub, &hub.admin, &["pull", "w"]),
         "does not descend",
     );
-    ok(&mut hub_cmd(&b, &hub, &hub.admin, &["pull", "w", "--force"]));
+    ok(&mut hub_cmd(
+        &b,
+        &hub,
+        &hub.admin,
+        &["pull", "w", "--force"],
+    ));
     assert_eq!(head(&b, "w"), head(&a, "w"));
 }
 
@@ -197,9 +232,16 @@ fn tokens_are_required_checked_and_scoped_and_remotes_are_saved() {
         &mut hub_cmd(&a, &hub, "ds_bogus", &["push", "w"]),
         "not known to the hub",
     );
-    let limited =
-        String::from_utf8(ok(&mut hub_cmd(&a, &hub, &hub.admin, &["token", "-w", "other"])).stdout)
-            .unwrap();
+    let limited = String::from_utf8(
+        ok(&mut hub_cmd(
+            &a,
+            &hub,
+            &hub.admin,
+            &["token", "-w", "other"],
+        ))
+        .stdout,
+    )
+    .unwrap();
     fails_saying(
         &mut hub_cmd(&a, &hub, limited.trim(), &["push", "w"]),
         "may not use workspace",
@@ -284,7 +326,12 @@ fn a_push_killed_with_sigkill_resumes_without_resending_what_landed() {
     let (_, landed) = packs_in(&bucket);
     assert!(landed_before_kill >= 3);
 
-    let r = json(&ok(&mut hub_cmd(&a, &hub, &hub.admin, &["push", "w", "--json"])));
+    let r = json(&ok(&mut hub_cmd(
+        &a,
+        &hub,
+        &hub.admin,
+        &["push", "w", "--json"],
+    )));
     let total: u64 = 96 << 20;
     let sent = r["bytes_sent"].as_u64().unwrap();
     assert!(
@@ -366,6 +413,127 @@ fn two_hubs_on_one_s3_bucket_lose_no_update() {
         ok(&mut hub_cmd(&c, &h2, &h2.admin, &["clone", "w"]));
         assert_eq!(head(&c, "w"), head(winner, "w"));
         // The loser catches up for the next round.
-        ok(&mut hub_cmd(loser, &h1, &h1.admin, &["pull", "w", "--force"]));
+        ok(&mut hub_cmd(
+            loser,
+            &h1,
+            &h1.admin,
+            &["pull", "w", "--force"],
+        ));
     }
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let st = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl (Debian package openssl) makes the test certificates");
+    assert!(st.success(), "openssl {args:?}");
+}
+
+#[test]
+fn tls_hub_serves_clients_that_trust_its_ca_and_only_those() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    // A private CA and a server certificate for 127.0.0.1 signed by it.
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=ds test CA",
+            ],
+        ]
+        .concat(),
+        d,
+    );
+    openssl(
+        &[
+            &["req"],
+            &ec[..],
+            &[
+                "-keyout",
+                "key.pem",
+                "-out",
+                "req.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat(),
+        d,
+    );
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "req.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+        d,
+    );
+    let (cert, key, ca) = (d.join("cert.pem"), d.join("key.pem"), d.join("ca.pem"));
+    let hub = start_hub_with(
+        &t.path().join("hub"),
+        None,
+        &[],
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(hub.url.starts_with("https://"), "{}", hub.url);
+    let a = t.path().join("a");
+    let work = t.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("f"), b"over tls").unwrap();
+    ok(ds(&a).arg("snapshot").arg(&work).args(["-w", "w"]));
+    // Without the CA, the certificate is not trusted.
+    let out = hub_cmd(&a, &hub, &hub.admin, &["push", "w"])
+        .env_remove("DS_CA_CERT")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "an untrusted certificate was accepted"
+    );
+    ok(hub_cmd(&a, &hub, &hub.admin, &["push", "w"])
+        .arg("--ca-cert")
+        .arg(&ca));
+    let b = t.path().join("b");
+    ok(hub_cmd(&b, &hub, &hub.admin, &["clone", "w"]).env("DS_CA_CERT", &ca));
+    assert_eq!(head(&b, "w"), head(&a, "w"));
 }

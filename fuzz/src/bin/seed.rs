@@ -38,6 +38,7 @@ impl Out {
             "pack_trailer" => ds_fuzz::pack_trailer(bytes),
             "store_config" => ds_fuzz::store_config(bytes),
             "codec" => ds_fuzz::codec(bytes),
+            "pack_verify" => ds_fuzz::pack_verify(bytes),
             _ => unreachable!(),
         }
         let dir = self.root.join(target);

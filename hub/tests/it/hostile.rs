@@ -76,7 +76,8 @@ async fn start_hub() -> Hub {
     }
 }
 
-type Client = SyncClient<tonic::service::interceptor::InterceptedService<Channel, ds_hub::client::Bearer>>;
+type Client =
+    SyncClient<tonic::service::interceptor::InterceptedService<Channel, ds_hub::client::Bearer>>;
 
 async fn client(addr: std::net::SocketAddr, token: &str) -> Client {
     let ch = Channel::from_shared(format!("http://{addr}"))
@@ -88,7 +89,12 @@ async fn client(addr: std::net::SocketAddr, token: &str) -> Client {
     SyncClient::with_interceptor(ch, bearer).max_encoding_message_size(64 << 20)
 }
 
-async fn upload(c: &mut Client, id: &PackId, size: u64, pieces: Vec<Vec<u8>>) -> Result<bool, tonic::Status> {
+async fn upload(
+    c: &mut Client,
+    id: &PackId,
+    size: u64,
+    pieces: Vec<Vec<u8>>,
+) -> Result<bool, tonic::Status> {
     let mut msgs = vec![UploadPackRequest {
         part: Some(Part::Header(PackHeader {
             id: id.0.to_vec(),
@@ -107,7 +113,11 @@ fn expect(r: Result<impl std::fmt::Debug, tonic::Status>, code: Code, says: &str
     match r {
         Err(s) => {
             assert_eq!(s.code(), code, "{s:?}");
-            assert!(s.message().contains(says), "{:?} does not say {says:?}", s.message());
+            assert!(
+                s.message().contains(says),
+                "{:?} does not say {says:?}",
+                s.message()
+            );
         }
         Ok(v) => panic!("accepted: {v:?}"),
     }
@@ -115,8 +125,14 @@ fn expect(r: Result<impl std::fmt::Debug, tonic::Status>, code: Code, says: &str
 
 async fn bucket_is_empty(url: &str) {
     let st = Storage::open(url).await.unwrap();
-    assert!(st.list_packs().await.unwrap().is_empty(), "a refused pack reached the bucket");
-    assert!(st.list_refs().await.unwrap().is_empty(), "a refused ref moved");
+    assert!(
+        st.list_packs().await.unwrap().is_empty(),
+        "a refused pack reached the bucket"
+    );
+    assert!(
+        st.list_refs().await.unwrap().is_empty(),
+        "a refused ref moved"
+    );
     let _ = Path::new(url);
 }
 
@@ -150,7 +166,11 @@ async fn hostile_clients_are_refused_and_nothing_changes() {
     let (id, mut data, _, _) = pack_of(&[b"honest bytes", b"more honest bytes"]);
     data[HEADER.len() + 3] ^= 1;
     let len = data.len() as u64;
-    expect(upload(&mut c, &id, len, vec![data]).await, Code::InvalidArgument, "does not match its hash");
+    expect(
+        upload(&mut c, &id, len, vec![data]).await,
+        Code::InvalidArgument,
+        "does not match its hash",
+    );
 
     // Truncated, and longer than announced.
     let (id, data, _, _) = pack_of(&[b"some chunk"]);
@@ -167,11 +187,21 @@ async fn hostile_clients_are_refused_and_nothing_changes() {
     );
     // A pack under another pack's name.
     let (other, _, _, _) = pack_of(&[b"other"]);
-    expect(upload(&mut c, &other, len, vec![data.clone()]).await, Code::InvalidArgument, "hashes to");
+    expect(
+        upload(&mut c, &other, len, vec![data.clone()]).await,
+        Code::InvalidArgument,
+        "hashes to",
+    );
     // Oversized message: over the 8 MiB limit in one piece.
     let r = upload(&mut c, &id, 9 << 20, vec![vec![7u8; 9 << 20]]).await;
     let code = r.expect_err("oversized message accepted").code();
-    assert!(matches!(code, Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument), "{code:?}");
+    assert!(
+        matches!(
+            code,
+            Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument
+        ),
+        "{code:?}"
+    );
     // More ids than a batch may hold.
     expect(
         c.have(HaveRequest { ids: vec![0; 33] }).await,
@@ -183,7 +213,10 @@ async fn hostile_clients_are_refused_and_nothing_changes() {
     let missing = ObjectKind::Chunk.hash(b"never uploaded");
     let node = FileNode {
         level: 0,
-        children: vec![Child { id: missing, len: 14 }],
+        children: vec![Child {
+            id: missing,
+            len: 14,
+        }],
     }
     .encode();
     let nid = ObjectKind::FileNode.hash(&node);
@@ -200,7 +233,11 @@ async fn hostile_clients_are_refused_and_nothing_changes() {
     let (pid, trailer) = encode_trailer(&[e]);
     pack.extend_from_slice(&trailer);
     let plen = pack.len() as u64;
-    expect(upload(&mut c, &pid, plen, vec![pack]).await, Code::InvalidArgument, "does not hold");
+    expect(
+        upload(&mut c, &pid, plen, vec![pack]).await,
+        Code::InvalidArgument,
+        "does not hold",
+    );
 
     // Refs: a snapshot the hub does not hold; a workspace the token may not use.
     expect(
@@ -225,10 +262,14 @@ async fn hostile_clients_are_refused_and_nothing_changes() {
         Code::InvalidArgument,
         "",
     );
-    let mut admin = ds_hub::client::Remote::connect(&format!("http://{}", hub.addr), &hub.admin, None)
+    let mut admin =
+        ds_hub::client::Remote::connect(&format!("http://{}", hub.addr), &hub.admin, None)
+            .await
+            .unwrap();
+    let limited = admin
+        .create_token(vec!["a".into()], "test".into())
         .await
         .unwrap();
-    let limited = admin.create_token(vec!["a".into()], "test".into()).await.unwrap();
     let mut l = client(hub.addr, &limited).await;
     expect(
         l.update_ref(UpdateRefRequest {
@@ -244,19 +285,47 @@ async fn hostile_clients_are_refused_and_nothing_changes() {
     let mut lr = ds_hub::client::Remote::connect(&format!("http://{}", hub.addr), &limited, None)
         .await
         .unwrap();
-    assert!(lr.create_token(vec!["*".into()], String::new()).await.is_err(), "a limited token made a token");
+    assert!(
+        lr.create_token(vec!["*".into()], String::new())
+            .await
+            .is_err(),
+        "a limited token made a token"
+    );
 
     bucket_is_empty(&hub.storage_url).await;
 
     // And an honest pack goes through, and comes back byte for byte.
     let (id, data, _, entries) = pack_of(&[b"honest bytes", b"more honest bytes"]);
     let len = data.len() as u64;
-    assert!(upload(&mut c, &id, len, vec![data[..10].to_vec(), data[10..].to_vec()]).await.unwrap());
-    assert!(!upload(&mut c, &id, len, vec![data.clone()]).await.unwrap(), "stored twice");
+    assert!(
+        upload(
+            &mut c,
+            &id,
+            len,
+            vec![data[..10].to_vec(), data[10..].to_vec()]
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        !upload(&mut c, &id, len, vec![data.clone()]).await.unwrap(),
+        "stored twice"
+    );
     let ids: Vec<u8> = entries.iter().flat_map(|e| e.id.0).collect();
-    let bits = c.have(HaveRequest { ids: [ids.clone(), vec![9; 32]].concat() }).await.unwrap().into_inner().bitmap;
+    let bits = c
+        .have(HaveRequest {
+            ids: [ids.clone(), vec![9; 32]].concat(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .bitmap;
     assert_eq!(bits, vec![0b011]);
-    let mut s = c.get_objects(GetObjectsRequest { ids }).await.unwrap().into_inner();
+    let mut s = c
+        .get_objects(GetObjectsRequest { ids })
+        .await
+        .unwrap()
+        .into_inner();
     let mut got = Vec::new();
     while let Some(m) = s.message().await.unwrap() {
         got.extend(m.objects);
@@ -265,7 +334,9 @@ async fn hostile_clients_are_refused_and_nothing_changes() {
     assert_eq!(got[0].data, b"honest bytes");
     assert_eq!(ObjectId::from_slice(&got[1].id), Some(entries[1].id));
     expect(
-        c.get_objects(GetObjectsRequest { ids: vec![9; 32] }).await.map(|_| ()),
+        c.get_objects(GetObjectsRequest { ids: vec![9; 32] })
+            .await
+            .map(|_| ()),
         Code::NotFound,
         "no object",
     );

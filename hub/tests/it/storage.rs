@@ -37,3 +37,18 @@ async fn bad_urls_are_refused_with_a_reason() {
         assert!(e.contains(says), "{url}: {e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_conditional_writes_is_refused() {
+    let Some(ep) = s3_endpoint() else { return };
+    let bucket = new_bucket(&ep);
+    let mut cfg = s3_config(&ep);
+    // What a store like Garage amounts to: conditional requests not honoured.
+    cfg.push(("aws_conditional_put", "disabled".into()));
+    let cfg: Vec<(&str, &str)> = cfg.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let e = Storage::open_with(&format!("s3://{bucket}/hub"), &cfg)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not support conditional writes"), "{e}");
+}

@@ -1,0 +1,196 @@
+//! Checks of objects and packs that arrive from outside (a hub receiving a
+//! push, a client receiving a pull): what lies directly below an object, how
+//! stored bytes turn back into plaintext, and whether a pack is exactly what
+//! it claims. They live here, beside the decoders, so the fuzzers reach them.
+
+use std::collections::HashSet;
+
+use crate::manifest::FileNode;
+use crate::pack::{
+    FOOTER_SIZE, HEADER, MAX_OBJECT, PackEntry, Stored, decode_footer, decode_trailer,
+};
+use crate::snapshot::Snapshot;
+use crate::tree::{DirNode, EntryData};
+use crate::{FormatError, ObjectId, ObjectKind, PackId, Result};
+
+/// Appends the objects directly below an object, given its plaintext:
+/// a snapshot's root directory and parents, a directory node's children or
+/// its entries' file roots and subdirectories, a file node's children.
+pub fn children(kind: ObjectKind, raw: &[u8], out: &mut Vec<(ObjectId, ObjectKind)>) -> Result<()> {
+    match kind {
+        ObjectKind::Chunk => {}
+        ObjectKind::FileNode => {
+            let n = FileNode::decode(raw)?;
+            let k = if n.level == 0 {
+                ObjectKind::Chunk
+            } else {
+                ObjectKind::FileNode
+            };
+            out.extend(n.children.iter().map(|c| (c.id, k)));
+        }
+        ObjectKind::DirNode => match DirNode::decode(raw)? {
+            DirNode::Leaf(entries) => {
+                for e in entries {
+                    match e.data {
+                        EntryData::File(f) if f.size == 0 => {}
+                        EntryData::File(f) if f.height == 0 => {
+                            out.push((f.root, ObjectKind::Chunk))
+                        }
+                        EntryData::File(f) => out.push((f.root, ObjectKind::FileNode)),
+                        EntryData::Dir(d) => out.push((d.root, ObjectKind::DirNode)),
+                        EntryData::Symlink(_) => {}
+                    }
+                }
+            }
+            DirNode::Index { children, .. } => {
+                out.extend(children.iter().map(|c| (c.id, ObjectKind::DirNode)));
+            }
+        },
+        ObjectKind::Snapshot => {
+            let s = Snapshot::decode(raw)?;
+            out.push((s.root.root, ObjectKind::DirNode));
+            out.extend(s.parents.iter().map(|p| (*p, ObjectKind::Snapshot)));
+        }
+    }
+    Ok(())
+}
+
+/// Turns an object's stored bytes back into its plaintext of `raw_len`
+/// bytes, never allocating more than [`MAX_OBJECT`].
+pub fn decode_stored(stored: Stored, bytes: &[u8], raw_len: u32) -> Result<Vec<u8>> {
+    if raw_len > MAX_OBJECT {
+        return Err(FormatError::corrupt(
+            "stored object",
+            format!("{raw_len} bytes"),
+        ));
+    }
+    let out = match stored {
+        Stored::Raw => bytes.to_vec(),
+        Stored::Zstd => zstd::bulk::decompress(bytes, raw_len as usize)
+            .map_err(|e| FormatError::corrupt("stored object", format!("zstd: {e}")))?,
+    };
+    if out.len() != raw_len as usize {
+        return Err(FormatError::corrupt("stored object", "length mismatch"));
+    }
+    Ok(out)
+}
+
+/// Checks that `data` is the pack `claimed`: header, trailer and name agree,
+/// every object decodes to plaintext that hashes to its id, and every tree
+/// node's children are either `held` already or earlier in this pack — so a
+/// receiver that stores it keeps "holding an object means holding everything
+/// below it". Returns the entries and where the trailer starts.
+pub fn verify_pack(
+    claimed: &PackId,
+    data: &[u8],
+    held: &mut dyn FnMut(&ObjectId) -> bool,
+) -> Result<(Vec<PackEntry>, usize)> {
+    let bad = |why: String| FormatError::Corrupt { what: "pack", why };
+    if data.len() < HEADER.len() + FOOTER_SIZE || data[..HEADER.len()] != HEADER {
+        return Err(bad("not a ds pack (bad header or too short)".into()));
+    }
+    let len = data.len() as u64;
+    let tlen = decode_footer(&data[data.len() - FOOTER_SIZE..], len)?;
+    let tstart = data.len() - tlen as usize;
+    let (id, entries) = decode_trailer(&data[tstart..], len)?;
+    if id != *claimed {
+        return Err(bad(format!("its trailer hashes to {id}, not {claimed}")));
+    }
+    let mut here: HashSet<ObjectId> = HashSet::with_capacity(entries.len());
+    let mut kids = Vec::new();
+    for e in &entries {
+        // decode_trailer checked every object lies inside the data.
+        let start = e.offset as usize;
+        let stored = &data[start..start + e.stored_len as usize];
+        let raw = decode_stored(e.stored, stored, e.raw_len)
+            .map_err(|x| bad(format!("object {} cannot be decoded: {x}", e.id)))?;
+        if e.kind.hash(&raw) != e.id {
+            return Err(bad(format!(
+                "object {} ({}) does not match its hash",
+                e.id,
+                e.kind.name()
+            )));
+        }
+        kids.clear();
+        children(e.kind, &raw, &mut kids)
+            .map_err(|x| bad(format!("{} {} does not decode: {x}", e.kind.name(), e.id)))?;
+        for (c, _) in &kids {
+            if !here.contains(c) && !held(c) {
+                return Err(bad(format!(
+                    "{} {} refers to {c}, which the receiver does not hold and which is not \
+                     earlier in the pack (send children first)",
+                    e.kind.name(),
+                    e.id
+                )));
+            }
+        }
+        here.insert(e.id);
+    }
+    Ok((entries, tstart))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Child;
+    use crate::pack::encode_trailer;
+
+    fn pack(objs: &[(ObjectKind, Vec<u8>)]) -> (PackId, Vec<u8>) {
+        let mut data = HEADER.to_vec();
+        let mut es = Vec::new();
+        for (k, raw) in objs {
+            es.push(PackEntry {
+                id: k.hash(raw),
+                kind: *k,
+                stored: Stored::Raw,
+                offset: data.len() as u64,
+                stored_len: raw.len() as u32,
+                raw_len: raw.len() as u32,
+            });
+            data.extend_from_slice(raw);
+        }
+        let (id, t) = encode_trailer(&es);
+        data.extend_from_slice(&t);
+        (id, data)
+    }
+
+    #[test]
+    fn children_first_packs_pass_and_orphans_and_lies_do_not() {
+        let chunk = b"chunk bytes".to_vec();
+        let node = FileNode {
+            level: 0,
+            children: vec![Child {
+                id: ObjectKind::Chunk.hash(&chunk),
+                len: chunk.len() as u64,
+            }],
+        }
+        .encode();
+        let mut never = |_: &ObjectId| false;
+        let (id, data) = pack(&[
+            (ObjectKind::Chunk, chunk.clone()),
+            (ObjectKind::FileNode, node.clone()),
+        ]);
+        let (entries, t) = verify_pack(&id, &data, &mut never).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(t, data.len() - 2 * 50 - FOOTER_SIZE);
+        // Parent before child: refused unless the receiver holds the child.
+        let (id, data) = pack(&[
+            (ObjectKind::FileNode, node.clone()),
+            (ObjectKind::Chunk, chunk),
+        ]);
+        let e = verify_pack(&id, &data, &mut never).unwrap_err().to_string();
+        assert!(e.contains("send children first"), "{e}");
+        verify_pack(&id, &data, &mut |_| true).unwrap();
+        // A flipped byte, and a wrong name.
+        let mut bad = data.clone();
+        bad[HEADER.len()] ^= 1;
+        let e = verify_pack(&id, &bad, &mut |_| true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not match its hash"), "{e}");
+        let e = verify_pack(&PackId([1; 32]), &data, &mut |_| true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hashes to"), "{e}");
+    }
+}

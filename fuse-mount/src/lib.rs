@@ -45,13 +45,16 @@ pub struct MountOptions {
     pub fsname: String,
 }
 
+/// One open directory's listing: (inode, type, name), `.` and `..` first.
+type Listing = Vec<(u64, FileType, Vec<u8>)>;
+
 /// The kernel-facing filesystem.
 #[derive(Debug)]
 pub struct DsFs {
     vfs: Arc<Mutex<Vfs>>,
     read_only: bool,
     ttl: Duration,
-    dirs: Mutex<HashMap<u64, Vec<(u64, FileType, Vec<u8>)>>>,
+    dirs: Mutex<HashMap<u64, Listing>>,
     next_dir: AtomicU64,
 }
 

@@ -324,6 +324,7 @@ fn handle(line: &str, root: &Path, vfs: &Mutex<Vfs>, mp: &Path) -> Result<Value>
     let t = Instant::now();
     // Freeze the filesystem for the (short) snapshot: a consistent cut.
     let mut v = vfs.lock().unwrap_or_else(|p| p.into_inner());
+    // The writer lock is held only for this snapshot.
     let w = Store::open(root, Access::Write, true)?;
     let r = v.commit(&w, &opts)?;
     drop(w);

@@ -107,7 +107,12 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn put(&self, kind: ObjectKind, id: ObjectId, bytes: Vec<u8>) {
-        // A failed writer fails `WriterSession::finish`, so nothing is lost.
+        // Most rebuilt nodes are unchanged and already stored: skip them
+        // before the writer compresses them. A failed lookup or writer fails
+        // `WriterSession::finish` (or the lookup again there), so nothing is lost.
+        if self.store.index().contains(&id).unwrap_or(false) {
+            return;
+        }
         let _ = self.writer.put(kind, id, Payload::Owned(bytes));
     }
 }

@@ -111,6 +111,7 @@ impl Vfs {
                 ino: ino.0,
                 write,
                 last_end: 0,
+                path: None,
             },
         );
         Ok(Fh(fh))
@@ -250,10 +251,20 @@ impl Vfs {
                 prefetch.push((c.id, c.len));
             }
         }
+        let path = match self.handles.get(&fh.0).and_then(|h| h.path.clone()) {
+            Some(p) => p,
+            None => {
+                let p = self.path_of(Ino(ino));
+                if let Some(h) = self.handles.get_mut(&fh.0) {
+                    h.path = Some(p.clone());
+                }
+                p
+            }
+        };
         Ok(ReadPlan {
             segs,
             cache: self.cache.clone(),
-            path: self.path_of(Ino(ino)),
+            path,
             prefetch,
         })
     }

@@ -182,7 +182,7 @@ impl Default for VfsOptions {
             uid: 0,
             gid: 0,
             cache_bytes: 256 << 20,
-            readahead_chunks: 8,
+            readahead_chunks: 16,
             readahead_threads: 2,
         }
     }
@@ -212,6 +212,9 @@ struct Handle {
     write: bool,
     /// End of the last read, to detect sequential access.
     last_end: u64,
+    /// The file's path when first read through this handle (for log lines;
+    /// computed once, not per read).
+    path: Option<String>,
 }
 
 /// The filesystem. Not internally locked: the FUSE adapter wraps it in a

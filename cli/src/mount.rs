@@ -361,6 +361,10 @@ fn report_json(r: &CommitReport, secs: f64) -> Value {
 /// The workspace whose read-write mount is at `path`, if any.
 fn mounted_workspace(store_path: &Path, path: &Path) -> Option<(String, PathBuf)> {
     let canon = fs::canonicalize(path).ok()?;
+    // A registration left by a killed mount process names a plain directory.
+    if !is_mounted(&canon) {
+        return None;
+    }
     for e in fs::read_dir(store_path.join("mounts")).ok()?.flatten() {
         let dir = e.path();
         if let Ok(mp) = fs::read(dir.join("mountpoint"))

@@ -556,3 +556,26 @@ fn a_workspace_without_snapshots_mounts_empty_and_snapshots_like_a_directory() {
         s.load_snapshot(&c).unwrap().stats
     );
 }
+
+#[test]
+fn a_dirty_layer_over_a_moved_workspace_is_refused_unless_discarded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, src) = setup(tmp.path(), &sample());
+    cold(&root, &src, "w");
+    let mut v = Vfs::open_workspace(reader(&root), "w", VfsOptions::default(), false).unwrap();
+    let (a, fh) = v.create(Ino::ROOT, b"unsaved", 0o644, 0, 0).unwrap();
+    v.write(fh, 0, b"x").unwrap();
+    v.fsync(a.ino).unwrap();
+    drop(v);
+    // Someone else moves the workspace meanwhile.
+    fs::write(src.join("other"), b"y").unwrap();
+    cold(&root, &src, "w");
+    let e = Vfs::open_workspace(reader(&root), "w", VfsOptions::default(), false).unwrap_err();
+    assert!(e.to_string().contains("--discard-dirty"), "{e}");
+    let mut v = Vfs::open_workspace(reader(&root), "w", VfsOptions::default(), true).unwrap();
+    assert_eq!(
+        v.lookup(Ino::ROOT, b"unsaved").unwrap_err().errno,
+        libc::ENOENT
+    );
+    assert_eq!(read_all(&mut v, "other"), b"y");
+}

@@ -85,7 +85,10 @@ impl Remote {
     pub async fn connect(url: &str, token: &str, ca: Option<&Path>) -> Result<Remote> {
         crate::install_crypto_provider();
         let mut ep = Endpoint::from_shared(url.to_string())
-            .map_err(|e| HubError::Invalid(format!("hub URL {url:?}: {e}")))?;
+            .map_err(|e| HubError::Invalid(format!("hub URL {url:?}: {e}")))?
+            .initial_stream_window_size(ds_proto::STREAM_WINDOW)
+            .initial_connection_window_size(ds_proto::CONNECTION_WINDOW)
+            .tcp_nodelay(true);
         if url.starts_with("https://") {
             // The system's trust store, plus a private CA when given.
             let mut tls = ClientTlsConfig::new().with_native_roots();

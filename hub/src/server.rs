@@ -92,7 +92,12 @@ pub async fn run(
     let svc = SyncServer::new(SyncService::new(storage, cache, auth))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let mut server = Server::builder();
+    // HTTP/2's default 64 KiB stream window caps a pack upload at a few
+    // windows per round trip; packs are tens of MiB.
+    let mut server = Server::builder()
+        .initial_stream_window_size(ds_proto::STREAM_WINDOW)
+        .initial_connection_window_size(ds_proto::CONNECTION_WINDOW)
+        .tcp_nodelay(true);
     if let Some((cert, key)) = &opts.tls {
         let c = std::fs::read(cert).at(cert)?;
         let k = std::fs::read(key).at(key)?;

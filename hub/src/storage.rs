@@ -90,7 +90,8 @@ impl Storage {
             }
             let dir = PathBuf::from(path);
             std::fs::create_dir_all(&dir).at(&dir)?;
-            let fs = LocalFileSystem::new_with_prefix(&dir)?;
+            // fsync: a pack the hub acknowledged must survive a power cut.
+            let fs = LocalFileSystem::new_with_prefix(&dir)?.with_fsync(true);
             Inner {
                 url: url.to_string(),
                 objects: Arc::new(fs),
@@ -138,7 +139,9 @@ impl Storage {
         }
         let key = pack_key(&s.prefix, id, "pack");
         let len = pack.len() as u64;
-        if pack.len() >= MULTIPART_THRESHOLD {
+        // Parts only where they help: over HTTP. A local file is one write.
+        let local = matches!(s.refs, RefBackend::LocalLocked { .. });
+        if pack.len() >= MULTIPART_THRESHOLD && !local {
             let upload = s.objects.put_multipart(&key).await?;
             let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
             w.put(pack);

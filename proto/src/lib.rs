@@ -21,6 +21,10 @@ pub const UPLOAD_PIECE: usize = 1 << 20;
 pub const MAX_BATCH: usize = 1 << 16;
 /// Largest pack the hub accepts.
 pub const MAX_PACK: u64 = 256 << 20;
+/// HTTP/2 flow-control windows both sides advertise (the 64 KiB default
+/// would let a few windows of a pack travel per round trip).
+pub const STREAM_WINDOW: u32 = 16 << 20;
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
 /// Target bytes of objects in one `GetObjects` reply message.
 pub const REPLY_TARGET: usize = 4 << 20;
 

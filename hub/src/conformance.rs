@@ -12,6 +12,26 @@ use ds_format::{ObjectId, ObjectKind, PackId};
 use crate::HubError;
 use crate::storage::Storage;
 
+/// The S3 endpoint of the test server from `DS_TEST_S3_ENDPOINT`, or a loud
+/// skip (`None`). scripts/test.sh always starts one (moto) and sets
+/// `DS_TEST_REQUIRE_S3`, which turns a missing endpoint into a failure.
+pub fn s3_test_endpoint() -> Option<String> {
+    match std::env::var("DS_TEST_S3_ENDPOINT") {
+        Ok(e) if !e.is_empty() => Some(e),
+        _ => {
+            assert!(
+                std::env::var_os("DS_TEST_REQUIRE_S3").is_none(),
+                "DS_TEST_REQUIRE_S3 is set but DS_TEST_S3_ENDPOINT is not"
+            );
+            eprintln!(
+                "\n*** SKIPPING S3 test: DS_TEST_S3_ENDPOINT is not set (scripts/test.sh starts \
+                 moto and sets it; or: eval \"$(scripts/s3.sh)\") ***\n"
+            );
+            None
+        }
+    }
+}
+
 /// A valid pack of the given chunks, with its id, bytes and trailer.
 pub fn pack_of(chunks: &[&[u8]]) -> (PackId, Vec<u8>, Vec<u8>, Vec<PackEntry>) {
     let mut data = HEADER.to_vec();

@@ -5,24 +5,9 @@
 mod hostile;
 mod storage;
 
-/// The S3 endpoint of the test server, or a loud skip. scripts/test.sh
-/// always starts one and sets DS_TEST_REQUIRE_S3, which turns a missing
-/// endpoint into a failure.
+/// The S3 endpoint of the test server, or a loud skip.
 pub fn s3_endpoint() -> Option<String> {
-    match std::env::var("DS_TEST_S3_ENDPOINT") {
-        Ok(e) if !e.is_empty() => Some(e),
-        _ => {
-            assert!(
-                std::env::var_os("DS_TEST_REQUIRE_S3").is_none(),
-                "DS_TEST_REQUIRE_S3 is set but DS_TEST_S3_ENDPOINT is not"
-            );
-            eprintln!(
-                "\n*** SKIPPING S3 test: DS_TEST_S3_ENDPOINT is not set (scripts/test.sh starts \
-                 moto and sets it; or: eval \"$(scripts/s3.sh)\") ***\n"
-            );
-            None
-        }
-    }
+    ds_hub::conformance::s3_test_endpoint()
 }
 
 /// Creates a fresh bucket on the test server and returns its name.

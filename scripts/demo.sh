@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The main job on embedded defaults: build ds, make a sample workspace,
-# snapshot it, change it, snapshot again, diff, restore and verify.
+# snapshot it, change it, snapshot again, diff, restore and verify; then
+# start a hub, push the workspace to it and clone it into a second store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 ds_install_system_packages
-cargo build --locked -p ds-cli
+# The same selection as scripts/test.sh, so RocksDB compiles once for both.
+cargo build --locked --workspace --all-targets
 DS="$CARGO_TARGET_DIR/debug/ds"
 
 demo="$(mktemp -d "${TMPDIR:-/tmp}/ds-demo.XXXXXX")"
@@ -27,5 +29,19 @@ dd if=/dev/urandom of="$work/models/checkpoint.bin" bs=1M count=1 seek=20 conv=n
 "$DS" diff demo~1 demo
 "$DS" restore demo~1 "$demo/restored"
 "$DS" verify
+
+# Sync: a hub on loopback (storage in its data dir), push, clone elsewhere.
 set +x
-echo "ds demo: store, workspace and restored copy are in $demo"
+"$DS" hub --listen 127.0.0.1:0 --data "$demo/hub" 2> "$demo/hub.log" &
+hub_pid=$!
+trap 'kill $hub_pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do grep -q "listening on" "$demo/hub.log" 2>/dev/null && break; sleep 0.1; done
+url=$(grep -o "http://[0-9.:]*" "$demo/hub.log")
+export DS_TOKEN="$(cat "$demo/hub/admin.token")"
+set -x
+"$DS" push demo --hub "$url" --json
+DS_STORE="$demo/clone" "$DS" clone demo --hub "$url"
+DS_STORE="$demo/clone" "$DS" log demo
+DS_STORE="$demo/clone" "$DS" verify
+set +x
+echo "ds demo: store, workspace, restored copy, hub and clone are in $demo"

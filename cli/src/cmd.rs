@@ -12,11 +12,13 @@ use ds_store::diff::{self, ChangeKind};
 use ds_store::format::ObjectId;
 use ds_store::format::chunker::ChunkerParams;
 use ds_store::format::config::Compression;
+use ds_store::format::snapshot::Snapshot;
 use ds_store::format::tree::{Entry, EntryData};
 use ds_store::gc::{self, GcOptions};
 use ds_store::ingest::{self, SnapshotOptions};
 use ds_store::resolve::{head, resolve};
 use ds_store::restore::{self, RestoreOptions};
+use ds_store::writer::WriteStats;
 use ds_store::{Access, InitOptions, Store, StoreError, verify};
 use serde_json::{Value, json};
 
@@ -273,6 +275,45 @@ fn init(path: &Path, a: InitArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What a snapshot did, for `ds snapshot --json`.
+pub struct SnapshotJson<'a> {
+    pub id: ObjectId,
+    pub snapshot: &'a Snapshot,
+    pub parent: Option<ObjectId>,
+    pub files_read: u64,
+    pub files_unchanged: u64,
+    pub bytes_read: u64,
+    pub written: &'a WriteStats,
+    pub seconds: f64,
+    pub warnings: &'a [String],
+}
+
+/// The one JSON shape `ds snapshot --json` prints, for a directory and for a
+/// live read-write mount alike.
+pub fn snapshot_json(j: &SnapshotJson) -> Value {
+    let s = j.snapshot;
+    json!({
+        "id": j.id.to_hex(),
+        "workspace": s.workspace,
+        "parent": j.parent.map(|p| p.to_hex()),
+        "root": s.root.root.to_hex(),
+        "time": fmt::time(s.time_ns),
+        "files": s.stats.files,
+        "dirs": s.stats.dirs,
+        "symlinks": s.stats.symlinks,
+        "bytes": s.stats.bytes,
+        "files_read": j.files_read,
+        "files_unchanged": j.files_unchanged,
+        "bytes_read": j.bytes_read,
+        "bytes_added": j.written.stored_bytes,
+        "bytes_added_uncompressed": j.written.raw_bytes,
+        "objects_added": j.written.objects,
+        "packs_written": j.written.packs,
+        "seconds": j.seconds,
+        "warnings": j.warnings,
+    })
+}
+
 fn snapshot(store_path: &Path, a: SnapshotArgs) -> Result<ExitCode> {
     // A live read-write mount is snapshotted by its own process (it holds the dirty layer).
     if let Some(code) = crate::mount::snapshot_of_mount(
@@ -314,25 +355,16 @@ fn snapshot(store_path: &Path, a: SnapshotArgs) -> Result<ExitCode> {
     }
     let s = &r.snapshot;
     if a.json {
-        print_json(&json!({
-            "id": r.id.to_hex(),
-            "workspace": s.workspace,
-            "parent": r.parent.map(|p| p.to_hex()),
-            "root": s.root.root.to_hex(),
-            "time": fmt::time(s.time_ns),
-            "files": s.stats.files,
-            "dirs": s.stats.dirs,
-            "symlinks": s.stats.symlinks,
-            "bytes": s.stats.bytes,
-            "files_read": r.files_read,
-            "files_unchanged": r.files_cached,
-            "bytes_read": r.bytes_read,
-            "bytes_added": r.written.stored_bytes,
-            "bytes_added_uncompressed": r.written.raw_bytes,
-            "objects_added": r.written.objects,
-            "packs_written": r.written.packs,
-            "seconds": secs,
-            "warnings": r.warnings,
+        print_json(&snapshot_json(&SnapshotJson {
+            id: r.id,
+            snapshot: s,
+            parent: r.parent,
+            files_read: r.files_read,
+            files_unchanged: r.files_cached,
+            bytes_read: r.bytes_read,
+            written: &r.written,
+            seconds: secs,
+            warnings: &r.warnings,
         }))?;
     } else {
         println!(

@@ -332,30 +332,22 @@ fn handle(line: &str, root: &Path, vfs: &Mutex<Vfs>, mp: &Path) -> Result<Value>
     Ok(report_json(&r, t.elapsed().as_secs_f64()))
 }
 
-/// The keys `ds snapshot --json` prints for a directory.
+/// `ds snapshot --json`'s shape (shared with plain directories), marked as
+/// taken from a live mount.
 fn report_json(r: &CommitReport, secs: f64) -> Value {
-    let s = &r.snapshot;
-    json!({
-        "id": r.id.to_hex(),
-        "workspace": s.workspace,
-        "parent": r.parent.map(|p| p.to_hex()),
-        "root": s.root.root.to_hex(),
-        "time": fmt::time(s.time_ns),
-        "files": s.stats.files,
-        "dirs": s.stats.dirs,
-        "symlinks": s.stats.symlinks,
-        "bytes": s.stats.bytes,
-        "files_read": r.files_rechunked,
-        "files_unchanged": s.stats.files.saturating_sub(r.files_rechunked),
-        "bytes_read": r.bytes_read,
-        "bytes_added": r.written.stored_bytes,
-        "bytes_added_uncompressed": r.written.raw_bytes,
-        "objects_added": r.written.objects,
-        "packs_written": r.written.packs,
-        "seconds": secs,
-        "warnings": Vec::<String>::new(),
-        "live_mount": true,
-    })
+    let mut v = crate::cmd::snapshot_json(&crate::cmd::SnapshotJson {
+        id: r.id,
+        snapshot: &r.snapshot,
+        parent: r.parent,
+        files_read: r.files_rechunked,
+        files_unchanged: r.snapshot.stats.files.saturating_sub(r.files_rechunked),
+        bytes_read: r.bytes_read,
+        written: &r.written,
+        seconds: secs,
+        warnings: &[],
+    });
+    v["live_mount"] = json!(true);
+    v
 }
 
 /// The workspace whose read-write mount is at `path`, if any.

@@ -69,9 +69,21 @@ pub struct MountArgs {
     /// Group shown for files [default: the mountpoint's group]
     #[arg(long)]
     gid: Option<u32>,
-    /// Memory for verified chunks, in MiB
-    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    /// Memory for verified chunks, in MiB. The kernel's page cache keeps
+    /// file contents too; this cache holds read-ahead and chunks that
+    /// straddle reads (and, with --direct-io, everything re-read)
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
     cache_mib: u64,
+    /// Kernel read-ahead for this mount, in KiB: bigger requests mean fewer
+    /// trips through FUSE. Set through /sys/class/bdi (needs root; otherwise
+    /// the kernel's default stays and the log says so). 0 keeps the default
+    #[arg(long, default_value_t = 1024, value_name = "KIB")]
+    readahead_kib: u32,
+    /// Read-only mounts: bypass the kernel's page cache (FOPEN_DIRECT_IO), for
+    /// streaming files much larger than memory once. Faster for large reads,
+    /// much slower for small ones; mmap needs Linux >= 6.6
+    #[arg(long, conflicts_with = "rw")]
+    direct_io: bool,
     /// With --rw: delete a dirty layer left by an earlier mount instead of recovering it
     #[arg(long, requires = "rw")]
     discard_dirty: bool,
@@ -88,33 +100,7 @@ pub struct UmountArgs {
 
 /// Is `path` a mountpoint right now (per /proc/self/mountinfo)?
 pub fn is_mounted(path: &Path) -> bool {
-    let want = path.as_os_str().as_bytes();
-    fs::read("/proc/self/mountinfo")
-        .map(|b| {
-            b.split(|c| *c == b'\n').any(|line| {
-                line.split(|c| *c == b' ')
-                    .nth(4)
-                    .is_some_and(|mp| unescape(mp) == want)
-            })
-        })
-        .unwrap_or(false)
-}
-
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
-fn unescape(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'\\' && i + 3 < s.len() && s[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = (s[i + 1] - b'0') * 64 + (s[i + 2] - b'0') * 8 + (s[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(s[i]);
-            i += 1;
-        }
-    }
-    out
+    ds_fuse::mount_device(path).is_some()
 }
 
 pub fn mount(store_path: &Path, a: MountArgs) -> Result<ExitCode> {
@@ -156,10 +142,18 @@ pub fn mount(store_path: &Path, a: MountArgs) -> Result<ExitCode> {
             read_only: !a.rw,
             allow_other: a.allow_other,
             threads: 4,
+            direct_io: a.direct_io,
             fsname: format!("ds:{}", a.target),
         },
     )
     .with_context(|| format!("mounting on {} (is /dev/fuse available?)", mp.display()))?;
+    if a.readahead_kib > 0
+        && let Err(e) = ds_fuse::set_readahead(&mp, a.readahead_kib)
+    {
+        eprintln!(
+            "ds: note: kernel read-ahead left at its default ({e}); reads take more FUSE round trips"
+        );
+    }
     let registry = if a.rw {
         Some(register(
             &store,

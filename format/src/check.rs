@@ -75,6 +75,40 @@ pub fn decode_stored(stored: Stored, bytes: &[u8], raw_len: u32) -> Result<Vec<u
     Ok(out)
 }
 
+thread_local! {
+    /// One zstd decompression context per thread, reused: creating one
+    /// costs more than decompressing a small chunk.
+    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Like [`decode_stored`], into `out`, which must be exactly the plaintext's
+/// length (a recycled buffer: nothing is allocated).
+pub fn decode_stored_into(stored: Stored, bytes: &[u8], out: &mut [u8]) -> Result<()> {
+    let n = match stored {
+        Stored::Raw if bytes.len() == out.len() => {
+            out.copy_from_slice(bytes);
+            out.len()
+        }
+        Stored::Raw => bytes.len(),
+        Stored::Zstd => DCTX
+            .with(|d| {
+                let mut d = d.borrow_mut();
+                if d.is_none() {
+                    *d = Some(zstd::bulk::Decompressor::new()?);
+                }
+                d.as_mut()
+                    .expect("just set")
+                    .decompress_to_buffer(bytes, out)
+            })
+            .map_err(|e| FormatError::corrupt("stored object", format!("zstd: {e}")))?,
+    };
+    if n != out.len() {
+        return Err(FormatError::corrupt("stored object", "length mismatch"));
+    }
+    Ok(())
+}
+
 /// Checks that `data` is the pack `claimed`: header, trailer and name agree,
 /// every object decodes to plaintext that hashes to its id, and every tree
 /// node's children are either `held` already or earlier in this pack — so a

@@ -15,11 +15,13 @@ use std::path::{Path, PathBuf};
 #[path = "../../fuzz/src/lib.rs"]
 mod checks;
 
-use checks::{codec, dir_node, file_node, hex, pack_trailer, pack_verify, snapshot, store_config};
+use checks::{
+    codec, dir_node, file_node, hex, pack_trailer, pack_verify, snapshot, store_config, stored,
+};
 
 type Check = fn(&[u8]);
 
-const TARGETS: [(&str, Check); 7] = [
+const TARGETS: [(&str, Check); 8] = [
     ("dir_node", dir_node),
     ("file_node", file_node),
     ("snapshot", snapshot),
@@ -27,6 +29,7 @@ const TARGETS: [(&str, Check); 7] = [
     ("store_config", store_config),
     ("codec", codec),
     ("pack_verify", pack_verify),
+    ("stored", stored),
 ];
 
 fn fuzz_dir() -> PathBuf {

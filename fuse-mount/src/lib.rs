@@ -26,9 +26,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ds_store::vfs::{self, Attr, Fh, Ino, Kind, SetAttr, Vfs, VfsError};
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, Request, Session, SessionACL, TimeOrNow, WriteFlags,
+    InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, Request, Session, SessionACL, TimeOrNow, WriteFlags,
 };
 
 /// How to mount.
@@ -43,6 +43,8 @@ pub struct MountOptions {
     pub threads: usize,
     /// Shown as the filesystem's source in /proc/mounts.
     pub fsname: String,
+    /// Bypass the page cache for file contents (read-only mounts only).
+    pub direct_io: bool,
 }
 
 /// One open directory's listing: (inode, type, name), `.` and `..` first.
@@ -53,6 +55,7 @@ type Listing = Vec<(u64, FileType, Vec<u8>)>;
 pub struct DsFs {
     vfs: Arc<Mutex<Vfs>>,
     read_only: bool,
+    direct_io: bool,
     ttl: Duration,
     dirs: Mutex<HashMap<u64, Listing>>,
     next_dir: AtomicU64,
@@ -118,10 +121,11 @@ fn name(n: &OsStr) -> &[u8] {
 }
 
 impl DsFs {
-    pub fn new(vfs: Arc<Mutex<Vfs>>, read_only: bool) -> DsFs {
+    pub fn new(vfs: Arc<Mutex<Vfs>>, read_only: bool, direct_io: bool) -> DsFs {
         DsFs {
             vfs,
             read_only,
+            direct_io: read_only && direct_io,
             ttl: Duration::from_secs(1),
             dirs: Mutex::new(HashMap::new()),
             next_dir: AtomicU64::new(1),
@@ -157,6 +161,16 @@ impl Filesystem for DsFs {
         let _ = config
             .set_max_write(1 << 20)
             .or_else(|n| config.set_max_write(n));
+        if self.direct_io
+            && config
+                .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+                .is_err()
+        {
+            eprintln!(
+                "ds mount: warning: this kernel cannot mmap direct-I/O files (needs Linux >= 6.6); \
+                 mmap on this mount will fail"
+            );
+        }
         Ok(())
     }
 
@@ -326,7 +340,9 @@ impl Filesystem for DsFs {
         let trunc = flags.0 & libc::O_TRUNC != 0;
         match self.v().open(Ino(ino.0), write, trunc) {
             Ok(fh) => {
-                let f = if self.read_only {
+                let f = if self.direct_io {
+                    FopenFlags::FOPEN_DIRECT_IO
+                } else if self.read_only {
                     FopenFlags::FOPEN_KEEP_CACHE
                 } else {
                     FopenFlags::empty()
@@ -348,11 +364,19 @@ impl Filesystem for DsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let plan = self.v().read_plan(Fh(fh.0), offset, size);
-        match plan.and_then(|p| p.execute()) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(e)),
+        thread_local! {
+            // One reply buffer per worker thread, reused: a fresh 1 MiB
+            // vector per read would fault in its pages every time.
+            static OUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        let plan = self.v().read_plan(Fh(fh.0), offset, size);
+        OUT.with(|out| {
+            let mut out = out.borrow_mut();
+            match plan.and_then(|p| p.execute_into(&mut out)) {
+                Ok(()) => reply.data(&out),
+                Err(e) => reply.error(errno(e)),
+            }
+        })
     }
 
     fn write(
@@ -555,5 +579,69 @@ pub fn mount(
         cfg.mount_options.push(MountOption::DefaultPermissions);
     }
     cfg.n_threads = Some(o.threads.max(1));
-    Session::new(DsFs::new(vfs, o.read_only), mountpoint, &cfg)
+    Session::new(DsFs::new(vfs, o.read_only, o.direct_io), mountpoint, &cfg)
+}
+
+/// The `major:minor` device of the filesystem mounted exactly at `path`
+/// (per /proc/self/mountinfo), if one is.
+pub fn mount_device(path: &Path) -> Option<String> {
+    let want = path.as_os_str().as_bytes();
+    let info = std::fs::read("/proc/self/mountinfo").ok()?;
+    info.split(|c| *c == b'\n').rev().find_map(|line| {
+        let mut f = line.split(|c| *c == b' ');
+        let dev = f.nth(2)?;
+        let mp = f.nth(1)?;
+        (unescape(mp) == want).then(|| String::from_utf8_lossy(dev).into_owned())
+    })
+}
+
+/// Sets the kernel read-ahead of the FUSE mount at `mountpoint` to `kib`
+/// KiB. The kernel starts a FUSE mount at 128 KiB and lets the daemon only
+/// lower it at init; every read-ahead window is one request through the
+/// daemon, so larger windows cost fewer round trips per byte. Writable by
+/// root only (as mergerfs's `readahead` option does).
+pub fn set_readahead(mountpoint: &Path, kib: u32) -> io::Result<()> {
+    let dev = mount_device(mountpoint)
+        .ok_or_else(|| io::Error::other(format!("{} is not mounted", mountpoint.display())))?;
+    let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    std::fs::write(&knob, kib.to_string())
+        .map_err(|e| io::Error::new(e.kind(), format!("writing {knob}: {e}")))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo.
+fn unescape(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'\\' && i + 3 < s.len() && s[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            let v = (s[i + 1] - b'0') * 64 + (s[i + 2] - b'0') * 8 + (s[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_names_are_unescaped() {
+        assert_eq!(unescape(br"a\040b\134c"), b"a b\\c");
+        assert_eq!(unescape(br"tail\04"), br"tail\04");
+    }
+
+    #[test]
+    fn mount_device_finds_mounts_only() {
+        let root = mount_device(Path::new("/")).expect("/ is a mount");
+        assert!(root.contains(':'), "{root:?} is not major:minor");
+        let dir = std::env::temp_dir().join(format!("ds-not-a-mount-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(mount_device(&dir), None);
+        std::fs::remove_dir(&dir).unwrap();
+    }
 }

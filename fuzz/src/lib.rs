@@ -453,3 +453,33 @@ pub fn pack_verify(data: &[u8]) {
         }
     }
 }
+
+/// `decode_stored_into` (the mount's zero-allocation path) against
+/// `decode_stored`: input = stored kind (1 byte), plaintext length (2 bytes,
+/// little-endian), then the stored bytes. Both must accept exactly the same
+/// inputs and produce the same plaintext; a recycled buffer's old bytes must
+/// never survive into the output.
+pub fn stored(data: &[u8]) {
+    if data.len() < 3 {
+        return;
+    }
+    let kind = if data[0] & 1 == 0 {
+        pack::Stored::Raw
+    } else {
+        pack::Stored::Zstd
+    };
+    let raw_len = u32::from(u16::from_le_bytes([data[1], data[2]]));
+    let bytes = &data[3..];
+    let want = check::decode_stored(kind, bytes, raw_len);
+    let mut out = vec![0xA5u8; raw_len as usize];
+    let got = check::decode_stored_into(kind, bytes, &mut out);
+    match (want, got) {
+        (Ok(w), Ok(())) => assert!(w == out, "decode_stored_into: plaintext differs"),
+        (Err(_), Err(_)) => {}
+        (w, g) => panic!(
+            "decode_stored_into disagrees: decode_stored {:?}, into {:?}",
+            w.map(|v| v.len()),
+            g
+        ),
+    }
+}

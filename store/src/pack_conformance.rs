@@ -33,6 +33,14 @@ pub fn run(p: &dyn PackStore) {
     // Exact reads, and reads past the end fail rather than come back short.
     assert_eq!(p.read_at(&id(1), 6, 5).unwrap(), b"world");
     assert_eq!(p.read_at(&id(1), 0, 0).unwrap(), b"");
+    // Into a recycled (dirty) buffer: every byte is overwritten.
+    let mut buf = [0xAAu8; 5];
+    p.read_into(&id(1), 2, &mut buf).unwrap();
+    assert_eq!(&buf, b"llo w");
+    assert!(matches!(
+        p.read_into(&id(1), 8, &mut buf),
+        Err(StoreError::DamagedPack { .. })
+    ));
     assert!(matches!(
         p.read_at(&id(1), 6, 6),
         Err(StoreError::DamagedPack { .. })

@@ -28,8 +28,16 @@ use crate::{IoContext, Result, StoreError};
 pub trait PackStore: Send + Sync + Debug {
     /// Starts a new pack under a temporary name.
     fn create(&self) -> Result<Box<dyn PackSink>>;
+    /// Fills `buf` with the bytes at `offset` of a committed pack; a range
+    /// past its end is [`StoreError::DamagedPack`]. Callers on hot paths pass
+    /// a recycled buffer, so no memory is zeroed or faulted in per read.
+    fn read_into(&self, id: &PackId, offset: u64, buf: &mut [u8]) -> Result<()>;
     /// Reads `len` bytes at `offset` of a committed pack.
-    fn read_at(&self, id: &PackId, offset: u64, len: usize) -> Result<Vec<u8>>;
+    fn read_at(&self, id: &PackId, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.read_into(id, offset, &mut buf)?;
+        Ok(buf)
+    }
     /// Size in bytes of a committed pack.
     fn size(&self, id: &PackId) -> Result<u64>;
     /// Every committed pack.
@@ -120,14 +128,16 @@ impl PackStore for LocalPacks {
         }))
     }
 
-    fn read_at(&self, id: &PackId, offset: u64, len: usize) -> Result<Vec<u8>> {
+    fn read_into(&self, id: &PackId, offset: u64, buf: &mut [u8]) -> Result<()> {
         let f = self.file(id)?;
-        let mut buf = vec![0u8; len];
-        match f.read_exact_at(&mut buf, offset) {
-            Ok(()) => Ok(buf),
+        match f.read_exact_at(buf, offset) {
+            Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => Err(StoreError::DamagedPack {
                 pack: *id,
-                why: format!("truncated: {len} bytes at offset {offset} are past its end"),
+                why: format!(
+                    "truncated: {} bytes at offset {offset} are past its end",
+                    buf.len()
+                ),
             }),
             Err(e) => Err(e).at(&self.path_of(id)),
         }

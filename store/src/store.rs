@@ -388,6 +388,48 @@ impl Store {
         Ok(data)
     }
 
+    /// Reads a chunk's verified plaintext into `out`, which must be exactly
+    /// the chunk's length (the manifest's). The allocation-free twin of
+    /// [`Store::read_chunk`] for a mount's recycled buffers: a raw chunk is
+    /// read straight into `out`, a compressed one through a scratch buffer.
+    /// On error `out` holds garbage and must not be served.
+    pub fn read_chunk_into(&self, id: &ObjectId, out: &mut [u8]) -> Result<()> {
+        let kind = ObjectKind::Chunk;
+        let loc = self.locate(id)?.ok_or(StoreError::Missing {
+            kind: kind.name(),
+            id: *id,
+        })?;
+        let damaged = |why: String| StoreError::Damaged {
+            kind: kind.name(),
+            id: *id,
+            pack: Some(loc.pack),
+            why,
+        };
+        if loc.kind != kind {
+            return Err(damaged(format!("index says it is a {}", loc.kind.name())));
+        }
+        if loc.raw_len as usize != out.len() {
+            return Err(damaged(format!(
+                "{} bytes where the manifest says {}",
+                loc.raw_len,
+                out.len()
+            )));
+        }
+        if loc.stored == Stored::Raw && loc.stored_len == loc.raw_len {
+            self.packs.read_into(&loc.pack, loc.offset, out)?;
+        } else {
+            let stored = self
+                .packs
+                .read_at(&loc.pack, loc.offset, loc.stored_len as usize)?;
+            ds_format::check::decode_stored_into(loc.stored, &stored, out)
+                .map_err(|e| damaged(e.to_string()))?;
+        }
+        if kind.hash(out) != *id {
+            return Err(damaged("content does not match its hash".into()));
+        }
+        Ok(())
+    }
+
     /// Streams a file's content into `w`.
     pub fn read_file(&self, file: &FileRef, w: &mut dyn Write) -> Result<()> {
         self.for_each_chunk(file, &mut |id, _, len| {

@@ -149,27 +149,58 @@ fn read_only_mount_serves_a_snapshot_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, src) = init_with(tmp.path(), "w", sample_tree);
     let mp = tmp.path().join("mnt");
-    let m = Mount::start(&store, &["w"], &mp);
-    assert_same_tree(&src, &mp);
-    // mmap reads see the same bytes as read(2)
-    let got = sh(
-        &mp,
-        "python3 -c \"import mmap,hashlib; f=open('src/nested/deeper/model.bin','rb'); \
-         m=mmap.mmap(f.fileno(),0,access=mmap.ACCESS_READ); print(hashlib.sha256(m[:]).hexdigest())\"",
-    );
-    let want = sh(
-        &src,
-        "sha256sum src/nested/deeper/model.bin | cut -d' ' -f1",
-    );
-    assert_eq!(got.trim(), want.trim());
-    // it is read-only
-    assert!(fs::write(mp.join("new"), b"x").is_err());
-    assert!(fs::remove_file(mp.join("README.md")).is_err());
-    // and a snapshot of another directory proceeds while it is mounted
-    ok(ds(&store)
-        .args(["snapshot", "--workspace", "other"])
-        .arg(&src));
-    m.umount();
+    let root = sh(tmp.path(), "id -u").trim() == "0";
+    let (major, minor) = kernel_version();
+    // Through the page cache (the default), and bypassing it.
+    for args in [&["w"][..], &["--direct-io", "w"]] {
+        let m = Mount::start(&store, args, &mp);
+        assert_same_tree(&src, &mp);
+        // mmap reads see the same bytes as read(2) (with --direct-io only
+        // where the kernel allows mmap of such files: Linux >= 6.6)
+        if args.len() == 1 || (major, minor) >= (6, 6) {
+            let got = sh(
+                &mp,
+                "python3 -c \"import mmap,hashlib; f=open('src/nested/deeper/model.bin','rb'); \
+                 m=mmap.mmap(f.fileno(),0,access=mmap.ACCESS_READ); print(hashlib.sha256(m[:]).hexdigest())\"",
+            );
+            let want = sh(
+                &src,
+                "sha256sum src/nested/deeper/model.bin | cut -d' ' -f1",
+            );
+            assert_eq!(got.trim(), want.trim(), "mmap through {args:?}");
+        }
+        // As root, the mount raised its kernel read-ahead (--readahead-kib).
+        if root {
+            // (set just after the mount appears: allow the process a moment)
+            let dev = ds_fuse::mount_device(&mp).expect("mounted");
+            let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut ra = String::new();
+            while Instant::now() < deadline {
+                ra = fs::read_to_string(&knob).unwrap();
+                if ra.trim() == "1024" {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(ra.trim(), "1024", "read-ahead of {args:?}");
+        }
+        // it is read-only
+        assert!(fs::write(mp.join("new"), b"x").is_err());
+        assert!(fs::remove_file(mp.join("README.md")).is_err());
+        // and a snapshot of another directory proceeds while it is mounted
+        ok(ds(&store)
+            .args(["snapshot", "--workspace", "other"])
+            .arg(&src));
+        m.umount();
+    }
+}
+
+/// The running kernel's (major, minor) version.
+fn kernel_version() -> (u32, u32) {
+    let r = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut it = r.trim().split(['.', '-']).map(|p| p.parse().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
 }
 
 #[test]

@@ -4,10 +4,18 @@
 //! Why: a mount must touch only the chunks a reader asks for (a 10 GB
 //! checkpoint opened to read its header costs one chunk), yet a sequential
 //! reader should find the next chunks already decoded and rehashed. Chunks in
-//! the cache were verified by [`Store::read_chunk`]; a damaged chunk is never
-//! cached, so a retry hits the store again and fails again.
+//! the cache were verified by [`Store::read_chunk_into`]; a damaged chunk is
+//! never cached, so a retry hits the store again and fails again.
+//!
+//! Speed: on a 2-core machine a streaming read is CPU-bound, and hashing is
+//! the one cost that cannot go. So chunk buffers are recycled through a
+//! [`BufPool`] (no page faults or zeroing per chunk), read-ahead is asked for
+//! in batches only when the window ahead of the reader is half empty (few
+//! thread wake-ups), and a batch is split across the read-ahead threads in
+//! file order, so the nearest chunk is always loaded first.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Deref;
 use std::sync::{Arc, Condvar, Mutex};
 
 use crossbeam_channel::{Sender, bounded};
@@ -52,9 +60,98 @@ impl ChunkList {
     }
 }
 
+/// Smallest and largest pooled buffer sizes (powers of two). Bigger chunks
+/// (only with a non-default chunker) get exact, unpooled buffers.
+const MIN_CLASS: usize = 4 << 10;
+const MAX_CLASS: usize = 4 << 20;
+
+/// Idle chunk buffers by power-of-two size class, bounded in bytes.
+#[derive(Debug)]
+pub struct BufPool {
+    free: Mutex<(Vec<Vec<Vec<u8>>>, u64)>,
+    cap: u64,
+}
+
+impl BufPool {
+    pub fn new(cap: u64) -> Arc<BufPool> {
+        let classes = (MAX_CLASS.trailing_zeros() + 1) as usize;
+        Arc::new(BufPool {
+            free: Mutex::new((vec![Vec::new(); classes], 0)),
+            cap,
+        })
+    }
+
+    fn class(len: usize) -> Option<usize> {
+        let size = len.max(MIN_CLASS).checked_next_power_of_two()?;
+        (size <= MAX_CLASS).then(|| size.trailing_zeros() as usize)
+    }
+
+    /// A buffer of at least `len` bytes holding unspecified old bytes.
+    fn take(self: &Arc<Self>, len: usize) -> ChunkData {
+        let buf = match Self::class(len) {
+            Some(c) => {
+                let mut g = self.free.lock().expect("poisoned");
+                match g.0[c].pop() {
+                    Some(b) => {
+                        g.1 -= b.len() as u64;
+                        b
+                    }
+                    None => vec![0; 1 << c],
+                }
+            }
+            None => vec![0; len],
+        };
+        ChunkData {
+            buf,
+            len,
+            pool: self.clone(),
+        }
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        let Some(c) = Self::class(buf.len()).filter(|c| 1 << c == buf.len()) else {
+            return;
+        };
+        let mut g = self.free.lock().expect("poisoned");
+        if g.1 + buf.len() as u64 <= self.cap {
+            g.1 += buf.len() as u64;
+            g.0[c].push(buf);
+        }
+    }
+}
+
+/// A chunk's verified bytes, in a pooled buffer that goes back to the pool
+/// when the last holder (cache or reader) lets go.
+#[derive(Debug)]
+pub struct ChunkData {
+    buf: Vec<u8>,
+    len: usize,
+    pool: Arc<BufPool>,
+}
+
+impl ChunkData {
+    /// Memory held (the buffer's size class, not the chunk's length).
+    fn footprint(&self) -> u64 {
+        self.buf.len() as u64
+    }
+}
+
+impl Deref for ChunkData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for ChunkData {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.buf));
+    }
+}
+
 enum Slot {
     Loading,
-    Ready { data: Arc<Vec<u8>>, tick: u64 },
+    Ready { data: Arc<ChunkData>, tick: u64 },
 }
 
 struct Inner {
@@ -64,15 +161,19 @@ struct Inner {
     bytes: u64,
 }
 
+type Batch = Vec<(ObjectId, u64)>;
+
 /// Bounded cache of verified chunk bytes, shared by every open file of a
 /// mount and by its read-ahead threads. Concurrent misses on one chunk load
 /// it once.
 pub struct ChunkCache {
     store: Arc<Store>,
     cap: u64,
+    pool: Arc<BufPool>,
     inner: Mutex<Inner>,
     ready: Condvar,
-    prefetch: Mutex<Option<Sender<(ObjectId, u64)>>>,
+    threads: usize,
+    prefetch: Mutex<Option<Sender<Batch>>>,
 }
 
 impl std::fmt::Debug for ChunkCache {
@@ -92,6 +193,8 @@ impl ChunkCache {
         let c = Arc::new(ChunkCache {
             store,
             cap,
+            // Idle buffers: enough for the read-ahead windows in flight.
+            pool: BufPool::new((cap / 4).clamp(8 << 20, 64 << 20)),
             inner: Mutex::new(Inner {
                 map: HashMap::new(),
                 lru: BTreeMap::new(),
@@ -99,20 +202,23 @@ impl ChunkCache {
                 bytes: 0,
             }),
             ready: Condvar::new(),
+            threads,
             prefetch: Mutex::new(None),
         });
         if threads > 0 {
-            let (tx, rx) = bounded::<(ObjectId, u64)>(64);
+            let (tx, rx) = bounded::<Batch>(4 * threads);
             for i in 0..threads {
                 let rx = rx.clone();
                 let weak = Arc::downgrade(&c);
                 std::thread::Builder::new()
                     .name(format!("ds-readahead-{i}"))
                     .spawn(move || {
-                        for (id, len) in rx {
+                        for batch in rx {
                             let Some(c) = weak.upgrade() else { break };
-                            // A failure here is reported when a reader asks.
-                            let _ = c.get(&id, len);
+                            for (id, len) in batch {
+                                // A failure here is reported when a reader asks.
+                                let _ = c.fill(&id, len);
+                            }
                         }
                     })
                     .expect("spawn read-ahead thread");
@@ -126,14 +232,49 @@ impl ChunkCache {
         &self.store
     }
 
-    /// Asks the read-ahead threads to load a chunk; drops the request if
-    /// they are busy (read-ahead is a hint).
-    pub fn prefetch(&self, id: ObjectId, len: u64) {
-        if self.contains(&id) {
-            return;
+    /// Asks the read-ahead threads to load `window` (the chunks just ahead
+    /// of a sequential reader, in file order). A hint: nothing is asked
+    /// while at least half the window is cached or loading and its first
+    /// chunk is, and nothing is queued if the threads are busy.
+    pub fn prefetch(&self, window: &[(ObjectId, u64)]) {
+        let tx = match self.prefetch.lock().expect("poisoned").as_ref() {
+            Some(tx) => tx.clone(),
+            None => return,
+        };
+        let mut missing: Batch = Vec::new();
+        {
+            let mut g = self.inner.lock().expect("poisoned");
+            let absent: Vec<usize> = (0..window.len())
+                .filter(|&i| !g.map.contains_key(&window[i].0))
+                .collect();
+            let urgent = absent.first() == Some(&0);
+            if absent.is_empty() || (!urgent && absent.len() * 2 < window.len()) {
+                return;
+            }
+            for i in absent {
+                // Claimed now, so a reader arriving first waits instead of
+                // loading it twice; released below if the batch is dropped.
+                if g.map.insert(window[i].0, Slot::Loading).is_none() {
+                    missing.push(window[i]);
+                }
+            }
         }
-        if let Some(tx) = self.prefetch.lock().expect("poisoned").as_ref() {
-            let _ = tx.try_send((id, len));
+        let per = missing.len().div_ceil(self.threads.max(1));
+        let mut dropped: Batch = Vec::new();
+        for part in missing.chunks(per.max(1)) {
+            if tx.try_send(part.to_vec()).is_err() {
+                dropped.extend_from_slice(part);
+            }
+        }
+        if !dropped.is_empty() {
+            let mut g = self.inner.lock().expect("poisoned");
+            for (id, _) in &dropped {
+                if matches!(g.map.get(id), Some(Slot::Loading)) {
+                    g.map.remove(id);
+                }
+            }
+            drop(g);
+            self.ready.notify_all();
         }
     }
 
@@ -142,7 +283,7 @@ impl ChunkCache {
     }
 
     /// The verified bytes of a chunk, from the cache or the store.
-    pub fn get(&self, id: &ObjectId, len: u64) -> Result<Arc<Vec<u8>>> {
+    pub fn get(&self, id: &ObjectId, len: u64) -> Result<Arc<ChunkData>> {
         {
             let mut g = self.inner.lock().expect("poisoned");
             loop {
@@ -166,15 +307,22 @@ impl ChunkCache {
                 }
             }
         }
-        let loaded = self.store.read_chunk(id, len);
+        self.fill(id, len)
+    }
+
+    /// Loads a chunk whose slot this caller set to `Loading`, and publishes
+    /// it (or clears the slot on failure, so the next reader retries).
+    fn fill(&self, id: &ObjectId, len: u64) -> Result<Arc<ChunkData>> {
+        let mut data = self.pool.take(len as usize);
+        let loaded = self.store.read_chunk_into(id, &mut data.buf[..data.len]);
         let mut g = self.inner.lock().expect("poisoned");
         let out = match loaded {
-            Ok(data) => {
+            Ok(()) => {
                 let data = Arc::new(data);
                 g.tick += 1;
                 let t = g.tick;
                 g.lru.insert(t, *id);
-                g.bytes += data.len() as u64;
+                g.bytes += data.footprint();
                 g.map.insert(
                     *id,
                     Slot::Ready {
@@ -185,7 +333,7 @@ impl ChunkCache {
                 while g.bytes > self.cap && g.lru.len() > 1 {
                     let (_, victim) = g.lru.pop_first().expect("non-empty");
                     if let Some(Slot::Ready { data, .. }) = g.map.remove(&victim) {
-                        g.bytes -= data.len() as u64;
+                        g.bytes -= data.footprint();
                     }
                 }
                 Ok(data)
@@ -203,5 +351,32 @@ impl ChunkCache {
     /// Bytes currently cached.
     pub fn cached_bytes(&self) -> u64 {
         self.inner.lock().expect("poisoned").bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_recycles_buffers_by_class_within_its_cap() {
+        assert_eq!(BufPool::class(1), Some(12));
+        assert_eq!(BufPool::class(64 << 10), Some(16));
+        assert_eq!(BufPool::class((64 << 10) + 1), Some(17));
+        assert_eq!(BufPool::class(MAX_CLASS + 1), None);
+        let pool = BufPool::new(256 << 10);
+        let a = pool.take(100_000);
+        assert_eq!((a.len(), a.footprint()), (100_000, 128 << 10));
+        let ptr = a.buf.as_ptr();
+        drop(a);
+        // Same class: the same memory comes back, at the asked length.
+        let b = pool.take(70_000);
+        assert_eq!((b.buf.as_ptr(), b.len()), (ptr, 70_000));
+        // Beyond the cap, returned buffers are freed instead of kept.
+        let (c, d, e) = (pool.take(200_000), pool.take(200_000), pool.take(200_000));
+        drop((b, c, d, e));
+        assert!(pool.free.lock().unwrap().1 <= 256 << 10);
+        // Unpooled sizes still work.
+        assert_eq!(pool.take(MAX_CLASS + 5).len(), MAX_CLASS + 5);
     }
 }

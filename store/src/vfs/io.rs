@@ -45,8 +45,17 @@ impl ReadPlan {
     /// Copies the planned bytes. A damaged or missing chunk fails the whole
     /// read with EIO and a message naming the file: never wrong bytes.
     pub fn execute(self) -> VResult<Vec<u8>> {
-        for (id, len) in &self.prefetch {
-            self.cache.prefetch(*id, *len);
+        let mut out = Vec::new();
+        self.execute_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// [`ReadPlan::execute`] into `out` (cleared first), so a caller serving
+    /// many reads reuses one buffer.
+    pub fn execute_into(self, out: &mut Vec<u8>) -> VResult<()> {
+        out.clear();
+        if !self.prefetch.is_empty() {
+            self.cache.prefetch(&self.prefetch);
         }
         let total: u64 = self
             .segs
@@ -55,7 +64,7 @@ impl ReadPlan {
                 Seg::Base { len, .. } | Seg::Overlay { len, .. } | Seg::Zero(len) => *len,
             })
             .sum();
-        let mut out = Vec::with_capacity(total as usize);
+        out.reserve(total as usize);
         for s in &self.segs {
             match s {
                 Seg::Zero(n) => out.resize(out.len() + *n as usize, 0),
@@ -85,7 +94,7 @@ impl ReadPlan {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -28,7 +28,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use ds_fuse::MountOptions;
 use ds_store::resolve::resolve;
-use ds_store::vfs::{CommitOptions, CommitReport, Vfs, VfsOptions, mount_dir};
+use ds_store::vfs::{CommitOptions, CommitReport, Target, Vfs, VfsOptions, mount_dir};
 use ds_store::{Access, Store};
 use serde_json::{Value, json};
 
@@ -316,12 +316,12 @@ fn handle(line: &str, root: &Path, vfs: &Mutex<Vfs>, mp: &Path) -> Result<Value>
         source: mp.as_os_str().as_bytes().to_vec(),
     };
     let t = Instant::now();
+    // The writer lock is held only for this snapshot; its (slow) open runs
+    // while the mount re-chunks what changed.
+    let target = Target::open_in_background(root.to_path_buf());
     // Freeze the filesystem for the (short) snapshot: a consistent cut.
     let mut v = vfs.lock().unwrap_or_else(|p| p.into_inner());
-    // The writer lock is held only for this snapshot.
-    let w = Store::open(root, Access::Write, true)?;
-    let r = v.commit(&w, &opts)?;
-    drop(w);
+    let r = v.commit(target, &opts)?;
     drop(v);
     Ok(report_json(&r, t.elapsed().as_secs_f64()))
 }

@@ -16,9 +16,18 @@
 //! Snapshot statistics (files, dirs, bytes) are the base snapshot's plus the
 //! difference made by changed entries: only removed or moved directories
 //! are counted by walking their (stored) trees.
+//!
+//! Latency: opening the store for writing (RocksDB's primary) costs about as
+//! much as re-chunking a megabyte-sized change. So a mount starts that open
+//! on another thread ([`Target::Opening`]) and meanwhile re-chunks and
+//! rebuilds trees, holding new objects in memory (up to [`DEFER_MAX`] bytes,
+//! then it waits for the open); deduplication lookups use the mount's own
+//! reader index until the writer's is there, and the writer checks again.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use ds_format::manifest::{FileRef, ManifestBuilder};
 use ds_format::snapshot::{Snapshot, SnapshotStats};
@@ -28,8 +37,41 @@ use ds_format::{ObjectId, ObjectKind};
 use super::cache::{ChunkList, ChunkPos};
 use super::node::Content;
 use super::{Ino, Vfs, now_ns};
-use crate::writer::{self, PackWriter, Payload, WriteStats};
-use crate::{Result, Store, StoreError};
+use crate::writer::{self, Payload, WriteStats, WriterSession};
+use crate::{Access, Result, Store, StoreError};
+
+/// New objects a commit keeps in memory while its writer is being opened.
+pub const DEFER_MAX: u64 = 64 << 20;
+
+/// The store a commit writes through.
+#[derive(Debug)]
+pub enum Target {
+    /// Already open with `Access::Write`.
+    Open(Store),
+    /// Being opened with `Access::Write` on another thread.
+    Opening(JoinHandle<Result<Store>>),
+}
+
+impl Target {
+    /// Starts opening the store at `root` for writing on a new thread (the
+    /// writer lock is taken there, and released when the commit ends).
+    pub fn open_in_background(root: PathBuf) -> Target {
+        Target::Opening(std::thread::spawn(move || {
+            Store::open(&root, Access::Write, true)
+        }))
+    }
+
+    fn wait(self) -> Result<Store> {
+        let store = match self {
+            Target::Open(s) => s,
+            Target::Opening(h) => h.join().map_err(|_| {
+                StoreError::Invalid("opening the store for writing panicked".into())
+            })??,
+        };
+        store.require_write()?;
+        Ok(store)
+    }
+}
 
 /// What to record with a snapshot of a mount.
 #[derive(Debug, Clone, Default)]
@@ -96,9 +138,25 @@ enum Update {
     Clean(u64),
 }
 
+/// Where new objects go: held back until the writer is open, then to it.
+enum Sink {
+    Waiting {
+        target: Option<Target>,
+        held: Vec<(ObjectKind, ObjectId, Vec<u8>)>,
+        held_bytes: u64,
+    },
+    Ready {
+        store: Store,
+        session: WriterSession,
+    },
+}
+
 struct Ctx<'a> {
-    store: &'a Store,
-    writer: PackWriter,
+    /// The mount's (reader) store: dedup lookups until the writer is open.
+    read: &'a Store,
+    sink: Sink,
+    /// The first failure of a put; the commit fails with it.
+    failed: Option<StoreError>,
     updates: Vec<Update>,
     files: u64,
     bytes_read: u64,
@@ -106,14 +164,59 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn put(&self, kind: ObjectKind, id: ObjectId, bytes: Vec<u8>) {
-        // Most rebuilt nodes are unchanged and already stored: skip them
-        // before the writer compresses them. A failed lookup or writer fails
-        // `WriterSession::finish` (or the lookup again there), so nothing is lost.
-        if self.store.index().contains(&id).unwrap_or(false) {
+    fn put(&mut self, kind: ObjectKind, id: ObjectId, bytes: Vec<u8>) {
+        if self.failed.is_some() {
             return;
         }
-        let _ = self.writer.put(kind, id, Payload::Owned(bytes));
+        // Most rebuilt nodes are unchanged and already stored: skip them
+        // before the writer compresses them. A stale reader index only
+        // costs a lookup in the writer, which skips what it already has.
+        let index = match &self.sink {
+            Sink::Ready { store, .. } => store.index(),
+            Sink::Waiting { .. } => self.read.index(),
+        };
+        if index.contains(&id).unwrap_or(false) {
+            return;
+        }
+        let r = match &mut self.sink {
+            Sink::Waiting {
+                held, held_bytes, ..
+            } => {
+                *held_bytes += bytes.len() as u64;
+                held.push((kind, id, bytes));
+                if *held_bytes > DEFER_MAX {
+                    self.ready().map(|_| ())
+                } else {
+                    Ok(())
+                }
+            }
+            Sink::Ready { session, .. } => session.writer().put(kind, id, Payload::Owned(bytes)),
+        };
+        if let Err(e) = r {
+            self.failed.get_or_insert(e);
+        }
+    }
+
+    /// Waits for the writer store, starts its pack writer and hands it the
+    /// objects held so far.
+    fn ready(&mut self) -> Result<(&Store, &WriterSession)> {
+        if let Sink::Waiting { target, held, .. } = &mut self.sink {
+            let store = target.take().expect("waited once").wait()?;
+            let session = writer::start(
+                store.packs().clone(),
+                store.index().clone(),
+                store.config().compression,
+                store.config().pack_size,
+            );
+            for (kind, id, bytes) in held.drain(..) {
+                session.writer().put(kind, id, Payload::Owned(bytes))?;
+            }
+            self.sink = Sink::Ready { store, session };
+        }
+        match &self.sink {
+            Sink::Ready { store, session } => Ok((store, session)),
+            Sink::Waiting { .. } => unreachable!("made ready above"),
+        }
     }
 }
 
@@ -129,13 +232,12 @@ fn vfs_err(e: super::VfsError) -> StoreError {
 
 impl Vfs {
     /// Snapshots the mount into its workspace, re-chunking only dirty byte
-    /// ranges and rebuilding only directories on dirty paths. `wstore` must
-    /// be opened with `Access::Write` (the writer lock is held only for
-    /// this). Moves the workspace ref by compare-and-swap against the
+    /// ranges and rebuilding only directories on dirty paths. `target` is
+    /// the store opened (or being opened) with `Access::Write`; it is closed,
+    /// releasing the writer lock, before this returns. Moves the workspace ref by compare-and-swap against the
     /// mount's base, then continues on the new snapshot (inode numbers are
     /// kept) and checkpoints the now-empty dirty layer.
-    pub fn commit(&mut self, wstore: &Store, opts: &CommitOptions) -> Result<CommitReport> {
-        wstore.require_write()?;
+    pub fn commit(&mut self, target: Target, opts: &CommitOptions) -> Result<CommitReport> {
         let ws = match &self.rw {
             Some(rw) => rw.workspace.clone(),
             None => {
@@ -145,15 +247,15 @@ impl Vfs {
             }
         };
         let parent = (self.base != ObjectId::ZERO).then_some(self.base);
-        let session = writer::start(
-            wstore.packs().clone(),
-            wstore.index().clone(),
-            wstore.config().compression,
-            wstore.config().pack_size,
-        );
+        let read = self.store.clone();
         let mut ctx = Ctx {
-            store: wstore,
-            writer: session.writer().clone(),
+            read: &read,
+            sink: Sink::Waiting {
+                target: Some(target),
+                held: Vec::new(),
+                held_bytes: 0,
+            },
+            failed: None,
             updates: Vec::new(),
             files: 0,
             bytes_read: 0,
@@ -174,21 +276,32 @@ impl Vfs {
         };
         let bytes = snap.encode();
         let id = ObjectKind::Snapshot.hash(&bytes);
-        ctx.writer
-            .put(ObjectKind::Snapshot, id, Payload::Owned(bytes))?;
+        ctx.put(ObjectKind::Snapshot, id, bytes);
+        if let Some(e) = ctx.failed.take() {
+            return Err(e);
+        }
+        ctx.ready()?;
         let Ctx {
-            writer: w,
+            sink,
             updates,
             files,
             bytes_read,
             dirs,
             ..
         } = ctx;
-        drop(w);
+        let Sink::Ready {
+            store: wstore,
+            session,
+        } = sink
+        else {
+            unreachable!("made ready above")
+        };
         // The durability barriers of ARCHITECTURE.md: packs, index, ref.
         let written = session.finish()?;
         wstore.index().sync()?;
         wstore.refs().swap(&ws, parent, id)?;
+        // The writer lock goes with the store, before the checkpoint below.
+        drop(wstore);
         self.apply_updates(updates);
         self.base = id;
         self.base_stats = stats;
@@ -438,9 +551,7 @@ impl Vfs {
             let cut = chunker.cut(data);
             let chunk = &data[..cut];
             let id = ObjectKind::Chunk.hash(chunk);
-            if !ctx.store.index().contains(&id)? {
-                ctx.put(ObjectKind::Chunk, id, chunk.to_vec());
-            }
+            ctx.put(ObjectKind::Chunk, id, chunk.to_vec());
             builder.push(id, cut as u64, &mut |i, b| {
                 ctx.put(ObjectKind::FileNode, i, b)
             });

@@ -13,7 +13,7 @@ use ds_store::format::config::Compression;
 use ds_store::format::tree::{Entry, EntryData};
 use ds_store::ingest::{SnapshotOptions, snapshot};
 use ds_store::progress::Progress;
-use ds_store::vfs::{CommitOptions, Ino, Kind, RenameFlags, SetAttr, Vfs, VfsOptions};
+use ds_store::vfs::{CommitOptions, Ino, Kind, RenameFlags, SetAttr, Target, Vfs, VfsOptions};
 use ds_store::{Access, Store};
 
 use crate::*;
@@ -46,7 +46,8 @@ fn reader(root: &Path) -> Arc<Store> {
 
 fn commit(root: &Path, v: &mut Vfs) -> ds_store::vfs::CommitReport {
     let w = Store::open(root, Access::Write, true).unwrap();
-    v.commit(&w, &CommitOptions::default()).unwrap()
+    v.commit(Target::Open(w), &CommitOptions::default())
+        .unwrap()
 }
 
 fn setup(tmp: &Path, files: &Files) -> (std::path::PathBuf, std::path::PathBuf) {
@@ -578,4 +579,43 @@ fn a_dirty_layer_over_a_moved_workspace_is_refused_unless_discarded() {
         libc::ENOENT
     );
     assert_eq!(read_all(&mut v, "other"), b"y");
+}
+
+#[test]
+fn a_writer_opened_in_the_background_fails_cleanly_and_streams_big_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut files = Files::new();
+    files.insert("a.txt".into(), (b"old".to_vec(), 0o644));
+    let (root, src) = setup(tmp.path(), &files);
+    let base = cold(&root, &src, "w");
+    let mut v = Vfs::open_workspace(reader(&root), "w", VfsOptions::default(), false).unwrap();
+    // More new data than a commit holds while its writer opens.
+    let big = noise(ds_store::vfs::DEFER_MAX as usize + (3 << 20), 5);
+    let (_, fh) = v.create(Ino::ROOT, b"big.bin", 0o644, 0, 0).unwrap();
+    for (i, part) in big.chunks(1 << 20).enumerate() {
+        v.write(fh, (i << 20) as u64, part).unwrap();
+    }
+    v.release(fh);
+
+    // The open fails (the thread reports an error): nothing moves and the
+    // mount keeps its dirty state.
+    let failing = Target::Opening(std::thread::spawn(|| {
+        Err(ds_store::StoreError::Invalid("no writer for you".into()))
+    }));
+    let e = v.commit(failing, &CommitOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("no writer for you"), "{e}");
+    let s = Store::open(&root, Access::Read, true).unwrap();
+    assert_eq!(s.refs().get("w").unwrap(), Some(base));
+    drop(s);
+    assert_eq!(read_all(&mut v, "big.bin"), big);
+
+    // Opened on another thread for real: the snapshot equals a cold one.
+    let target = Target::open_in_background(root.clone());
+    let r = v.commit(target, &CommitOptions::default()).unwrap();
+    assert_eq!(r.parent, Some(base));
+    fs::write(src.join("big.bin"), &big).unwrap();
+    let expect = cold(&root, &src, "cold");
+    let s = Store::open(&root, Access::Read, true).unwrap();
+    assert_eq!(listing(&s, r.id), listing(&s, expect));
+    assert_eq!(s.refs().get("w").unwrap(), Some(r.id));
 }

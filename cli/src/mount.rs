@@ -254,14 +254,13 @@ fn register(
         UnixListener::bind(&sock).with_context(|| format!("control socket {}", sock.display()))?;
     fs::write(dir.join("mountpoint"), mp.as_os_str().as_bytes())?;
     fs::write(dir.join("pid"), std::process::id().to_string())?;
-    let root = store.root().to_path_buf();
     let v2 = vfs.clone();
     let mp2 = mp.to_path_buf();
     std::thread::Builder::new()
         .name("ds-mount-ctl".into())
         .spawn(move || {
             for conn in listener.incoming().flatten() {
-                if let Err(e) = serve(conn, &root, &v2, &mp2) {
+                if let Err(e) = serve(conn, &v2, &mp2) {
                     eprintln!("ds mount: control request failed: {e:#}");
                 }
             }
@@ -283,10 +282,10 @@ fn register(
     Ok(dir)
 }
 
-fn serve(conn: UnixStream, root: &Path, vfs: &Mutex<Vfs>, mp: &Path) -> Result<()> {
+fn serve(conn: UnixStream, vfs: &Mutex<Vfs>, mp: &Path) -> Result<()> {
     let mut line = String::new();
     BufReader::new((&conn).take(MAX_REQUEST)).read_line(&mut line)?;
-    let reply = match handle(&line, root, vfs, mp) {
+    let reply = match handle(&line, vfs, mp) {
         Ok(v) => json!({ "ok": v }),
         Err(e) => json!({ "error": format!("{e:#}") }),
     };
@@ -296,7 +295,7 @@ fn serve(conn: UnixStream, root: &Path, vfs: &Mutex<Vfs>, mp: &Path) -> Result<(
     Ok(())
 }
 
-fn handle(line: &str, root: &Path, vfs: &Mutex<Vfs>, mp: &Path) -> Result<Value> {
+fn handle(line: &str, vfs: &Mutex<Vfs>, mp: &Path) -> Result<Value> {
     let req: Value = serde_json::from_str(line).context("bad request")?;
     if req["version"].as_u64() != Some(PROTOCOL) {
         bail!(
@@ -316,12 +315,11 @@ fn handle(line: &str, root: &Path, vfs: &Mutex<Vfs>, mp: &Path) -> Result<Value>
         source: mp.as_os_str().as_bytes().to_vec(),
     };
     let t = Instant::now();
-    // The writer lock is held only for this snapshot; its (slow) open runs
-    // while the mount re-chunks what changed.
-    let target = Target::open_in_background(root.to_path_buf());
-    // Freeze the filesystem for the (short) snapshot: a consistent cut.
+    // Freeze the filesystem for the (short) snapshot: a consistent cut. The
+    // mount appends through its own store under the writer lock, held only
+    // for this snapshot (no index open: see store/src/journal.rs).
     let mut v = vfs.lock().unwrap_or_else(|p| p.into_inner());
-    let r = v.commit(target, &opts)?;
+    let r = v.commit(Target::Append, &opts)?;
     drop(v);
     Ok(report_json(&r, t.elapsed().as_secs_f64()))
 }

@@ -404,7 +404,7 @@ impl Ingest<'_> {
             }
             let hash_and_put = |r: &std::ops::Range<usize>| -> Result<ObjectId> {
                 let id = ObjectKind::Chunk.hash(&buf[r.clone()]);
-                if !self.writer.index().contains(&id)? {
+                if !self.writer.contains(&id)? {
                     self.writer.put(
                         ObjectKind::Chunk,
                         id,

@@ -8,6 +8,8 @@
 //! STORE/tmp/              packs being written (removed by gc after a crash)
 //! STORE/refs/<workspace>  hex snapshot id, replaced atomically
 //! STORE/index/            RocksDB: object locations, pack list, stat cache
+//! STORE/journal/<pack id> packs appended by a read-write mount, not yet in
+//!                         the index (folded in by the next writer)
 //! ```
 
 use std::fs::File;
@@ -44,6 +46,9 @@ impl Layout {
     }
     pub fn index(&self) -> PathBuf {
         self.root.join("index")
+    }
+    pub fn journal(&self) -> PathBuf {
+        self.root.join("journal")
     }
 }
 

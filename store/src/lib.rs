@@ -20,6 +20,7 @@ mod error;
 pub mod gc;
 pub mod index;
 pub mod ingest;
+pub mod journal;
 pub mod layout;
 pub mod pack_conformance;
 pub mod packs;
@@ -34,7 +35,7 @@ pub mod writer;
 
 pub use ds_format as format;
 pub use error::{IoContext, StoreError};
-pub use store::{Access, InitOptions, Store, decode_stored};
+pub use store::{Access, Appender, InitOptions, Store, decode_stored};
 
 /// Result alias for this crate.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -14,6 +14,7 @@ use ds_format::tree::{DirNode, DirRef, Entry, EntryData};
 use ds_format::{ObjectId, ObjectKind};
 
 use crate::index::{Index, IndexMode, Location};
+use crate::journal::{Journal, JournalCatalog};
 use crate::layout::{Layout, sync_dir};
 use crate::packs::{LocalPacks, PackStore, read_trailer};
 use crate::refs::Refs;
@@ -53,9 +54,45 @@ pub struct Store {
     chunker: Chunker,
     packs: Arc<dyn PackStore>,
     index: Arc<Index>,
+    journal: Arc<Journal>,
     refs: Refs,
     access: Access,
     _locks: Vec<File>,
+}
+
+/// A reader's permission to append packs and move refs without opening
+/// the index for writing (see `journal.rs`): holds the writer lock until
+/// dropped. New packs are recorded in the journal through [`Appender::catalog`].
+#[derive(Debug)]
+pub struct Appender {
+    store: Arc<Store>,
+    _lock: File,
+}
+
+impl Appender {
+    /// The store appended to.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// For [`crate::writer::start_with`]: dedup against the index and the
+    /// journal, record committed packs in the journal.
+    pub fn catalog(&self) -> Arc<dyn crate::writer::Catalog> {
+        Arc::new(JournalCatalog {
+            index: self.store.index.clone(),
+            journal: self.store.journal.clone(),
+        })
+    }
+
+    /// Makes the packs recorded so far findable by every process (after the
+    /// writer session finished): the barrier before a ref may move.
+    pub fn sync(&self) -> Result<()> {
+        self.store.journal.sync()
+    }
+
+    pub fn refs(&self) -> &Refs {
+        &self.store.refs
+    }
 }
 
 enum LockKind {
@@ -181,6 +218,11 @@ impl Store {
             _ => IndexMode::Primary,
         };
         let index = Index::open(&layout.index(), mode)?;
+        let journal = Journal::new(layout.journal());
+        if mode == IndexMode::Primary {
+            // Packs a read-write mount appended since the last writer.
+            journal.ingest(&index, packs.as_ref())?;
+        }
         let chunker = Chunker::new(config.chunker)?;
         Ok(Store {
             refs: Refs::new(layout.refs()),
@@ -189,9 +231,33 @@ impl Store {
             chunker,
             packs,
             index: Arc::new(index),
+            journal: Arc::new(journal),
             access,
             _locks: locks,
         })
+    }
+
+    /// Lets this reader append (see [`Appender`]): waits for the writer
+    /// lock, then catches up with the index and the journal, which nobody
+    /// else can change while the lock is held.
+    pub fn append(self: &Arc<Self>) -> Result<Appender> {
+        if self.access != Access::Read {
+            return Err(StoreError::Invalid(
+                "append is for a store opened to read; a writer writes to the index".into(),
+            ));
+        }
+        let lock = take_lock(&self.layout.lock(), LockKind::Exclusive, true, self.root())?;
+        self.index.catch_up()?;
+        self.journal.refresh(self.packs.as_ref())?;
+        Ok(Appender {
+            store: self.clone(),
+            _lock: lock,
+        })
+    }
+
+    /// Packs appended by readers and not yet folded into the index.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
     }
 
     pub fn root(&self) -> &Path {
@@ -243,8 +309,16 @@ impl Store {
             return Ok(Some(l));
         }
         if self.index.mode() == IndexMode::Secondary {
+            // Appended by a read-write mount, not yet in the index: known
+            // here already (cheap), or found below after catching up.
+            if let Some(l) = self.journal.known(id) {
+                return Ok(Some(l));
+            }
             self.index.catch_up()?;
-            return self.index.get(id);
+            if let Some(l) = self.index.get(id)? {
+                return Ok(Some(l));
+            }
+            return self.journal.locate(id, self.packs.as_ref());
         }
         Ok(None)
     }

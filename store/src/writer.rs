@@ -30,6 +30,25 @@ use crate::index::Index;
 use crate::packs::{PackSink, PackStore};
 use crate::{Result, StoreError};
 
+/// What a writer consults (is this object stored already?) and where it
+/// records each pack once committed: the RocksDB index for the store's one
+/// writer, or the journal for a read-write mount appending beside readers
+/// (see `journal.rs`).
+pub trait Catalog: Send + Sync + std::fmt::Debug {
+    fn contains(&self, id: &ObjectId) -> Result<bool>;
+    /// Called once `pack` is committed (durable), in commit order.
+    fn add_pack(&self, pack: &PackId, entries: &[PackEntry]) -> Result<()>;
+}
+
+impl Catalog for Index {
+    fn contains(&self, id: &ObjectId) -> Result<bool> {
+        Index::contains(self, id)
+    }
+    fn add_pack(&self, pack: &PackId, entries: &[PackEntry]) -> Result<()> {
+        Index::add_pack(self, pack, entries)
+    }
+}
+
 /// Bytes of an object: owned, or a range of a shared read buffer (so the
 /// chunks of a large file are never copied between reading and writing).
 #[derive(Debug, Clone)]
@@ -73,7 +92,7 @@ pub struct WriteStats {
 #[derive(Debug, Clone)]
 pub struct PackWriter {
     tx: Sender<Put>,
-    index: Arc<Index>,
+    catalog: Arc<dyn Catalog>,
     compression: Compression,
     failed: Arc<Mutex<Option<StoreError>>>,
 }
@@ -90,6 +109,16 @@ pub struct WriterSession {
 pub fn start(
     packs: Arc<dyn PackStore>,
     index: Arc<Index>,
+    compression: Compression,
+    pack_size: u64,
+) -> WriterSession {
+    start_with(packs, index, compression, pack_size)
+}
+
+/// [`start`], recording packs in any [`Catalog`].
+pub fn start_with(
+    packs: Arc<dyn PackStore>,
+    index: Arc<dyn Catalog>,
     compression: Compression,
     pack_size: u64,
 ) -> WriterSession {
@@ -115,7 +144,7 @@ pub fn start(
     WriterSession {
         writer: Some(PackWriter {
             tx,
-            index,
+            catalog: index,
             compression,
             failed: failed.clone(),
         }),
@@ -181,8 +210,9 @@ fn looks_incompressible(data: &[u8]) -> bool {
 }
 
 impl PackWriter {
-    pub fn index(&self) -> &Index {
-        &self.index
+    /// Is `id` stored already (by an earlier session)?
+    pub fn contains(&self, id: &ObjectId) -> Result<bool> {
+        self.catalog.contains(id)
     }
 
     /// Hands an object to the writer. Compression (if configured and worth
@@ -239,7 +269,7 @@ struct Sealed {
 fn write_loop(
     rx: &Receiver<Put>,
     packs: Arc<dyn PackStore>,
-    index: Arc<Index>,
+    index: Arc<dyn Catalog>,
     pack_size: u64,
 ) -> Result<WriteStats> {
     let pending: Arc<Mutex<HashSet<ObjectId>>> = Arc::default();

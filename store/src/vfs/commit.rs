@@ -17,17 +17,15 @@
 //! difference made by changed entries: only removed or moved directories
 //! are counted by walking their (stored) trees.
 //!
-//! Latency: opening the store for writing (RocksDB's primary) costs about as
-//! much as re-chunking a megabyte-sized change. So a mount starts that open
-//! on another thread ([`Target::Opening`]) and meanwhile re-chunks and
-//! rebuilds trees, holding new objects in memory (up to [`DEFER_MAX`] bytes,
-//! then it waits for the open); deduplication lookups use the mount's own
-//! reader index until the writer's is there, and the writer checks again.
+//! Latency: opening the index for writing (RocksDB's primary) costs about
+//! 10 ms of CPU, as much as re-chunking a megabyte-sized change, and more
+//! when it must replay a large log. A mount therefore appends
+//! ([`Target::Append`]): under the writer lock, through its own reader
+//! index and the store's journal (see `journal.rs`), so a snapshot pays
+//! only for what changed plus a few fsyncs.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use ds_format::manifest::{FileRef, ManifestBuilder};
 use ds_format::snapshot::{Snapshot, SnapshotStats};
@@ -37,39 +35,60 @@ use ds_format::{ObjectId, ObjectKind};
 use super::cache::{ChunkList, ChunkPos};
 use super::node::Content;
 use super::{Ino, Vfs, now_ns};
-use crate::writer::{self, Payload, WriteStats, WriterSession};
-use crate::{Access, Result, Store, StoreError};
+use crate::writer::{self, PackWriter, Payload, WriteStats};
+use crate::{Appender, Result, Store, StoreError};
 
-/// New objects a commit keeps in memory while its writer is being opened.
-pub const DEFER_MAX: u64 = 64 << 20;
-
-/// The store a commit writes through.
+/// How a commit writes.
 #[derive(Debug)]
 pub enum Target {
-    /// Already open with `Access::Write`.
-    Open(Store),
-    /// Being opened with `Access::Write` on another thread.
-    Opening(JoinHandle<Result<Store>>),
+    /// Through this store, opened with `Access::Write` (the index's primary).
+    Open(Box<Store>),
+    /// Through the mount's own reader store: takes the writer lock (waiting
+    /// for any other writer) and records new packs in the journal.
+    Append,
 }
 
-impl Target {
-    /// Starts opening the store at `root` for writing on a new thread (the
-    /// writer lock is taken there, and released when the commit ends).
-    pub fn open_in_background(root: PathBuf) -> Target {
-        Target::Opening(std::thread::spawn(move || {
-            Store::open(&root, Access::Write, true)
-        }))
+/// The writer side of one commit.
+enum Writer {
+    Primary(Box<Store>),
+    Append(Appender),
+}
+
+impl Writer {
+    fn store(&self) -> &Store {
+        match self {
+            Writer::Primary(s) => s,
+            Writer::Append(a) => a.store(),
+        }
     }
 
-    fn wait(self) -> Result<Store> {
-        let store = match self {
-            Target::Open(s) => s,
-            Target::Opening(h) => h.join().map_err(|_| {
-                StoreError::Invalid("opening the store for writing panicked".into())
-            })??,
+    fn start(&self) -> writer::WriterSession {
+        let s = self.store();
+        let catalog: Arc<dyn writer::Catalog> = match self {
+            Writer::Primary(s) => s.index().clone(),
+            Writer::Append(a) => a.catalog(),
         };
-        store.require_write()?;
-        Ok(store)
+        writer::start_with(
+            s.packs().clone(),
+            catalog,
+            s.config().compression,
+            s.config().pack_size,
+        )
+    }
+
+    /// After the packs are committed: make them findable (durable), then
+    /// move the ref.
+    fn publish(&self, ws: &str, parent: Option<ObjectId>, id: ObjectId) -> Result<()> {
+        match self {
+            Writer::Primary(s) => {
+                s.index().sync()?;
+                s.refs().swap(ws, parent, id)
+            }
+            Writer::Append(a) => {
+                a.sync()?;
+                a.refs().swap(ws, parent, id)
+            }
+        }
     }
 }
 
@@ -138,85 +157,23 @@ enum Update {
     Clean(u64),
 }
 
-/// Where new objects go: held back until the writer is open, then to it.
-enum Sink {
-    Waiting {
-        target: Option<Target>,
-        held: Vec<(ObjectKind, ObjectId, Vec<u8>)>,
-        held_bytes: u64,
-    },
-    Ready {
-        store: Store,
-        session: WriterSession,
-    },
-}
-
-struct Ctx<'a> {
-    /// The mount's (reader) store: dedup lookups until the writer is open.
-    read: &'a Store,
-    sink: Sink,
-    /// The first failure of a put; the commit fails with it.
-    failed: Option<StoreError>,
+struct Ctx {
+    writer: PackWriter,
     updates: Vec<Update>,
     files: u64,
     bytes_read: u64,
     dirs: u64,
 }
 
-impl Ctx<'_> {
-    fn put(&mut self, kind: ObjectKind, id: ObjectId, bytes: Vec<u8>) {
-        if self.failed.is_some() {
-            return;
-        }
+impl Ctx {
+    fn put(&self, kind: ObjectKind, id: ObjectId, bytes: Vec<u8>) {
         // Most rebuilt nodes are unchanged and already stored: skip them
-        // before the writer compresses them. A stale reader index only
-        // costs a lookup in the writer, which skips what it already has.
-        let index = match &self.sink {
-            Sink::Ready { store, .. } => store.index(),
-            Sink::Waiting { .. } => self.read.index(),
-        };
-        if index.contains(&id).unwrap_or(false) {
+        // before the writer compresses them. A failed lookup or writer fails
+        // `WriterSession::finish` (or the lookup again there), so nothing is lost.
+        if self.writer.contains(&id).unwrap_or(false) {
             return;
         }
-        let r = match &mut self.sink {
-            Sink::Waiting {
-                held, held_bytes, ..
-            } => {
-                *held_bytes += bytes.len() as u64;
-                held.push((kind, id, bytes));
-                if *held_bytes > DEFER_MAX {
-                    self.ready().map(|_| ())
-                } else {
-                    Ok(())
-                }
-            }
-            Sink::Ready { session, .. } => session.writer().put(kind, id, Payload::Owned(bytes)),
-        };
-        if let Err(e) = r {
-            self.failed.get_or_insert(e);
-        }
-    }
-
-    /// Waits for the writer store, starts its pack writer and hands it the
-    /// objects held so far.
-    fn ready(&mut self) -> Result<(&Store, &WriterSession)> {
-        if let Sink::Waiting { target, held, .. } = &mut self.sink {
-            let store = target.take().expect("waited once").wait()?;
-            let session = writer::start(
-                store.packs().clone(),
-                store.index().clone(),
-                store.config().compression,
-                store.config().pack_size,
-            );
-            for (kind, id, bytes) in held.drain(..) {
-                session.writer().put(kind, id, Payload::Owned(bytes))?;
-            }
-            self.sink = Sink::Ready { store, session };
-        }
-        match &self.sink {
-            Sink::Ready { store, session } => Ok((store, session)),
-            Sink::Waiting { .. } => unreachable!("made ready above"),
-        }
+        let _ = self.writer.put(kind, id, Payload::Owned(bytes));
     }
 }
 
@@ -232,9 +189,8 @@ fn vfs_err(e: super::VfsError) -> StoreError {
 
 impl Vfs {
     /// Snapshots the mount into its workspace, re-chunking only dirty byte
-    /// ranges and rebuilding only directories on dirty paths. `target` is
-    /// the store opened (or being opened) with `Access::Write`; it is closed,
-    /// releasing the writer lock, before this returns. Moves the workspace ref by compare-and-swap against the
+    /// ranges and rebuilding only directories on dirty paths, writing
+    /// through `target` (the writer lock is held only for this). Moves the workspace ref by compare-and-swap against the
     /// mount's base, then continues on the new snapshot (inode numbers are
     /// kept) and checkpoints the now-empty dirty layer.
     pub fn commit(&mut self, target: Target, opts: &CommitOptions) -> Result<CommitReport> {
@@ -247,15 +203,16 @@ impl Vfs {
             }
         };
         let parent = (self.base != ObjectId::ZERO).then_some(self.base);
-        let read = self.store.clone();
+        let w = match target {
+            Target::Open(s) => {
+                s.require_write()?;
+                Writer::Primary(s)
+            }
+            Target::Append => Writer::Append(self.store.append()?),
+        };
+        let session = w.start();
         let mut ctx = Ctx {
-            read: &read,
-            sink: Sink::Waiting {
-                target: Some(target),
-                held: Vec::new(),
-                held_bytes: 0,
-            },
-            failed: None,
+            writer: session.writer().clone(),
             updates: Vec::new(),
             files: 0,
             bytes_read: 0,
@@ -276,32 +233,23 @@ impl Vfs {
         };
         let bytes = snap.encode();
         let id = ObjectKind::Snapshot.hash(&bytes);
-        ctx.put(ObjectKind::Snapshot, id, bytes);
-        if let Some(e) = ctx.failed.take() {
-            return Err(e);
-        }
-        ctx.ready()?;
+        ctx.writer
+            .put(ObjectKind::Snapshot, id, Payload::Owned(bytes))?;
         let Ctx {
-            sink,
+            writer: pw,
             updates,
             files,
             bytes_read,
             dirs,
             ..
         } = ctx;
-        let Sink::Ready {
-            store: wstore,
-            session,
-        } = sink
-        else {
-            unreachable!("made ready above")
-        };
-        // The durability barriers of ARCHITECTURE.md: packs, index, ref.
+        drop(pw);
+        // The durability barriers of ARCHITECTURE.md: packs, then their
+        // index entries (or journal markers), then the ref.
         let written = session.finish()?;
-        wstore.index().sync()?;
-        wstore.refs().swap(&ws, parent, id)?;
-        // The writer lock goes with the store, before the checkpoint below.
-        drop(wstore);
+        w.publish(&ws, parent, id)?;
+        // The writer lock is released before the checkpoint below.
+        drop(w);
         self.apply_updates(updates);
         self.base = id;
         self.base_stats = stats;
@@ -403,7 +351,7 @@ impl Vfs {
 
     /// Builds a dirty directory's new tree; returns it and how the
     /// statistics below it changed relative to its base.
-    fn commit_dir(&mut self, ino: u64, ctx: &mut Ctx<'_>) -> Result<(DirRef, Delta)> {
+    fn commit_dir(&mut self, ino: u64, ctx: &mut Ctx) -> Result<(DirRef, Delta)> {
         let n = &self.nodes[&ino];
         let d = n.dir().expect("directory");
         if !n.dirty
@@ -497,7 +445,7 @@ impl Vfs {
 
     /// A file's new content reference: its base if unchanged, else re-chunked
     /// around the dirty ranges.
-    fn commit_file(&mut self, ino: u64, ctx: &mut Ctx<'_>) -> Result<FileRef> {
+    fn commit_file(&mut self, ino: u64, ctx: &mut Ctx) -> Result<FileRef> {
         let n = &self.nodes[&ino];
         let f = n.file().expect("file");
         if !f.content_dirty() {

@@ -43,7 +43,7 @@ use ds_format::snapshot::SnapshotStats;
 use ds_format::tree::DirRef;
 
 pub use cache::{ChunkCache, ChunkList, ChunkPos};
-pub use commit::{CommitOptions, CommitReport, DEFER_MAX, Target};
+pub use commit::{CommitOptions, CommitReport, Target};
 pub use io::ReadPlan;
 pub use ranges::RangeSet;
 pub use state::mount_dir;

@@ -53,11 +53,6 @@ impl ChunkList {
         let i = self.chunks.partition_point(|c| c.offset + c.len <= pos);
         (i < self.chunks.len()).then_some(i)
     }
-
-    /// Index of the chunk that starts exactly at `pos`.
-    pub fn starting_at(&self, pos: u64) -> Option<usize> {
-        self.chunks.binary_search_by_key(&pos, |c| c.offset).ok()
-    }
 }
 
 /// Smallest and largest pooled buffer sizes (powers of two). Bigger chunks

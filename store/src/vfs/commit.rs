@@ -475,11 +475,18 @@ impl Vfs {
         let mut out = Vec::new();
         let mut builder = ManifestBuilder::default();
         let mut pos = 0u64;
+        // Base chunks are in offset order and `pos` only grows: a cursor
+        // finds the one starting at `pos` (if any) in amortized O(1).
+        let mut next = 0usize;
         while pos < size {
-            if let Some(i) = base.starting_at(pos)
-                && reusable(&base.chunks[i])
+            while next < base.chunks.len() && base.chunks[next].offset < pos {
+                next += 1;
+            }
+            if let Some(c) = base.chunks.get(next)
+                && c.offset == pos
+                && reusable(c)
             {
-                let c = base.chunks[i];
+                let c = *c;
                 builder.push(c.id, c.len, &mut |id, b| {
                     ctx.put(ObjectKind::FileNode, id, b)
                 });

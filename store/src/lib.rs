@@ -9,8 +9,9 @@
 //!
 //! Durability contract (see ARCHITECTURE.md): a pack is written under a
 //! temporary name, fsynced, renamed into place and its directory fsynced;
-//! only then are its objects added to the index; only after the index is
-//! synced does a ref move. A crash at any point leaves only unreferenced data,
+//! only then are its objects added to the index (or, for a read-write
+//! mount appending without the index, to the journal); only after the index
+//! is synced (the journal fsynced) does a ref move. A crash at any point leaves only unreferenced data,
 //! which `gc` removes. Every object read is rehashed against its id.
 #![forbid(unsafe_code)]
 

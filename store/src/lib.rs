@@ -11,8 +11,9 @@
 //! temporary name, fsynced, renamed into place and its directory fsynced;
 //! only then are its objects added to the index (or, for a read-write
 //! mount appending without the index, to the journal); only after the index
-//! is synced (the journal fsynced) does a ref move. A crash at any point leaves only unreferenced data,
-//! which `gc` removes. Every object read is rehashed against its id.
+//! is synced (the journal fsynced) does a ref move. A crash at any point
+//! leaves only unreferenced data, which `gc` removes. Every object read is
+//! rehashed against its id.
 #![forbid(unsafe_code)]
 
 pub mod dag;

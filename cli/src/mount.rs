@@ -26,10 +26,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use ds_fuse::MountOptions;
+use ds_fuse::{MountOptions, SessionUnmounter};
+
 use ds_store::resolve::resolve;
 use ds_store::vfs::{CommitOptions, CommitReport, Target, Vfs, VfsOptions, mount_dir};
 use ds_store::{Access, Store};
+use nix::sys::signal::{SigSet, Signal};
 use serde_json::{Value, json};
 
 use crate::fmt;
@@ -116,6 +118,8 @@ pub fn mount(store_path: &Path, a: MountArgs) -> Result<ExitCode> {
     if a.background && std::env::var_os(READY_ENV).is_none() {
         return background(store_path, &mp);
     }
+    // Before any thread exists, so that every thread inherits the mask.
+    let stop = block_stop_signals()?;
     let store = Arc::new(
         Store::open(store_path, Access::Read, true)
             .with_context(|| format!("opening the store at {}", store_path.display()))?,
@@ -135,7 +139,7 @@ pub fn mount(store_path: &Path, a: MountArgs) -> Result<ExitCode> {
         (v, format!("snapshot {} (read-only)", id.short()))
     };
     let vfs = Arc::new(Mutex::new(vfs));
-    let session = ds_fuse::mount(
+    let mut session = ds_fuse::mount(
         vfs.clone(),
         &mp,
         &MountOptions {
@@ -174,6 +178,7 @@ pub fn mount(store_path: &Path, a: MountArgs) -> Result<ExitCode> {
         println!("ready");
         let _ = std::io::stdout().flush();
     }
+    unmount_on_signal(stop, session.unmount_callable(), mp.clone())?;
     let served = session.run();
     if let Some(dir) = registry {
         for f in ["ctl.sock", "mountpoint", "pid"] {
@@ -186,6 +191,38 @@ pub fn mount(store_path: &Path, a: MountArgs) -> Result<ExitCode> {
     }
     served.with_context(|| format!("serving {}", mp.display()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM, SIGINT and SIGHUP, which would otherwise kill the mount process
+/// and leave the kernel mount behind ("Transport endpoint is not
+/// connected"). Blocked in every thread and taken by one that unmounts.
+fn block_stop_signals() -> Result<SigSet> {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block().context("blocking stop signals")?;
+    Ok(set)
+}
+
+/// Unmounts on a stop signal: the session then returns as after `ds umount`
+/// (the dirty layer is saved). A busy mount stays up and says so.
+fn unmount_on_signal(set: SigSet, mut unmounter: SessionUnmounter, mp: PathBuf) -> Result<()> {
+    std::thread::Builder::new()
+        .name("ds-mount-signals".into())
+        .spawn(move || {
+            while let Ok(sig) = set.wait() {
+                eprintln!("ds: {sig}: unmounting {}", mp.display());
+                match unmounter.unmount() {
+                    Ok(()) => break,
+                    Err(e) => eprintln!(
+                        "ds: could not unmount {} ({e}); still serving it",
+                        mp.display()
+                    ),
+                }
+            }
+        })?;
+    Ok(())
 }
 
 /// Re-runs this command in a child and returns once the child has mounted.

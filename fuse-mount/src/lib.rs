@@ -31,6 +31,8 @@ use fuser::{
     ReplyStatfs, ReplyWrite, Request, Session, SessionACL, TimeOrNow, WriteFlags,
 };
 
+pub use fuser::SessionUnmounter;
+
 /// How to mount.
 #[derive(Debug, Clone)]
 pub struct MountOptions {

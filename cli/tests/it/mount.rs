@@ -86,6 +86,22 @@ impl Mount {
         assert!(!is_mounted(&self.mp));
     }
 
+    /// Sends `sig` (e.g. "TERM") and waits for the process to exit.
+    fn signal(mut self, sig: &str) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(c.id().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let st = c.wait().unwrap();
+        if !st.success() {
+            eprintln!("mount log: {}", self.log());
+        }
+        st
+    }
+
     fn kill9(mut self) {
         let mut c = self.child.take().unwrap();
         c.kill().unwrap(); // SIGKILL
@@ -397,6 +413,33 @@ EOF",
     ok(ds(&store).arg("verify"));
     let out = ok(ds(&store).args(["cat", "w", "work/notes.txt"]));
     assert_eq!(out.stdout, b"fsynced");
+}
+
+#[test]
+fn sigterm_and_sigint_unmount_cleanly_and_keep_the_dirty_layer() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _src) = init_with(tmp.path(), "w", |d| {
+        fs::write(d.join("a.txt"), b"old").unwrap();
+    });
+    let mp = tmp.path().join("mnt");
+    for (sig, text) in [("TERM", "after term"), ("INT", "after int")] {
+        let m = Mount::start(&store, &["--rw", "w"], &mp);
+        // Written but never fsynced: saved by the unmount, not a checkpoint.
+        fs::write(mp.join("a.txt"), text).unwrap();
+        let st = m.signal(sig);
+        assert!(st.success(), "SIG{sig}: mount process exited with {st}");
+        assert!(!is_mounted(&mp), "SIG{sig} left the mount behind");
+        let m = Mount::start(&store, &["--rw", "w"], &mp);
+        assert_eq!(fs::read(mp.join("a.txt")).unwrap(), text.as_bytes());
+        m.umount();
+    }
+    // Read-only mounts too.
+    let m = Mount::start(&store, &["w"], &mp);
+    assert!(m.signal("TERM").success());
+    assert!(!is_mounted(&mp));
 }
 
 #[test]

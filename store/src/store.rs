@@ -323,22 +323,25 @@ impl Store {
         Ok(None)
     }
 
-    /// Reads an object, decompresses it and checks its hash. Never returns
-    /// bytes that do not hash to `id`.
-    pub fn read_object(&self, id: &ObjectId, kind: ObjectKind) -> Result<Vec<u8>> {
+    /// Where an object of `kind` is: `Missing` if nowhere, `Damaged` if the
+    /// index records another kind under its id.
+    fn locate_kind(&self, id: &ObjectId, kind: ObjectKind) -> Result<Location> {
         let loc = self.locate(id)?.ok_or(StoreError::Missing {
             kind: kind.name(),
             id: *id,
         })?;
-        let damaged = |why: String| StoreError::Damaged {
-            kind: kind.name(),
-            id: *id,
-            pack: Some(loc.pack),
-            why,
-        };
         if loc.kind != kind {
-            return Err(damaged(format!("index says it is a {}", loc.kind.name())));
+            let why = format!("index says it is a {}", loc.kind.name());
+            return Err(damaged(kind, id, &loc, why));
         }
+        Ok(loc)
+    }
+
+    /// Reads an object, decompresses it and checks its hash. Never returns
+    /// bytes that do not hash to `id`.
+    pub fn read_object(&self, id: &ObjectId, kind: ObjectKind) -> Result<Vec<u8>> {
+        let loc = self.locate_kind(id, kind)?;
+        let damaged = |why: String| damaged(kind, id, &loc, why);
         let stored = self
             .packs
             .read_at(&loc.pack, loc.offset, loc.stored_len as usize)?;
@@ -469,19 +472,8 @@ impl Store {
     /// On error `out` holds garbage and must not be served.
     pub fn read_chunk_into(&self, id: &ObjectId, out: &mut [u8]) -> Result<()> {
         let kind = ObjectKind::Chunk;
-        let loc = self.locate(id)?.ok_or(StoreError::Missing {
-            kind: kind.name(),
-            id: *id,
-        })?;
-        let damaged = |why: String| StoreError::Damaged {
-            kind: kind.name(),
-            id: *id,
-            pack: Some(loc.pack),
-            why,
-        };
-        if loc.kind != kind {
-            return Err(damaged(format!("index says it is a {}", loc.kind.name())));
-        }
+        let loc = self.locate_kind(id, kind)?;
+        let damaged = |why: String| damaged(kind, id, &loc, why);
         if loc.raw_len as usize != out.len() {
             return Err(damaged(format!(
                 "{} bytes where the manifest says {}",
@@ -552,6 +544,15 @@ impl Store {
     pub fn rebuild_index(&self) -> Result<u64> {
         self.require_exclusive()?;
         rebuild(&self.index, self.packs.as_ref())
+    }
+}
+
+fn damaged(kind: ObjectKind, id: &ObjectId, loc: &Location, why: String) -> StoreError {
+    StoreError::Damaged {
+        kind: kind.name(),
+        id: *id,
+        pack: Some(loc.pack),
+        why,
     }
 }
 

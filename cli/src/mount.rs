@@ -49,7 +49,8 @@ const READY_ENV: &str = "DS_MOUNT_NOTIFY_READY";
     ds umount ~/proj\n\n\
     Writes to a read-write mount go to a dirty layer under STORE/mounts/W/. It is made durable \
     by fsync and every --checkpoint-secs; after a crash or SIGKILL, `ds mount --rw W` recovers \
-    it as of the last checkpoint. The store itself changes only when a snapshot is taken.")]
+    it as of the last checkpoint. The store itself changes only when a snapshot is taken. \
+    SIGTERM, SIGINT and SIGHUP unmount cleanly, like `ds umount`.")]
 pub struct MountArgs {
     /// Snapshot to mount read-only (SNAP), or with --rw the workspace to mount read-write
     target: String,

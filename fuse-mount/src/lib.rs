@@ -519,7 +519,7 @@ impl Filesystem for DsFs {
             s.files + s.dirs + s.symlinks + (1 << 20),
             1 << 20,
             bsize as u32,
-            1024,
+            ds_store::format::tree::MAX_NAME as u32,
             bsize as u32,
         );
     }

@@ -417,7 +417,13 @@ impl Vfs {
             .expect("loaded directory"))
     }
 
+    /// The entry `name` of directory `parent`. A name longer than any ds
+    /// can store is ENAMETOOLONG, as POSIX asks of every call that resolves
+    /// it (not ENOENT).
     fn child(&mut self, parent: u64, name: &[u8]) -> VResult<Option<u64>> {
+        if name.len() > ds_format::tree::MAX_NAME {
+            return Err(VfsError::errno(libc::ENAMETOOLONG));
+        }
         Ok(self.children(parent)?.get(name).copied())
     }
 

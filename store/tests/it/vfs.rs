@@ -410,6 +410,18 @@ fn posix_corners_unlink_open_rename_over_sparse_truncate() {
     v.release(fh);
     v.forget(ino, 1);
     assert_eq!(v.lookup(text, b"a.txt").unwrap_err().errno, libc::ENOENT);
+    // A name longer than any ds stores is ENAMETOOLONG wherever it is
+    // resolved, not ENOENT (found by pjdfstest).
+    let long = vec![b'x'; ds_store::format::tree::MAX_NAME + 1];
+    for e in [
+        v.lookup(text, &long).map(|_| ()),
+        v.unlink(text, &long),
+        v.rmdir(text, &long),
+        v.rename(text, &long, text, b"c", RenameFlags::default()),
+        v.create(text, &long, 0o644, 0, 0).map(|_| ()),
+    ] {
+        assert_eq!(e.unwrap_err().errno, libc::ENAMETOOLONG);
+    }
     // rename over an existing file replaces it
     let (_, fh) = v.create(text, b"tmp", 0o644, 0, 0).unwrap();
     v.write(fh, 0, b"new content").unwrap();

@@ -326,14 +326,14 @@ impl Filesystem for DsFs {
     fn link(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
         // ds records no hard links; tools (git, pip) fall back to copies or
         // renames on EPERM.
-        let r = self.v().link();
+        let r = self.v().link(Ino(ino.0), Ino(newparent.0), name(newname));
         self.entry(r, reply);
     }
 

@@ -334,8 +334,14 @@ impl Vfs {
         self.attr_of(ino.0)
     }
 
-    /// Links are not supported: ds records no hard links.
-    pub fn link(&mut self) -> VResult<Attr> {
+    /// Hard links are not supported (ds records none): EPERM, after the
+    /// checks POSIX puts first (a bad or taken new name, a read-only mount).
+    pub fn link(&mut self, _ino: Ino, newparent: Ino, newname: &[u8]) -> VResult<Attr> {
+        self.require_rw()?;
+        check_name(newname)?;
+        if self.child(newparent.0, newname)?.is_some() {
+            return Err(err(libc::EEXIST));
+        }
         Err(err(libc::EPERM))
     }
 }

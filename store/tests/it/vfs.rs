@@ -422,6 +422,10 @@ fn posix_corners_unlink_open_rename_over_sparse_truncate() {
     ] {
         assert_eq!(e.unwrap_err().errno, libc::ENAMETOOLONG);
     }
+    // Hard links: unsupported (EPERM), but a taken name is EEXIST first.
+    let b = resolve_path(&mut v, "text/b.txt");
+    assert_eq!(v.link(b, text, b"b.txt").unwrap_err().errno, libc::EEXIST);
+    assert_eq!(v.link(b, text, b"b2.txt").unwrap_err().errno, libc::EPERM);
     // rename over an existing file replaces it
     let (_, fh) = v.create(text, b"tmp", 0o644, 0, 0).unwrap();
     v.write(fh, 0, b"new content").unwrap();

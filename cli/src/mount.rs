@@ -353,11 +353,19 @@ fn handle(line: &str, vfs: &Mutex<Vfs>, mp: &Path) -> Result<Value> {
         source: mp.as_os_str().as_bytes().to_vec(),
     };
     let t = Instant::now();
-    // Freeze the filesystem for the (short) snapshot: a consistent cut. The
-    // mount appends through its own store under the writer lock, held only
-    // for this snapshot (no index open: see store/src/journal.rs).
+    // The writer lock, held only for this snapshot: the mount appends
+    // through its own store (no index open: see store/src/journal.rs). Taken
+    // before the freeze, so waiting for another writer does not stall the
+    // filesystem.
+    let store = vfs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .store()
+        .clone();
+    let appender = store.append()?;
+    // Freeze the filesystem for the (short) snapshot: a consistent cut.
     let mut v = vfs.lock().unwrap_or_else(|p| p.into_inner());
-    let r = v.commit(Target::Append, &opts)?;
+    let r = v.commit(Target::Append(appender), &opts)?;
     drop(v);
     Ok(report_json(&r, t.elapsed().as_secs_f64()))
 }

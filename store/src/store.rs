@@ -124,6 +124,23 @@ fn take_lock(path: &Path, kind: LockKind, wait: bool, root: &Path) -> Result<Fil
     Ok(f)
 }
 
+/// The writer lock and the gc lock, both exclusive. Waits for readers (the
+/// gc lock) without holding the writer lock, retrying until both are free
+/// at once.
+fn exclusive_locks(layout: &Layout, wait: bool, root: &Path) -> Result<Vec<File>> {
+    loop {
+        let w = take_lock(&layout.lock(), LockKind::Exclusive, wait, root)?;
+        match take_lock(&layout.gc_lock(), LockKind::Exclusive, false, root) {
+            Ok(g) => return Ok(vec![w, g]),
+            Err(StoreError::Locked(_)) if wait => {
+                drop(w);
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn random_id() -> String {
     let mut h = blake3::Hasher::new();
     h.update(&std::process::id().to_le_bytes());
@@ -190,16 +207,20 @@ impl Store {
             Err(e) => return Err(e).at(&layout.config()),
         };
         // Writers first take the writer lock, then the gc lock, in that order
-        // everywhere, so two processes cannot deadlock.
-        let mut locks = Vec::new();
-        if access != Access::Read {
-            locks.push(take_lock(&layout.lock(), LockKind::Exclusive, wait, root)?);
-        }
-        let gc_kind = match access {
-            Access::Exclusive => LockKind::Exclusive,
-            _ => LockKind::Shared,
+        // everywhere, so two processes cannot deadlock. An exclusive opener
+        // (gc, reindex) never waits for readers while holding the writer
+        // lock: that would stall every writer, including a read-write
+        // mount's snapshot, behind readers that may never leave.
+        let locks = if access == Access::Exclusive {
+            exclusive_locks(&layout, wait, root)?
+        } else {
+            let mut locks = Vec::new();
+            if access == Access::Write {
+                locks.push(take_lock(&layout.lock(), LockKind::Exclusive, wait, root)?);
+            }
+            locks.push(take_lock(&layout.gc_lock(), LockKind::Shared, wait, root)?);
+            locks
         };
-        locks.push(take_lock(&layout.gc_lock(), gc_kind, wait, root)?);
         let packs: Arc<dyn PackStore> = Arc::new(LocalPacks::new(layout.packs(), layout.tmp()));
         if !layout.index().join("CURRENT").exists() {
             // The index is only a cache: rebuild it from the packs. A reader

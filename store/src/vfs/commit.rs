@@ -43,9 +43,11 @@ use crate::{Appender, Result, Store, StoreError};
 pub enum Target {
     /// Through this store, opened with `Access::Write` (the index's primary).
     Open(Box<Store>),
-    /// Through the mount's own reader store: takes the writer lock (waiting
-    /// for any other writer) and records new packs in the journal.
-    Append,
+    /// Through the mount's own reader store, appending under the writer
+    /// lock ([`Store::append`] on `Vfs::store`, taken before freezing the
+    /// mount so that waiting for another writer does not stall it); new
+    /// packs are recorded in the journal.
+    Append(Appender),
 }
 
 /// The writer side of one commit.
@@ -208,7 +210,14 @@ impl Vfs {
                 s.require_write()?;
                 Writer::Primary(s)
             }
-            Target::Append => Writer::Append(self.store.append()?),
+            Target::Append(a) => {
+                if !Arc::ptr_eq(a.store(), &self.store) {
+                    return Err(StoreError::Invalid(
+                        "a mount appends through its own store".into(),
+                    ));
+                }
+                Writer::Append(a)
+            }
         };
         let session = w.start();
         let mut ctx = Ctx {

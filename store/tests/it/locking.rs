@@ -72,6 +72,23 @@ fn reader_sees_later_snapshots_and_only_gc_waits_for_it() {
         Store::open(&root, Access::Exclusive, false),
         Err(StoreError::Locked(_))
     ));
-    drop(reader);
+    // A gc waiting for the reader does not hold the writer lock meanwhile:
+    // writers (a mount's snapshot among them) keep going.
+    let gc_done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let gc = sc.spawn(|| {
+            let s = Store::open(&root, Access::Exclusive, true).unwrap();
+            gc_done.store(true, std::sync::atomic::Ordering::SeqCst);
+            s
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        for _ in 0..3 {
+            let w = Store::open(&root, Access::Write, true).unwrap();
+            drop(w);
+        }
+        assert!(!gc_done.load(std::sync::atomic::Ordering::SeqCst));
+        drop(reader);
+        drop(gc.join().unwrap());
+    });
     Store::open(&root, Access::Exclusive, false).unwrap();
 }

@@ -618,7 +618,12 @@ fn an_appending_mount_is_seen_through_the_journal_until_a_writer_folds_it_in() {
     let done = std::sync::atomic::AtomicBool::new(false);
     let r = std::thread::scope(|s| {
         let h = s.spawn(|| {
-            let r = v.commit(Target::Append, &CommitOptions::default()).unwrap();
+            let r = v
+                .commit(
+                    Target::Append(store.append().unwrap()),
+                    &CommitOptions::default(),
+                )
+                .unwrap();
             done.store(true, std::sync::atomic::Ordering::SeqCst);
             r
         });
@@ -672,7 +677,12 @@ fn an_appending_mount_is_seen_through_the_journal_until_a_writer_folds_it_in() {
     let fh = v.open(a, true, false).unwrap();
     v.write(fh, 0, b"new").unwrap();
     v.release(fh);
-    let r2 = v.commit(Target::Append, &CommitOptions::default()).unwrap();
+    let r2 = v
+        .commit(
+            Target::Append(store.append().unwrap()),
+            &CommitOptions::default(),
+        )
+        .unwrap();
     assert!(r2.written.raw_bytes < 64 * 1024, "{:?}", r2.written);
     // gc (once the mount is gone) folds the journal first, so it keeps
     // everything the appended snapshots reach.

@@ -50,25 +50,19 @@ pub enum Target {
     Append(Appender),
 }
 
-/// The writer side of one commit.
-enum Writer {
-    Primary(Box<Store>),
-    Append(Appender),
-}
-
-impl Writer {
+impl Target {
     fn store(&self) -> &Store {
         match self {
-            Writer::Primary(s) => s,
-            Writer::Append(a) => a.store(),
+            Target::Open(s) => s,
+            Target::Append(a) => a.store(),
         }
     }
 
     fn start(&self) -> writer::WriterSession {
         let s = self.store();
         let catalog: Arc<dyn writer::Catalog> = match self {
-            Writer::Primary(s) => s.index().clone(),
-            Writer::Append(a) => a.catalog(),
+            Target::Open(s) => s.index().clone(),
+            Target::Append(a) => a.catalog(),
         };
         writer::start_with(
             s.packs().clone(),
@@ -82,11 +76,11 @@ impl Writer {
     /// move the ref.
     fn publish(&self, ws: &str, parent: Option<ObjectId>, id: ObjectId) -> Result<()> {
         match self {
-            Writer::Primary(s) => {
+            Target::Open(s) => {
                 s.index().sync()?;
                 s.refs().swap(ws, parent, id)
             }
-            Writer::Append(a) => {
+            Target::Append(a) => {
                 a.sync()?;
                 a.refs().swap(ws, parent, id)
             }
@@ -192,9 +186,10 @@ fn vfs_err(e: super::VfsError) -> StoreError {
 impl Vfs {
     /// Snapshots the mount into its workspace, re-chunking only dirty byte
     /// ranges and rebuilding only directories on dirty paths, writing
-    /// through `target` (the writer lock is held only for this). Moves the workspace ref by compare-and-swap against the
-    /// mount's base, then continues on the new snapshot (inode numbers are
-    /// kept) and checkpoints the now-empty dirty layer.
+    /// through `target` (the writer lock is held only for this). Moves the
+    /// workspace ref by compare-and-swap against the mount's base, then
+    /// continues on the new snapshot (inode numbers are kept) and
+    /// checkpoints the now-empty dirty layer.
     pub fn commit(&mut self, target: Target, opts: &CommitOptions) -> Result<CommitReport> {
         let ws = match &self.rw {
             Some(rw) => rw.workspace.clone(),
@@ -205,21 +200,16 @@ impl Vfs {
             }
         };
         let parent = (self.base != ObjectId::ZERO).then_some(self.base);
-        let w = match target {
-            Target::Open(s) => {
-                s.require_write()?;
-                Writer::Primary(s)
+        match &target {
+            Target::Open(s) => s.require_write()?,
+            Target::Append(a) if !Arc::ptr_eq(a.store(), &self.store) => {
+                return Err(StoreError::Invalid(
+                    "a mount appends through its own store".into(),
+                ));
             }
-            Target::Append(a) => {
-                if !Arc::ptr_eq(a.store(), &self.store) {
-                    return Err(StoreError::Invalid(
-                        "a mount appends through its own store".into(),
-                    ));
-                }
-                Writer::Append(a)
-            }
-        };
-        let session = w.start();
+            Target::Append(_) => {}
+        }
+        let session = target.start();
         let mut ctx = Ctx {
             writer: session.writer().clone(),
             updates: Vec::new(),
@@ -256,9 +246,9 @@ impl Vfs {
         // The durability barriers of ARCHITECTURE.md: packs, then their
         // index entries (or journal markers), then the ref.
         let written = session.finish()?;
-        w.publish(&ws, parent, id)?;
+        target.publish(&ws, parent, id)?;
         // The writer lock is released before the checkpoint below.
-        drop(w);
+        drop(target);
         self.apply_updates(updates);
         self.base = id;
         self.base_stats = stats;

@@ -31,6 +31,7 @@ use ds_format::{ObjectId, PackId};
 use crate::index::{Index, Location};
 use crate::layout::sync_dir;
 use crate::packs::{PackStore, read_trailer};
+use crate::store::index_packs;
 use crate::writer::Catalog;
 use crate::{IoContext, Result, StoreError};
 
@@ -155,19 +156,8 @@ impl Journal {
         if list.is_empty() {
             return Ok(0);
         }
-        let mut done = Vec::new();
-        for p in &list {
-            match read_trailer(packs, p) {
-                Ok(entries) => {
-                    index.add_pack(p, &entries)?;
-                    done.push(*p);
-                }
-                // Left journaled: `ds verify` reports the damage.
-                Err(StoreError::DamagedPack { .. }) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        index.sync()?;
+        // A damaged pack is left journaled: `ds verify` reports it.
+        let done = index_packs(index, packs, &list)?;
         for p in &done {
             let path = self.dir.join(p.to_hex());
             match fs::remove_file(&path) {

@@ -11,7 +11,7 @@ use ds_format::manifest::{self, FileNode, FileRef};
 use ds_format::pack::Stored;
 use ds_format::snapshot::Snapshot;
 use ds_format::tree::{DirNode, DirRef, Entry, EntryData};
-use ds_format::{ObjectId, ObjectKind};
+use ds_format::{ObjectId, ObjectKind, PackId};
 
 use crate::index::{Index, IndexMode, Location};
 use crate::journal::{Journal, JournalCatalog};
@@ -587,18 +587,28 @@ pub fn decode_stored(stored: Stored, bytes: Vec<u8>, raw_len: u32) -> Result<Vec
 }
 
 fn rebuild(index: &Index, packs: &dyn PackStore) -> Result<u64> {
-    let mut n = 0;
-    for id in packs.list()? {
-        match read_trailer(packs, &id) {
+    Ok(index_packs(index, packs, &packs.list()?)?.len() as u64)
+}
+
+/// Adds the packs `ids` to `index` from their own trailers, then syncs it.
+/// A damaged pack is skipped (verify reports it; indexing the rest matters
+/// more). Returns the packs added.
+pub(crate) fn index_packs(
+    index: &Index,
+    packs: &dyn PackStore,
+    ids: &[PackId],
+) -> Result<Vec<PackId>> {
+    let mut done = Vec::new();
+    for id in ids {
+        match read_trailer(packs, id) {
             Ok(entries) => {
-                index.add_pack(&id, &entries)?;
-                n += 1;
+                index.add_pack(id, &entries)?;
+                done.push(*id);
             }
-            // A damaged pack is reported by verify; indexing the rest matters more.
             Err(StoreError::DamagedPack { .. }) => continue,
             Err(e) => return Err(e),
         }
     }
     index.sync()?;
-    Ok(n)
+    Ok(done)
 }

@@ -28,10 +28,7 @@ fn fuse_available() -> bool {
 
 fn is_mounted(p: &Path) -> bool {
     let want = fs::canonicalize(p).unwrap_or(p.to_path_buf());
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4).map(Path::new) == Some(want.as_path()))
+    ds_fuse::mount_device(&want).is_some()
 }
 
 /// A `ds mount` process; unmounts (lazily, if it must) when dropped.

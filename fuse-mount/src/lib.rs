@@ -374,9 +374,18 @@ impl Filesystem for DsFs {
         let plan = self.v().read_plan(Fh(fh.0), offset, size);
         OUT.with(|out| {
             let mut out = out.borrow_mut();
-            match plan.and_then(|p| p.execute_into(&mut out)) {
-                Ok(()) => reply.data(&out),
-                Err(e) => reply.error(errno(e)),
+            // Bytes lying back to back in a mapped pack go to the kernel
+            // straight from the map; only others are gathered into `out`.
+            let mut reply = Some(reply);
+            let sent = plan.and_then(|p| {
+                p.execute_with(&mut out, |bytes| {
+                    if let Some(r) = reply.take() {
+                        r.data(bytes);
+                    }
+                })
+            });
+            if let (Err(e), Some(r)) = (sent, reply) {
+                r.error(errno(e));
             }
         })
     }

@@ -24,6 +24,9 @@ use ds_format::PackId;
 use crate::layout::sync_dir;
 use crate::{IoContext, Result, StoreError};
 
+/// A committed pack mapped read-only (see [`PackStore::map`]).
+pub type PackMap = memmap2::Mmap;
+
 /// Where packs live.
 pub trait PackStore: Send + Sync + Debug {
     /// Starts a new pack under a temporary name.
@@ -37,6 +40,13 @@ pub trait PackStore: Send + Sync + Debug {
         let mut buf = vec![0u8; len];
         self.read_into(id, offset, &mut buf)?;
         Ok(buf)
+    }
+    /// The committed pack mapped read-only into memory, where the backend
+    /// keeps packs as local files (`None` elsewhere, the default). A mount
+    /// hashes and serves raw chunks straight from the map: a read saves the
+    /// copy into a buffer. The caller still verifies every byte it uses.
+    fn map(&self, _id: &PackId) -> Result<Option<Arc<PackMap>>> {
+        Ok(None)
     }
     /// Size in bytes of a committed pack.
     fn size(&self, id: &PackId) -> Result<u64>;
@@ -63,6 +73,7 @@ pub struct LocalPacks {
     dir: PathBuf,
     tmp: PathBuf,
     open: Mutex<HashMap<PackId, Arc<File>>>,
+    maps: Mutex<HashMap<PackId, Arc<PackMap>>>,
 }
 
 const MAX_OPEN: usize = 128;
@@ -74,6 +85,7 @@ impl LocalPacks {
             dir,
             tmp,
             open: Mutex::new(HashMap::new()),
+            maps: Mutex::new(HashMap::new()),
         }
     }
 
@@ -103,6 +115,23 @@ impl LocalPacks {
         }
         open.insert(*id, f.clone());
         Ok(f)
+    }
+
+    /// Maps a committed pack file read-only.
+    ///
+    /// SAFETY: a mapping is sound while nobody changes the file under it.
+    /// ds never does: a pack is written under a temporary name, renamed into
+    /// place and from then on only read, until `remove` unlinks it (which
+    /// leaves existing mappings intact). What ds cannot rule out is someone
+    /// else truncating a committed pack, or the disk failing to read a page:
+    /// either raises SIGBUS in the process that touches it. Callers only map
+    /// for mounts, where that ends the mount (its dirty layer survives as
+    /// after SIGKILL) but never hands out wrong bytes, because every chunk
+    /// served from a map is rehashed first.
+    #[allow(unsafe_code)]
+    fn map_file(file: &File) -> std::io::Result<PackMap> {
+        // SAFETY: see above.
+        unsafe { memmap2::Mmap::map(file) }
     }
 }
 
@@ -143,6 +172,19 @@ impl PackStore for LocalPacks {
         }
     }
 
+    fn map(&self, id: &PackId) -> Result<Option<Arc<PackMap>>> {
+        if let Some(m) = self.maps.lock().expect("pack map cache poisoned").get(id) {
+            return Ok(Some(m.clone()));
+        }
+        let file = self.file(id)?;
+        let map = Arc::new(Self::map_file(&file).at(&self.path_of(id))?);
+        let mut maps = self.maps.lock().expect("pack map cache poisoned");
+        if maps.len() >= MAX_OPEN {
+            maps.clear();
+        }
+        Ok(Some(maps.entry(*id).or_insert(map).clone()))
+    }
+
     fn size(&self, id: &PackId) -> Result<u64> {
         Ok(self.file(id)?.metadata().at(&self.path_of(id))?.len())
     }
@@ -178,6 +220,10 @@ impl PackStore for LocalPacks {
         self.open
             .lock()
             .expect("pack handle cache poisoned")
+            .remove(id);
+        self.maps
+            .lock()
+            .expect("pack map cache poisoned")
             .remove(id);
         let path = self.path_of(id);
         match fs::remove_file(&path) {

@@ -16,7 +16,7 @@ use ds_format::{ObjectId, ObjectKind, PackId};
 use crate::index::{Index, IndexMode, Location};
 use crate::journal::{Journal, JournalCatalog};
 use crate::layout::{Layout, sync_dir};
-use crate::packs::{LocalPacks, PackStore, read_trailer};
+use crate::packs::{LocalPacks, PackMap, PackStore, read_trailer};
 use crate::refs::Refs;
 use crate::{IoContext, Result, StoreError};
 
@@ -492,6 +492,27 @@ impl Store {
     /// read straight into `out`, a compressed one through a scratch buffer.
     /// On error `out` holds garbage and must not be served.
     pub fn read_chunk_into(&self, id: &ObjectId, out: &mut [u8]) -> Result<()> {
+        self.load_chunk(id, out, false).map(drop)
+    }
+
+    /// [`Store::read_chunk_into`], except that a raw chunk in a pack the
+    /// pack store can map ([`PackStore::map`]) is hashed where it lies and
+    /// returned as (map, offset) without touching `out`: a mount then serves
+    /// it with no copy of its own. `None`: the bytes are in `out`.
+    pub fn map_or_read_chunk(
+        &self,
+        id: &ObjectId,
+        out: &mut [u8],
+    ) -> Result<Option<(Arc<PackMap>, usize)>> {
+        self.load_chunk(id, out, true)
+    }
+
+    fn load_chunk(
+        &self,
+        id: &ObjectId,
+        out: &mut [u8],
+        map: bool,
+    ) -> Result<Option<(Arc<PackMap>, usize)>> {
         let kind = ObjectKind::Chunk;
         let loc = self.locate_kind(id, kind)?;
         let damaged = |why: String| damaged(kind, id, &loc, why);
@@ -502,7 +523,27 @@ impl Store {
                 out.len()
             )));
         }
-        if loc.stored == Stored::Raw && loc.stored_len == loc.raw_len {
+        let raw = loc.stored == Stored::Raw && loc.stored_len == loc.raw_len;
+        if raw
+            && map
+            && let Some(m) = self.packs.map(&loc.pack)?
+        {
+            let start = loc.offset as usize;
+            let Some(bytes) = m.get(start..start + out.len()) else {
+                return Err(StoreError::DamagedPack {
+                    pack: loc.pack,
+                    why: format!(
+                        "truncated: {} bytes at offset {start} are past its end",
+                        out.len()
+                    ),
+                });
+            };
+            if kind.hash(bytes) != *id {
+                return Err(damaged("content does not match its hash".into()));
+            }
+            return Ok(Some((m, start)));
+        }
+        if raw {
             self.packs.read_into(&loc.pack, loc.offset, out)?;
         } else {
             let stored = self
@@ -514,7 +555,7 @@ impl Store {
         if kind.hash(out) != *id {
             return Err(damaged("content does not match its hash".into()));
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Streams a file's content into `w`.

@@ -22,6 +22,7 @@ use crossbeam_channel::{Sender, bounded};
 use ds_format::ObjectId;
 use ds_format::manifest::FileRef;
 
+use crate::packs::PackMap;
 use crate::{Result, Store};
 
 /// One chunk of a stored file, at its offset.
@@ -82,8 +83,8 @@ impl BufPool {
     }
 
     /// A buffer of at least `len` bytes holding unspecified old bytes.
-    fn take(self: &Arc<Self>, len: usize) -> ChunkData {
-        let buf = match Self::class(len) {
+    fn take(&self, len: usize) -> Vec<u8> {
+        match Self::class(len) {
             Some(c) => {
                 let mut g = self.free.lock().expect("poisoned");
                 match g.0[c].pop() {
@@ -95,11 +96,6 @@ impl BufPool {
                 }
             }
             None => vec![0; len],
-        };
-        ChunkData {
-            buf,
-            len,
-            pool: self.clone(),
         }
     }
 
@@ -115,32 +111,56 @@ impl BufPool {
     }
 }
 
-/// A chunk's verified bytes, in a pooled buffer that goes back to the pool
-/// when the last holder (cache or reader) lets go.
+/// A chunk's verified bytes: where they lie in a mapped pack (a raw chunk
+/// in a local pack), or in a pooled buffer that goes back to the pool when
+/// the last holder (cache or reader) lets go.
 #[derive(Debug)]
 pub struct ChunkData {
-    buf: Vec<u8>,
+    bytes: Bytes,
     len: usize,
-    pool: Arc<BufPool>,
+}
+
+#[derive(Debug)]
+enum Bytes {
+    Mapped { map: Arc<PackMap>, start: usize },
+    Pooled { buf: Vec<u8>, pool: Arc<BufPool> },
 }
 
 impl ChunkData {
-    /// Memory held (the buffer's size class, not the chunk's length).
+    /// Memory accounted to the cache: the buffer's size class, or for a
+    /// mapped chunk its length (page cache it keeps in use).
     fn footprint(&self) -> u64 {
-        self.buf.len() as u64
+        match &self.bytes {
+            Bytes::Mapped { .. } => self.len as u64,
+            Bytes::Pooled { buf, .. } => buf.len() as u64,
+        }
+    }
+
+    /// The pack map and offset these bytes lie at, if mapped: chunks lying
+    /// back to back in one map can be served as one slice.
+    pub fn mapped(&self) -> Option<(&Arc<PackMap>, usize)> {
+        match &self.bytes {
+            Bytes::Mapped { map, start } => Some((map, *start)),
+            Bytes::Pooled { .. } => None,
+        }
     }
 }
 
 impl Deref for ChunkData {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.buf[..self.len]
+        match &self.bytes {
+            Bytes::Mapped { map, start } => &map[*start..*start + self.len],
+            Bytes::Pooled { buf, .. } => &buf[..self.len],
+        }
     }
 }
 
 impl Drop for ChunkData {
     fn drop(&mut self) {
-        self.pool.give(std::mem::take(&mut self.buf));
+        if let Bytes::Pooled { buf, pool } = &mut self.bytes {
+            pool.give(std::mem::take(buf));
+        }
     }
 }
 
@@ -308,12 +328,26 @@ impl ChunkCache {
     /// Loads a chunk whose slot this caller set to `Loading`, and publishes
     /// it (or clears the slot on failure, so the next reader retries).
     fn fill(&self, id: &ObjectId, len: u64) -> Result<Arc<ChunkData>> {
-        let mut data = self.pool.take(len as usize);
-        let loaded = self.store.read_chunk_into(id, &mut data.buf[..data.len]);
+        let len = len as usize;
+        let mut buf = self.pool.take(len);
+        let loaded = match self.store.map_or_read_chunk(id, &mut buf[..len]) {
+            Ok(Some((map, start))) => {
+                self.pool.give(buf);
+                Ok(Bytes::Mapped { map, start })
+            }
+            Ok(None) => Ok(Bytes::Pooled {
+                buf,
+                pool: self.pool.clone(),
+            }),
+            Err(e) => {
+                self.pool.give(buf);
+                Err(e)
+            }
+        };
         let mut g = self.inner.lock().expect("poisoned");
         let out = match loaded {
-            Ok(()) => {
-                let data = Arc::new(data);
+            Ok(bytes) => {
+                let data = Arc::new(ChunkData { bytes, len });
                 g.tick += 1;
                 let t = g.tick;
                 g.lru.insert(t, *id);
@@ -360,16 +394,28 @@ mod tests {
         assert_eq!(BufPool::class((64 << 10) + 1), Some(17));
         assert_eq!(BufPool::class(MAX_CLASS + 1), None);
         let pool = BufPool::new(256 << 10);
-        let a = pool.take(100_000);
+        let a = ChunkData {
+            bytes: Bytes::Pooled {
+                buf: pool.take(100_000),
+                pool: pool.clone(),
+            },
+            len: 100_000,
+        };
         assert_eq!((a.len(), a.footprint()), (100_000, 128 << 10));
-        let ptr = a.buf.as_ptr();
+        let ptr = a.as_ptr();
         drop(a);
-        // Same class: the same memory comes back, at the asked length.
+        // Same class: the same memory comes back.
         let b = pool.take(70_000);
-        assert_eq!((b.buf.as_ptr(), b.len()), (ptr, 70_000));
+        assert_eq!((b.as_ptr(), b.len()), (ptr, 128 << 10));
         // Beyond the cap, returned buffers are freed instead of kept.
-        let (c, d, e) = (pool.take(200_000), pool.take(200_000), pool.take(200_000));
-        drop((b, c, d, e));
+        for buf in [
+            b,
+            pool.take(200_000),
+            pool.take(200_000),
+            pool.take(200_000),
+        ] {
+            pool.give(buf);
+        }
         assert!(pool.free.lock().unwrap().1 <= 256 << 10);
         // Unpooled sizes still work.
         assert_eq!(pool.take(MAX_CLASS + 5).len(), MAX_CLASS + 5);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use ds_format::ObjectId;
 
-use super::cache::{ChunkCache, ChunkList};
+use super::cache::{ChunkCache, ChunkData, ChunkList};
 use super::node::{Content, Overlay};
 use super::{Attr, Fh, Handle, Ino, VResult, Vfs, VfsError, now_ns};
 
@@ -31,6 +31,9 @@ enum Seg {
     },
     Zero(u64),
 }
+
+/// A verified chunk and the range of it a read uses.
+type Piece = (Arc<ChunkData>, usize, usize);
 
 /// The bytes a read will return, described by where they come from.
 #[derive(Debug)]
@@ -53,9 +56,37 @@ impl ReadPlan {
     /// [`ReadPlan::execute`] into `out` (cleared first), so a caller serving
     /// many reads reuses one buffer.
     pub fn execute_into(self, out: &mut Vec<u8>) -> VResult<()> {
+        self.run(out, false).map(drop)
+    }
+
+    /// Runs the plan and hands the bytes to `send`. When they all come from
+    /// chunks lying back to back in one mapped pack (a sequential read of a
+    /// raw file, the common case), `send` gets that slice of the map
+    /// directly; otherwise they are gathered into `out` first. Nothing is
+    /// sent on error.
+    pub fn execute_with<R>(self, out: &mut Vec<u8>, send: impl FnOnce(&[u8]) -> R) -> VResult<R> {
+        match self.run(out, true)? {
+            Some(pieces) => Ok(send(one_mapped_slice(&pieces).expect("checked by run"))),
+            None => Ok(send(out)),
+        }
+    }
+
+    /// Gathers the bytes into `out`, or with `direct`, returns the pieces
+    /// instead when they form one slice of a pack map.
+    fn run(self, out: &mut Vec<u8>, direct: bool) -> VResult<Option<Vec<Piece>>> {
         out.clear();
         if !self.prefetch.is_empty() {
             self.cache.prefetch(&self.prefetch);
+        }
+        if let [Seg::Base { chunks, off, len }] = self.segs.as_slice() {
+            let pieces = self.base_pieces(chunks, *off, *len)?;
+            if direct && one_mapped_slice(&pieces).is_some() {
+                return Ok(Some(pieces));
+            }
+            for (data, from, to) in &pieces {
+                out.extend_from_slice(&data[*from..*to]);
+            }
+            return Ok(None);
         }
         let total: u64 = self
             .segs
@@ -76,26 +107,53 @@ impl ReadPlan {
                     })?;
                 }
                 Seg::Base { chunks, off, len } => {
-                    let (mut pos, end) = (*off, off + len);
-                    let mut i = chunks.find(pos).ok_or_else(|| {
-                        VfsError::io(format!("{}: offset {pos} past its chunks", self.path))
-                    })?;
-                    while pos < end {
-                        let c = chunks.chunks[i];
-                        let data = self.cache.get(&c.id, c.len).map_err(|e| {
-                            VfsError::io(format!("{}: read at offset {pos} failed: {e}", self.path))
-                        })?;
-                        let from = (pos - c.offset) as usize;
-                        let to = ((end - c.offset) as usize).min(data.len());
+                    for (data, from, to) in self.base_pieces(chunks, *off, *len)? {
                         out.extend_from_slice(&data[from..to]);
-                        pos = c.offset + to as u64;
-                        i += 1;
                     }
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
+
+    /// The verified chunks holding base bytes `off..off + len`, each with the
+    /// range of it that the read uses.
+    fn base_pieces(&self, chunks: &ChunkList, off: u64, len: u64) -> VResult<Vec<Piece>> {
+        let (mut pos, end) = (off, off + len);
+        let mut i = chunks
+            .find(pos)
+            .ok_or_else(|| VfsError::io(format!("{}: offset {pos} past its chunks", self.path)))?;
+        let mut pieces = Vec::new();
+        while pos < end {
+            let c = chunks.chunks[i];
+            let data = self.cache.get(&c.id, c.len).map_err(|e| {
+                VfsError::io(format!("{}: read at offset {pos} failed: {e}", self.path))
+            })?;
+            let from = (pos - c.offset) as usize;
+            let to = ((end - c.offset) as usize).min(data.len());
+            pieces.push((data, from, to));
+            pos = c.offset + to as u64;
+            i += 1;
+        }
+        Ok(pieces)
+    }
+}
+
+/// The bytes of `pieces` as one slice of a pack map, if they lie back to
+/// back in the same map.
+fn one_mapped_slice(pieces: &[Piece]) -> Option<&[u8]> {
+    let (first, from, _) = pieces.first()?;
+    let (map, start) = first.mapped()?;
+    let begin = start + from;
+    let mut end = begin;
+    for (data, from, to) in pieces {
+        let (m, start) = data.mapped()?;
+        if !Arc::ptr_eq(m, map) || start + from != end {
+            return None;
+        }
+        end = start + to;
+    }
+    Some(&map[begin..end])
 }
 
 impl Vfs {

@@ -535,6 +535,100 @@ fn a_damaged_chunk_is_eio_naming_the_file_never_wrong_bytes() {
     assert_eq!(v.read(fh, 20_000, 100).unwrap_err().errno, libc::EIO);
 }
 
+#[test]
+fn raw_chunks_are_served_straight_from_the_pack_map_and_others_gathered() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, compression, data) in [
+        ("raw", Compression::None, noise(300_000, 5)),
+        (
+            "zstd",
+            Compression::Zstd { level: 1 },
+            (0..300_000u32)
+                .flat_map(|i| (i / 7).to_le_bytes())
+                .take(300_000)
+                .collect(),
+        ),
+    ] {
+        let root = tmp.path().join(name).join("store");
+        drop(small_store(&root, compression));
+        let src = tmp.path().join(name).join("src");
+        let mut files = Files::new();
+        files.insert("f.bin".into(), (data.clone(), 0o644));
+        write_files(&src, &files);
+        let id = cold(&root, &src, "w");
+        let mut v = Vfs::open_snapshot(reader(&root), id, VfsOptions::default()).unwrap();
+        let ino = resolve_path(&mut v, "f.bin");
+        let fh = v.open(ino, false, false).unwrap();
+        let (mut direct, mut gathered, mut out) = (0, 0, Vec::new());
+        // 8 KiB reads over 64 KiB packs of ~1 KiB chunks: most lie inside one
+        // pack, some straddle two.
+        for off in (0..data.len()).step_by(8192) {
+            let plan = v.read_plan(fh, off as u64, 8192).unwrap();
+            let got = plan.execute_with(&mut out, |b| b.to_vec()).unwrap();
+            assert_eq!(
+                got,
+                data[off..(off + 8192).min(data.len())],
+                "{name} at {off}"
+            );
+            if out.is_empty() {
+                direct += 1
+            } else {
+                gathered += 1
+            }
+        }
+        if name == "raw" {
+            assert!(
+                direct > 3 * gathered && gathered > 0,
+                "{direct} direct, {gathered} gathered"
+            );
+        } else {
+            assert_eq!(direct, 0, "compressed chunks are decoded into buffers");
+        }
+    }
+}
+
+#[test]
+fn a_pack_cut_short_is_eio_naming_the_file_not_a_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    drop(small_store(&root, Compression::None));
+    let src = tmp.path().join("src");
+    // Big enough that the bytes cut lie in an earlier pack than the file's
+    // manifest and the directory (64 KiB packs).
+    let data = noise(200_000, 4);
+    let mut files = Files::new();
+    files.insert("victim.bin".into(), (data.clone(), 0o644));
+    write_files(&src, &files);
+    let id = cold(&root, &src, "w");
+    // Cut the pack holding these bytes just before them: the map is shorter
+    // than the index says, and touching past its end would be SIGBUS.
+    let needle = &data[20_000..20_064];
+    let mut hit = false;
+    for e in walk_files(&root.join("packs")) {
+        let b = fs::read(&e).unwrap();
+        if let Some(p) = b.windows(needle.len()).position(|w| w == needle) {
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&e)
+                .unwrap()
+                .set_len(p as u64)
+                .unwrap();
+            hit = true;
+        }
+    }
+    assert!(hit, "file data not found in any pack");
+    let mut v = Vfs::open_snapshot(reader(&root), id, VfsOptions::default()).unwrap();
+    let ino = resolve_path(&mut v, "victim.bin");
+    let fh = v.open(ino, false, false).unwrap();
+    let e = v.read(fh, 20_000, 100).unwrap_err();
+    assert_eq!(e.errno, libc::EIO);
+    let why = e.detail.unwrap();
+    assert!(
+        why.contains("/victim.bin") && why.contains("truncated"),
+        "{why}"
+    );
+}
+
 fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in fs::read_dir(dir).unwrap() {

@@ -13,7 +13,7 @@ use ds_store::format::config::Compression;
 use ds_store::format::tree::{Entry, EntryData};
 use ds_store::ingest::{SnapshotOptions, snapshot};
 use ds_store::progress::Progress;
-use ds_store::vfs::{CommitOptions, Ino, Kind, RenameFlags, SetAttr, Target, Vfs, VfsOptions};
+use ds_store::vfs::{CommitOptions, Fh, Ino, Kind, RenameFlags, SetAttr, Target, Vfs, VfsOptions};
 use ds_store::{Access, Store};
 
 use crate::*;
@@ -498,39 +498,17 @@ fn posix_corners_unlink_open_rename_over_sparse_truncate() {
 #[test]
 fn a_damaged_chunk_is_eio_naming_the_file_never_wrong_bytes() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("store");
-    // No compression: the chunk bytes sit in the pack as they are.
-    drop(small_store(&root, Compression::None));
-    let src = tmp.path().join("src");
     let data = noise(40_000, 3);
-    let mut files = Files::new();
-    files.insert("victim.bin".into(), (data.clone(), 0o644));
-    write_files(&src, &files);
-    let id = cold(&root, &src, "w");
     // Flip a byte that belongs to the file's data inside the pack.
-    let needle = &data[20_000..20_064];
-    let mut hit = false;
-    for e in walk_files(&root.join("packs")) {
-        let mut b = fs::read(&e).unwrap();
-        if let Some(p) = b.windows(needle.len()).position(|w| w == needle) {
-            b[p + 10] ^= 0xff;
-            fs::write(&e, b).unwrap();
-            hit = true;
-        }
-    }
-    assert!(hit, "file data not found in any pack");
-    let mut v = Vfs::open_snapshot(reader(&root), id, VfsOptions::default()).unwrap();
-    let ino = resolve_path(&mut v, "victim.bin");
-    let fh = v.open(ino, false, false).unwrap();
+    let (mut v, fh) = victim_in_raw_packs(tmp.path(), &data, |pack, p| {
+        let mut b = fs::read(pack).unwrap();
+        b[p + 10] ^= 0xff;
+        fs::write(pack, b).unwrap();
+    });
     // The first bytes live in other chunks and still read fine.
     assert_eq!(v.read(fh, 0, 100).unwrap(), data[..100]);
-    let e = v.read(fh, 20_000, 100).unwrap_err();
-    assert_eq!(e.errno, libc::EIO);
-    let why = e.detail.unwrap();
-    assert!(
-        why.contains("/victim.bin") && why.contains("damaged"),
-        "{why}"
-    );
+    let why = eio_at_20_000(&mut v, fh);
+    assert!(why.contains("damaged"), "{why}");
     // Every later try fails the same way (bad bytes are never cached).
     assert_eq!(v.read(fh, 20_000, 100).unwrap_err().errno, libc::EIO);
 }
@@ -590,29 +568,37 @@ fn raw_chunks_are_served_straight_from_the_pack_map_and_others_gathered() {
 #[test]
 fn a_pack_cut_short_is_eio_naming_the_file_not_a_crash() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("store");
-    drop(small_store(&root, Compression::None));
-    let src = tmp.path().join("src");
     // Big enough that the bytes cut lie in an earlier pack than the file's
     // manifest and the directory (64 KiB packs).
     let data = noise(200_000, 4);
-    let mut files = Files::new();
-    files.insert("victim.bin".into(), (data.clone(), 0o644));
-    write_files(&src, &files);
-    let id = cold(&root, &src, "w");
     // Cut the pack holding these bytes just before them: the map is shorter
     // than the index says, and touching past its end would be SIGBUS.
+    let (mut v, fh) = victim_in_raw_packs(tmp.path(), &data, |pack, p| {
+        let f = fs::OpenOptions::new().write(true).open(pack).unwrap();
+        f.set_len(p as u64).unwrap();
+    });
+    let why = eio_at_20_000(&mut v, fh);
+    assert!(why.contains("truncated"), "{why}");
+}
+
+/// A store without compression holding `victim.bin` = `data`, snapshotted;
+/// `edit` is called with the pack holding `data[20_000..20_064]` and that
+/// run's position in it; then the snapshot is mounted and the file opened.
+fn victim_in_raw_packs(tmp: &Path, data: &[u8], edit: impl Fn(&Path, usize)) -> (Vfs, Fh) {
+    let root = tmp.join("store");
+    // No compression: the chunk bytes sit in the pack as they are.
+    drop(small_store(&root, Compression::None));
+    let src = tmp.join("src");
+    let mut files = Files::new();
+    files.insert("victim.bin".into(), (data.to_vec(), 0o644));
+    write_files(&src, &files);
+    let id = cold(&root, &src, "w");
     let needle = &data[20_000..20_064];
     let mut hit = false;
     for e in walk_files(&root.join("packs")) {
         let b = fs::read(&e).unwrap();
         if let Some(p) = b.windows(needle.len()).position(|w| w == needle) {
-            fs::OpenOptions::new()
-                .write(true)
-                .open(&e)
-                .unwrap()
-                .set_len(p as u64)
-                .unwrap();
+            edit(&e, p);
             hit = true;
         }
     }
@@ -620,13 +606,16 @@ fn a_pack_cut_short_is_eio_naming_the_file_not_a_crash() {
     let mut v = Vfs::open_snapshot(reader(&root), id, VfsOptions::default()).unwrap();
     let ino = resolve_path(&mut v, "victim.bin");
     let fh = v.open(ino, false, false).unwrap();
+    (v, fh)
+}
+
+/// The read at offset 20 000 fails with EIO; its message, which names the file.
+fn eio_at_20_000(v: &mut Vfs, fh: Fh) -> String {
     let e = v.read(fh, 20_000, 100).unwrap_err();
     assert_eq!(e.errno, libc::EIO);
     let why = e.detail.unwrap();
-    assert!(
-        why.contains("/victim.bin") && why.contains("truncated"),
-        "{why}"
-    );
+    assert!(why.contains("/victim.bin"), "{why}");
+    why
 }
 
 fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {

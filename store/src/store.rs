@@ -529,7 +529,8 @@ impl Store {
             && let Some(m) = self.packs.map(&loc.pack)?
         {
             let start = loc.offset as usize;
-            let Some(bytes) = m.get(start..start + out.len()) else {
+            let end = start.checked_add(out.len());
+            let Some(bytes) = end.and_then(|end| m.get(start..end)) else {
                 return Err(StoreError::DamagedPack {
                     pack: loc.pack,
                     why: format!(

@@ -4,15 +4,17 @@
 //! Why: a mount must touch only the chunks a reader asks for (a 10 GB
 //! checkpoint opened to read its header costs one chunk), yet a sequential
 //! reader should find the next chunks already decoded and rehashed. Chunks in
-//! the cache were verified by [`Store::read_chunk_into`]; a damaged chunk is
+//! the cache were verified by [`Store::map_or_read_chunk`]; a damaged chunk is
 //! never cached, so a retry hits the store again and fails again.
 //!
 //! Speed: on a 2-core machine a streaming read is CPU-bound, and hashing is
-//! the one cost that cannot go. So chunk buffers are recycled through a
-//! [`BufPool`] (no page faults or zeroing per chunk), read-ahead is asked for
-//! in batches only when the window ahead of the reader is half empty (few
-//! thread wake-ups), and a batch is split across the read-ahead threads in
-//! file order, so the nearest chunk is always loaded first.
+//! the one cost that cannot go. So a raw chunk in a local pack is hashed
+//! where it lies in the memory-mapped pack and kept as a reference into the
+//! map (no copy at all); other chunks are decoded into buffers recycled
+//! through a [`BufPool`] (no page faults or zeroing per chunk). Read-ahead
+//! is asked for in batches only when the window ahead of the reader is half
+//! empty (few thread wake-ups), and a batch is split across the read-ahead
+//! threads in file order, so the nearest chunk is always loaded first.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Deref;

@@ -4,8 +4,10 @@
 //! A read is split into segments — base bytes (chunks from the store), overlay
 //! bytes (the dirty layer) and zeros (past a truncation or in a sparse hole) —
 //! by [`Vfs::read_plan`], which only looks at metadata; [`ReadPlan::execute`]
-//! then copies the bytes. The FUSE adapter holds its mutex only for the first
-//! step, so concurrent readers fetch and verify chunks in parallel.
+//! then copies the bytes, or [`ReadPlan::execute_with`] hands them over
+//! without a copy when they lie back to back in one mapped pack. The FUSE
+//! adapter holds its mutex only for the first step, so concurrent readers
+//! fetch and verify chunks in parallel.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;

@@ -35,7 +35,7 @@ use rayon::prelude::*;
 use crate::index::StatEntry;
 use crate::progress::Progress;
 use crate::refs::validate_workspace;
-use crate::writer::{self, PackWriter, Payload, WriteStats};
+use crate::writer::{self, Encoded, PackWriter, Payload, WriteStats};
 use crate::{IoContext, Result, Store, StoreError};
 
 /// What to record with a snapshot.
@@ -402,24 +402,31 @@ impl Ingest<'_> {
                 ranges.push(off..off + l);
                 off += l;
             }
-            let hash_and_put = |r: &std::ops::Range<usize>| -> Result<ObjectId> {
+            // Hashed, looked up and compressed in parallel, but handed to the
+            // pack writer in file order: a file's new chunks then lie back to
+            // back in its packs, so a mount serves a sequential read straight
+            // from the mapped pack, and a restore reads packs in order.
+            let encode = |r: &std::ops::Range<usize>| -> Result<(ObjectId, Option<Encoded>)> {
                 let id = ObjectKind::Chunk.hash(&buf[r.clone()]);
-                if !self.writer.contains(&id)? {
-                    self.writer.put(
-                        ObjectKind::Chunk,
-                        id,
-                        Payload::Shared(buf.clone(), r.clone()),
-                    )?;
+                if self.writer.contains(&id)? {
+                    return Ok((id, None));
                 }
-                Ok(id)
+                let payload = Payload::Shared(buf.clone(), r.clone());
+                Ok((
+                    id,
+                    Some(self.writer.encode(ObjectKind::Chunk, id, payload)?),
+                ))
             };
-            let ids: Vec<ObjectId> = if ranges.len() > 2 {
-                ranges.par_iter().map(hash_and_put).collect::<Result<_>>()?
+            let ids: Vec<(ObjectId, Option<Encoded>)> = if ranges.len() > 2 {
+                ranges.par_iter().map(encode).collect::<Result<_>>()?
             } else {
-                ranges.iter().map(hash_and_put).collect::<Result<_>>()?
+                ranges.iter().map(encode).collect::<Result<_>>()?
             };
             let mut emit = self.emit(ObjectKind::FileNode);
-            for (id, r) in ids.into_iter().zip(&ranges) {
+            for ((id, obj), r) in ids.into_iter().zip(&ranges) {
+                if let Some(obj) = obj {
+                    self.writer.put_encoded(obj)?;
+                }
                 builder.push(id, r.len() as u64, &mut emit);
             }
             self.bytes_read.fetch_add(used as u64, Ordering::Relaxed);

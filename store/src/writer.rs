@@ -75,6 +75,10 @@ struct Put {
     data: Payload,
 }
 
+/// An object ready for the pack writer ([`PackWriter::encode`]).
+#[derive(Debug)]
+pub struct Encoded(Put);
+
 /// What a writer session wrote.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WriteStats {
@@ -218,6 +222,15 @@ impl PackWriter {
     /// Hands an object to the writer. Compression (if configured and worth
     /// it) happens here, on the caller's thread, so it runs in parallel.
     pub fn put(&self, kind: ObjectKind, id: ObjectId, data: Payload) -> Result<()> {
+        let obj = self.encode(kind, id, data)?;
+        self.put_encoded(obj)
+    }
+
+    /// The first half of [`PackWriter::put`]: checks the size and compresses
+    /// (if configured and worth it), on the caller's thread. Callers that
+    /// encode in parallel then hand objects over in the order they want
+    /// them packed.
+    pub fn encode(&self, kind: ObjectKind, id: ObjectId, data: Payload) -> Result<Encoded> {
         let raw = data.as_slice();
         let raw_len = u32::try_from(raw.len())
             .ok()
@@ -234,14 +247,19 @@ impl PackWriter {
             }
             _ => (Stored::Raw, data),
         };
-        let msg = Put {
+        Ok(Encoded(Put {
             id,
             kind,
             stored,
             raw_len,
             data,
-        };
-        if self.tx.send(msg).is_err() {
+        }))
+    }
+
+    /// The second half of [`PackWriter::put`]: queues an encoded object;
+    /// objects are packed in the order they are queued.
+    pub fn put_encoded(&self, obj: Encoded) -> Result<()> {
+        if self.tx.send(obj.0).is_err() {
             return Err(self.failure());
         }
         Ok(())

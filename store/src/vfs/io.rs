@@ -18,6 +18,7 @@ use ds_format::ObjectId;
 use super::cache::{ChunkCache, ChunkData, ChunkList};
 use super::node::{Content, Overlay};
 use super::{Attr, Fh, Handle, Ino, VResult, Vfs, VfsError, now_ns};
+use crate::packs::PackMap;
 
 #[derive(Debug)]
 enum Seg {
@@ -36,6 +37,9 @@ enum Seg {
 
 /// A verified chunk and the range of it a read uses.
 type Piece = (Arc<ChunkData>, usize, usize);
+
+/// A range of a mapped pack holding a read's bytes.
+type MappedSpan = (Arc<PackMap>, std::ops::Range<usize>);
 
 /// The bytes a read will return, described by where they come from.
 #[derive(Debug)]
@@ -68,26 +72,24 @@ impl ReadPlan {
     /// sent on error.
     pub fn execute_with<R>(self, out: &mut Vec<u8>, send: impl FnOnce(&[u8]) -> R) -> VResult<R> {
         match self.run(out, true)? {
-            Some(pieces) => Ok(send(one_mapped_slice(&pieces).expect("checked by run"))),
+            Some((map, span)) => Ok(send(&map[span])),
             None => Ok(send(out)),
         }
     }
 
-    /// Gathers the bytes into `out`, or with `direct`, returns the pieces
-    /// instead when they form one slice of a pack map.
-    fn run(self, out: &mut Vec<u8>, direct: bool) -> VResult<Option<Vec<Piece>>> {
+    /// Gathers the bytes into `out`, or with `direct`, returns the pack map
+    /// and the span of it that holds them all, if there is one.
+    fn run(self, out: &mut Vec<u8>, direct: bool) -> VResult<Option<MappedSpan>> {
         out.clear();
         if !self.prefetch.is_empty() {
             self.cache.prefetch(&self.prefetch);
         }
         if let [Seg::Base { chunks, off, len }] = self.segs.as_slice() {
             let pieces = self.base_pieces(chunks, *off, *len)?;
-            if direct && one_mapped_slice(&pieces).is_some() {
-                return Ok(Some(pieces));
+            if direct && let Some(span) = mapped_span(&pieces) {
+                return Ok(Some(span));
             }
-            for (data, from, to) in &pieces {
-                out.extend_from_slice(&data[*from..*to]);
-            }
+            gather(out, &pieces);
             return Ok(None);
         }
         let total: u64 = self
@@ -109,9 +111,7 @@ impl ReadPlan {
                     })?;
                 }
                 Seg::Base { chunks, off, len } => {
-                    for (data, from, to) in self.base_pieces(chunks, *off, *len)? {
-                        out.extend_from_slice(&data[from..to]);
-                    }
+                    gather(out, &self.base_pieces(chunks, *off, *len)?);
                 }
             }
         }
@@ -141,9 +141,16 @@ impl ReadPlan {
     }
 }
 
-/// The bytes of `pieces` as one slice of a pack map, if they lie back to
-/// back in the same map.
-fn one_mapped_slice(pieces: &[Piece]) -> Option<&[u8]> {
+/// Appends the bytes of `pieces` to `out`.
+fn gather(out: &mut Vec<u8>, pieces: &[Piece]) {
+    for (data, from, to) in pieces {
+        out.extend_from_slice(&data[*from..*to]);
+    }
+}
+
+/// The pack map holding all the bytes of `pieces` back to back, and where:
+/// the map alone keeps those bytes alive.
+fn mapped_span(pieces: &[Piece]) -> Option<MappedSpan> {
     let (first, from, _) = pieces.first()?;
     let (map, start) = first.mapped()?;
     let begin = start + from;
@@ -155,7 +162,7 @@ fn one_mapped_slice(pieces: &[Piece]) -> Option<&[u8]> {
         }
         end = start + to;
     }
-    Some(&map[begin..end])
+    Some((map.clone(), begin..end))
 }
 
 impl Vfs {

@@ -8,7 +8,19 @@ source scripts/lib.sh
 ds_install_system_packages
 # The same selection as scripts/test.sh, so RocksDB compiles once for both.
 cargo build --locked --workspace --all-targets
-DS="$CARGO_TARGET_DIR/debug/ds"
+# Leave an installed `ds` on the user's PATH (a copy of the binary just
+# built: `cargo install` would build RocksDB again in another profile).
+bin_dir="$HOME/.local/bin"
+case ":$PATH:" in *":$HOME/.cargo/bin:"*) [ -d "$HOME/.cargo/bin" ] && bin_dir="$HOME/.cargo/bin" ;; esac
+mkdir -p "$bin_dir"
+install -m 0755 "$CARGO_TARGET_DIR/debug/ds" "$bin_dir/ds.tmp"
+mv -f "$bin_dir/ds.tmp" "$bin_dir/ds"
+DS="$bin_dir/ds"
+echo "ds: installed $DS"
+case ":$PATH:" in
+    *":$bin_dir:"*) ;;
+    *) echo "ds: note: $bin_dir is not on your PATH; add it: export PATH=\"$bin_dir:\$PATH\"" ;;
+esac
 
 demo="$(mktemp -d "${TMPDIR:-/tmp}/ds-demo.XXXXXX")"
 export DS_STORE="$demo/store"

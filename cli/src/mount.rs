@@ -227,9 +227,10 @@ fn unmount_on_signal(set: SigSet, mut unmounter: SessionUnmounter, mp: PathBuf) 
 }
 
 /// Re-runs this command in a child and returns once the child has mounted.
-/// The child's messages go to a log file under STORE/mounts/logs/.
+/// The child's messages go to a log file under STORE/logs/ (see
+/// `ds_store::layout`).
 fn background(store_path: &Path, mp: &Path) -> Result<ExitCode> {
-    let logs = store_path.join("mounts").join("logs");
+    let logs = ds_store::layout::Layout::new(store_path).logs();
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let name: String = mp
         .to_string_lossy()
@@ -242,7 +243,7 @@ fn background(store_path: &Path, mp: &Path) -> Result<ExitCode> {
             }
         })
         .collect();
-    let log_path = logs.join(format!("{name}.log"));
+    let log_path = logs.join(format!("mount-{name}.log"));
     let log =
         fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let exe = std::env::current_exe()?;
@@ -395,7 +396,7 @@ fn mounted_workspace(store_path: &Path, path: &Path) -> Option<(String, PathBuf)
     if !is_mounted(&canon) {
         return None;
     }
-    for e in fs::read_dir(store_path.join("mounts")).ok()?.flatten() {
+    for e in fs::read_dir(ds_store::layout::Layout::new(store_path).mounts()).ok()?.flatten() {
         let dir = e.path();
         if let Ok(mp) = fs::read(dir.join("mountpoint"))
             && mp == canon.as_os_str().as_bytes()

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use ds_format::pack::PackEntry;
-use ds_format::{ObjectId, PackId};
+use ds_format::{ObjectId, ObjectKind, PackId};
 
 use crate::index::{Index, Location};
 use crate::layout::sync_dir;
@@ -125,6 +125,29 @@ impl Journal {
             .objects
             .get(id)
             .copied()
+    }
+
+    /// Journaled objects of `kind` whose id starts with `prefix` (and the
+    /// high half-byte `nibble`), after reading trailers not yet seen: the
+    /// journal's half of a hex-prefix lookup.
+    pub fn with_prefix(
+        &self,
+        prefix: &[u8],
+        nibble: Option<u8>,
+        kind: ObjectKind,
+        packs: &dyn PackStore,
+    ) -> Result<Vec<ObjectId>> {
+        self.refresh(packs)?;
+        let k = self.known.lock().expect("poisoned");
+        Ok(k.objects
+            .iter()
+            .filter(|(id, l)| {
+                l.kind == kind
+                    && id.0.starts_with(prefix)
+                    && nibble.is_none_or(|n| id.0.get(prefix.len()).map(|b| b >> 4) == Some(n))
+            })
+            .map(|(id, _)| *id)
+            .collect())
     }
 
     /// Records a committed pack; durable after [`Journal::sync`].

@@ -10,6 +10,14 @@
 //! STORE/index/            RocksDB: object locations, pack list, stat cache
 //! STORE/journal/<pack id> packs appended by a read-write mount, not yet in
 //!                         the index (folded in by the next writer)
+//! STORE/mounts/<workspace>/  a read-write mount's dirty layer and, while it
+//!                         is mounted, its registration (`mountpoint`, `pid`,
+//!                         `ctl.sock`); see `vfs/state.rs` and ds-fuse's
+//!                         `daemon` module. Only workspace names live here.
+//! STORE/logs/mount-<mountpoint>.log  messages of a `--background` mount
+//!                         (outside `mounts/`, where a workspace named
+//!                         `logs` would collide with them)
+//! STORE/remotes.json      hubs saved by `ds remote add` (the CLI's)
 //! ```
 
 use std::fs::File;
@@ -49,6 +57,22 @@ impl Layout {
     }
     pub fn journal(&self) -> PathBuf {
         self.root.join("journal")
+    }
+    /// Parent of every workspace's dirty layer (`mounts/<workspace>/`).
+    pub fn mounts(&self) -> PathBuf {
+        self.root.join("mounts")
+    }
+    /// A workspace's dirty layer and mount registration. `workspace` must
+    /// be a valid workspace name (no `/`, never `.` or `..`).
+    pub fn mount_dir(&self, workspace: &str) -> PathBuf {
+        self.mounts().join(workspace)
+    }
+    /// Logs of background processes (mounts).
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    pub fn remotes(&self) -> PathBuf {
+        self.root.join("remotes.json")
     }
 }
 

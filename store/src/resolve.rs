@@ -4,7 +4,7 @@
 //! that happens to spell it.
 
 use ds_format::id::parse_hex;
-use ds_format::{ObjectId, ObjectKind};
+use ds_format::ObjectId;
 
 use crate::refs::validate_workspace;
 use crate::{Result, Store, StoreError};
@@ -40,9 +40,7 @@ pub fn resolve(store: &Store, spec: &str) -> Result<ObjectId> {
             (&hex[..], None)
         };
         let prefix = parse_hex(whole).expect("checked hex");
-        let found = store
-            .index()
-            .objects_with_prefix(&prefix, nibble, ObjectKind::Snapshot)?;
+        let found = store.snapshots_with_prefix(&prefix, nibble)?;
         return match found.len() {
             0 => Err(StoreError::UnknownSnapshot(spec.into())),
             1 => Ok(found[0]),

@@ -344,6 +344,24 @@ impl Store {
         Ok(None)
     }
 
+    /// Snapshots whose id starts with `prefix` (whole bytes, then the high
+    /// half-byte `nibble`), in the index or in the journal: a snapshot a
+    /// read-write mount just appended is found before any writer folds it
+    /// into the index.
+    pub fn snapshots_with_prefix(&self, prefix: &[u8], nibble: Option<u8>) -> Result<Vec<ObjectId>> {
+        let kind = ObjectKind::Snapshot;
+        if self.index.mode() == IndexMode::Secondary {
+            self.index.catch_up()?;
+        }
+        let mut found: std::collections::BTreeSet<ObjectId> = self
+            .index
+            .objects_with_prefix(prefix, nibble, kind)?
+            .into_iter()
+            .collect();
+        found.extend(self.journal.with_prefix(prefix, nibble, kind, self.packs.as_ref())?);
+        Ok(found.into_iter().collect())
+    }
+
     /// Where an object of `kind` is: `Missing` if nowhere, `Damaged` if the
     /// index records another kind under its id.
     fn locate_kind(&self, id: &ObjectId, kind: ObjectKind) -> Result<Location> {

@@ -6,6 +6,7 @@ mod crash;
 mod damage;
 mod malicious;
 mod mount;
+mod regressions;
 mod sync;
 
 use std::fs;

@@ -93,7 +93,7 @@ fn parse_id(hex: &str) -> Result<ObjectId> {
 
 /// Where a workspace's dirty layer lives.
 pub fn mount_dir(store: &Store, workspace: &str) -> PathBuf {
-    store.root().join("mounts").join(workspace)
+    store.layout().mount_dir(workspace)
 }
 
 impl Vfs {

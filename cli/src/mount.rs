@@ -396,7 +396,10 @@ fn mounted_workspace(store_path: &Path, path: &Path) -> Option<(String, PathBuf)
     if !is_mounted(&canon) {
         return None;
     }
-    for e in fs::read_dir(ds_store::layout::Layout::new(store_path).mounts()).ok()?.flatten() {
+    for e in fs::read_dir(ds_store::layout::Layout::new(store_path).mounts())
+        .ok()?
+        .flatten()
+    {
         let dir = e.path();
         if let Ok(mp) = fs::read(dir.join("mountpoint"))
             && mp == canon.as_os_str().as_bytes()

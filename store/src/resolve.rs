@@ -3,8 +3,8 @@
 //! first-parent steps back from it). A workspace name wins over a hex prefix
 //! that happens to spell it.
 
-use ds_format::id::parse_hex;
 use ds_format::ObjectId;
+use ds_format::id::parse_hex;
 
 use crate::refs::validate_workspace;
 use crate::{Result, Store, StoreError};

@@ -348,7 +348,11 @@ impl Store {
     /// half-byte `nibble`), in the index or in the journal: a snapshot a
     /// read-write mount just appended is found before any writer folds it
     /// into the index.
-    pub fn snapshots_with_prefix(&self, prefix: &[u8], nibble: Option<u8>) -> Result<Vec<ObjectId>> {
+    pub fn snapshots_with_prefix(
+        &self,
+        prefix: &[u8],
+        nibble: Option<u8>,
+    ) -> Result<Vec<ObjectId>> {
         let kind = ObjectKind::Snapshot;
         if self.index.mode() == IndexMode::Secondary {
             self.index.catch_up()?;
@@ -358,7 +362,10 @@ impl Store {
             .objects_with_prefix(prefix, nibble, kind)?
             .into_iter()
             .collect();
-        found.extend(self.journal.with_prefix(prefix, nibble, kind, self.packs.as_ref())?);
+        found.extend(
+            self.journal
+                .with_prefix(prefix, nibble, kind, self.packs.as_ref())?,
+        );
         Ok(found.into_iter().collect())
     }
 

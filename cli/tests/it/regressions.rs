@@ -31,7 +31,9 @@ fn id_printed_by_a_live_mount_snapshot_resolves_before_any_writer_runs() {
     ok(ds(&store).args(["snapshot", "--workspace", "w"]).arg(&src));
     let mp = tmp.path().join("mnt");
     fs::create_dir(&mp).unwrap();
-    ok(ds(&store).args(["mount", "--rw", "--background", "w"]).arg(&mp));
+    ok(ds(&store)
+        .args(["mount", "--rw", "--background", "w"])
+        .arg(&mp));
     fs::write(mp.join("fresh.txt"), b"written through the mount\n").unwrap();
     let snap = json(&ok(ds(&store)
         .args(["snapshot", "--workspace", "w", "--json"])
@@ -77,7 +79,9 @@ fn a_workspace_named_logs_mounts_in_background_snapshots_and_unmounts() {
         ok(ds(&store).args(["snapshot", "--workspace", ws]).arg(&src));
         let mp = tmp.path().join(format!("mnt-{ws}"));
         fs::create_dir(&mp).unwrap();
-        ok(ds(&store).args(["mount", "--rw", "--background", ws]).arg(&mp));
+        ok(ds(&store)
+            .args(["mount", "--rw", "--background", ws])
+            .arg(&mp));
         assert!(mounted(&mp), "{ws} is not mounted");
         fs::write(mp.join("new.txt"), ws.as_bytes()).unwrap();
         let snap = json(&ok(ds(&store)
@@ -95,7 +99,9 @@ fn a_workspace_named_logs_mounts_in_background_snapshots_and_unmounts() {
         assert_eq!(fs::read(dest.join("new.txt")).unwrap(), ws.as_bytes());
         // A remount finds the workspace as snapshotted; the logs live
         // apart from every dirty layer.
-        ok(ds(&store).args(["mount", "--rw", "--background", ws]).arg(&mp));
+        ok(ds(&store)
+            .args(["mount", "--rw", "--background", ws])
+            .arg(&mp));
         assert_eq!(fs::read(mp.join("new.txt")).unwrap(), ws.as_bytes());
         ok(ds(&store).arg("umount").arg(&mp));
         let in_layer: Vec<_> = fs::read_dir(store.join("mounts").join(ws))
@@ -103,6 +109,9 @@ fn a_workspace_named_logs_mounts_in_background_snapshots_and_unmounts() {
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
             .collect();
-        assert!(in_layer.is_empty(), "{ws}: logs in its dirty layer: {in_layer:?}");
+        assert!(
+            in_layer.is_empty(),
+            "{ws}: logs in its dirty layer: {in_layer:?}"
+        );
     }
 }

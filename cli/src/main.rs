@@ -8,6 +8,7 @@
 mod cmd;
 mod fmt;
 mod mount;
+mod open;
 mod progress;
 mod sync;
 

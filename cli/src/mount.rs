@@ -5,39 +5,31 @@
 //! reader, so it never blocks snapshots of other directories, and takes the
 //! writer lock only while it snapshots itself.
 //!
-//! A read-write mount of workspace W registers itself under
-//! `STORE/mounts/W/`: `mountpoint` (its canonical path), `pid`, and
-//! `ctl.sock`, a unix socket on which `ds snapshot MOUNTPOINT --workspace W`
-//! asks the mount process — the only one that knows the dirty layer — to
-//! take the snapshot. Protocol: one JSON request line, one JSON reply line
-//! (`{"ok": {...}}` with the keys `ds snapshot --json` prints, or
-//! `{"error": "..."}`), version 1, requests capped at 1 MiB.
+//! The mount's life (VFS, FUSE session, registration, control socket,
+//! checkpoints) is `ds_fuse::daemon`, shared with runners; the control
+//! protocol is `ds_fuse::control`. What stays here is what belongs to the
+//! `ds` process: arguments, `--background` (re-running itself), signals,
+//! and printing.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::ffi::OsStrExt;
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use ds_fuse::{MountOptions, SessionUnmounter};
-
+use ds_fuse::{Config, MountOptions, Mounted, SessionUnmounter, Source, control};
+use ds_store::Access;
 use ds_store::resolve::resolve;
-use ds_store::vfs::{CommitOptions, CommitReport, Target, Vfs, VfsOptions, mount_dir};
-use ds_store::{Access, Store};
+use ds_store::vfs::VfsOptions;
 use nix::sys::signal::{SigSet, Signal};
-use serde_json::{Value, json};
 
 use crate::fmt;
 
-const PROTOCOL: u64 = 1;
-const MAX_REQUEST: u64 = 1 << 20;
 /// Set in the environment of the re-executed child of `--background`.
 const READY_ENV: &str = "DS_MOUNT_NOTIFY_READY";
 
@@ -121,57 +113,42 @@ pub fn mount(store_path: &Path, a: MountArgs) -> Result<ExitCode> {
     }
     // Before any thread exists, so that every thread inherits the mask.
     let stop = block_stop_signals()?;
-    let store = Arc::new(
-        Store::open(store_path, Access::Read, true)
-            .with_context(|| format!("opening the store at {}", store_path.display()))?,
-    );
-    let opts = VfsOptions {
-        uid: a.uid.unwrap_or(meta.uid()),
-        gid: a.gid.unwrap_or(meta.gid()),
-        cache_bytes: a.cache_mib.max(1) << 20,
-        ..VfsOptions::default()
-    };
-    let (vfs, what) = if a.rw {
-        let v = Vfs::open_workspace(store.clone(), &a.target, opts, a.discard_dirty)?;
-        (v, format!("workspace {} (read-write)", a.target))
+    let store = Arc::new(crate::open::open(store_path, Access::Read)?);
+    let source = if a.rw {
+        Source::Workspace {
+            name: a.target.clone(),
+            discard_dirty: a.discard_dirty,
+        }
     } else {
-        let id = resolve(&store, &a.target)?;
-        let v = Vfs::open_snapshot(store.clone(), id, opts)?;
-        (v, format!("snapshot {} (read-only)", id.short()))
+        Source::Snapshot(resolve(&store, &a.target)?)
     };
-    let vfs = Arc::new(Mutex::new(vfs));
-    let mut session = ds_fuse::mount(
-        vfs.clone(),
-        &mp,
-        &MountOptions {
+    let cfg = Config {
+        source,
+        vfs: VfsOptions {
+            uid: a.uid.unwrap_or(meta.uid()),
+            gid: a.gid.unwrap_or(meta.gid()),
+            cache_bytes: a.cache_mib.max(1) << 20,
+            ..VfsOptions::default()
+        },
+        fuse: MountOptions {
             read_only: !a.rw,
             allow_other: a.allow_other,
             threads: 4,
             direct_io: a.direct_io,
             fsname: format!("ds:{}", a.target),
         },
-    )
-    .with_context(|| format!("mounting on {} (is /dev/fuse available?)", mp.display()))?;
-    if a.readahead_kib > 0
-        && let Err(e) = ds_fuse::set_readahead(&mp, a.readahead_kib)
-    {
+        readahead_kib: a.readahead_kib,
+        checkpoint_every: Duration::from_secs(a.checkpoint_secs.max(1)),
+    };
+    let mut m = Mounted::start(store, &mp, cfg)?;
+    if let Some(e) = &m.readahead_note {
         eprintln!(
             "ds: note: kernel read-ahead left at its default ({e}); reads take more FUSE round trips"
         );
     }
-    let registry = if a.rw {
-        Some(register(
-            &store,
-            &a.target,
-            &mp,
-            vfs.clone(),
-            a.checkpoint_secs,
-        )?)
-    } else {
-        None
-    };
     eprintln!(
-        "ds: mounted {what} on {}; `ds umount {}` to unmount",
+        "ds: mounted {} on {}; `ds umount {}` to unmount",
+        m.what(),
         mp.display(),
         mp.display()
     );
@@ -179,18 +156,9 @@ pub fn mount(store_path: &Path, a: MountArgs) -> Result<ExitCode> {
         println!("ready");
         let _ = std::io::stdout().flush();
     }
-    unmount_on_signal(stop, session.unmount_callable(), mp.clone())?;
-    let served = session.run();
-    if let Some(dir) = registry {
-        for f in ["ctl.sock", "mountpoint", "pid"] {
-            let _ = fs::remove_file(dir.join(f));
-        }
-    }
-    // Whatever is dirty stays in the dirty layer for the next mount.
-    if let Err(e) = vfs.lock().unwrap_or_else(|p| p.into_inner()).checkpoint() {
-        eprintln!("ds: error: saving the dirty layer: {e}");
-    }
-    served.with_context(|| format!("serving {}", mp.display()))?;
+    unmount_on_signal(stop, m.unmounter(), mp.clone())?;
+    m.serve()
+        .with_context(|| format!("serving {}", mp.display()))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -277,140 +245,6 @@ fn background(store_path: &Path, mp: &Path) -> Result<ExitCode> {
     )
 }
 
-/// Publishes a read-write mount under STORE/mounts/W and starts its control
-/// socket and its periodic checkpoints.
-fn register(
-    store: &Store,
-    ws: &str,
-    mp: &Path,
-    vfs: Arc<Mutex<Vfs>>,
-    checkpoint_secs: u64,
-) -> Result<PathBuf> {
-    let dir = mount_dir(store, ws);
-    let sock = dir.join("ctl.sock");
-    let _ = fs::remove_file(&sock);
-    let listener =
-        UnixListener::bind(&sock).with_context(|| format!("control socket {}", sock.display()))?;
-    fs::write(dir.join("mountpoint"), mp.as_os_str().as_bytes())?;
-    fs::write(dir.join("pid"), std::process::id().to_string())?;
-    let v2 = vfs.clone();
-    let mp2 = mp.to_path_buf();
-    std::thread::Builder::new()
-        .name("ds-mount-ctl".into())
-        .spawn(move || {
-            for conn in listener.incoming().flatten() {
-                if let Err(e) = serve(conn, &v2, &mp2) {
-                    eprintln!("ds mount: control request failed: {e:#}");
-                }
-            }
-        })?;
-    let every = Duration::from_secs(checkpoint_secs.max(1));
-    std::thread::Builder::new()
-        .name("ds-mount-checkpoint".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(every);
-                let mut v = vfs.lock().unwrap_or_else(|p| p.into_inner());
-                if v.has_unsaved()
-                    && let Err(e) = v.checkpoint()
-                {
-                    eprintln!("ds mount: error: checkpoint of the dirty layer: {e}");
-                }
-            }
-        })?;
-    Ok(dir)
-}
-
-fn serve(conn: UnixStream, vfs: &Mutex<Vfs>, mp: &Path) -> Result<()> {
-    let mut line = String::new();
-    BufReader::new((&conn).take(MAX_REQUEST)).read_line(&mut line)?;
-    let reply = match handle(&line, vfs, mp) {
-        Ok(v) => json!({ "ok": v }),
-        Err(e) => json!({ "error": format!("{e:#}") }),
-    };
-    let mut w = &conn;
-    serde_json::to_writer(&mut w, &reply)?;
-    w.write_all(b"\n")?;
-    Ok(())
-}
-
-fn handle(line: &str, vfs: &Mutex<Vfs>, mp: &Path) -> Result<Value> {
-    let req: Value = serde_json::from_str(line).context("bad request")?;
-    if req["version"].as_u64() != Some(PROTOCOL) {
-        bail!(
-            "protocol version {} not supported (want {PROTOCOL})",
-            req["version"]
-        );
-    }
-    match req["op"].as_str() {
-        Some("snapshot") => {}
-        other => bail!("unknown operation {other:?}"),
-    }
-    let metadata: BTreeMap<String, String> =
-        serde_json::from_value(req["metadata"].clone()).unwrap_or_default();
-    let opts = CommitOptions {
-        message: req["message"].as_str().unwrap_or("").to_string(),
-        metadata,
-        source: mp.as_os_str().as_bytes().to_vec(),
-    };
-    let t = Instant::now();
-    // The writer lock, held only for this snapshot: the mount appends
-    // through its own store (no index open: see store/src/journal.rs). Taken
-    // before the freeze, so waiting for another writer does not stall the
-    // filesystem.
-    let store = vfs
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .store()
-        .clone();
-    let appender = store.append()?;
-    // Freeze the filesystem for the (short) snapshot: a consistent cut.
-    let mut v = vfs.lock().unwrap_or_else(|p| p.into_inner());
-    let r = v.commit(Target::Append(appender), &opts)?;
-    drop(v);
-    Ok(report_json(&r, t.elapsed().as_secs_f64()))
-}
-
-/// `ds snapshot --json`'s shape (shared with plain directories), marked as
-/// taken from a live mount.
-fn report_json(r: &CommitReport, secs: f64) -> Value {
-    let mut v = crate::cmd::snapshot_json(&crate::cmd::SnapshotJson {
-        id: r.id,
-        snapshot: &r.snapshot,
-        parent: r.parent,
-        files_read: r.files_rechunked,
-        files_unchanged: r.snapshot.stats.files.saturating_sub(r.files_rechunked),
-        bytes_read: r.bytes_read,
-        written: &r.written,
-        seconds: secs,
-        warnings: &[],
-    });
-    v["live_mount"] = json!(true);
-    v
-}
-
-/// The workspace whose read-write mount is at `path`, if any.
-fn mounted_workspace(store_path: &Path, path: &Path) -> Option<(String, PathBuf)> {
-    let canon = fs::canonicalize(path).ok()?;
-    // A registration left by a killed mount process names a plain directory.
-    if !is_mounted(&canon) {
-        return None;
-    }
-    for e in fs::read_dir(ds_store::layout::Layout::new(store_path).mounts())
-        .ok()?
-        .flatten()
-    {
-        let dir = e.path();
-        if let Ok(mp) = fs::read(dir.join("mountpoint"))
-            && mp == canon.as_os_str().as_bytes()
-            && dir.join("ctl.sock").exists()
-        {
-            return Some((e.file_name().to_string_lossy().into_owned(), dir));
-        }
-    }
-    None
-}
-
 /// `ds snapshot PATH` where PATH is a live read-write mount: asks the mount
 /// process to snapshot itself. `None` if PATH is not such a mount.
 pub fn snapshot_of_mount(
@@ -421,9 +255,10 @@ pub fn snapshot_of_mount(
     meta: &[(String, String)],
     json_out: bool,
 ) -> Result<Option<ExitCode>> {
-    let Some((ws, dir)) = mounted_workspace(store_path, path) else {
+    let Some(m) = control::find(store_path, path) else {
         return Ok(None);
     };
+    let ws = &m.workspace;
     if ws != workspace {
         bail!(
             "{} is the read-write mount of workspace {ws:?}; it can only be snapshotted into \
@@ -431,50 +266,26 @@ pub fn snapshot_of_mount(
             path.display()
         );
     }
-    let sock = dir.join("ctl.sock");
-    let mut conn = UnixStream::connect(&sock).with_context(|| {
-        format!(
-            "reaching the mount process of {} at {}",
-            path.display(),
-            sock.display()
-        )
-    })?;
     let metadata: BTreeMap<_, _> = meta.iter().cloned().collect();
-    let req =
-        json!({"version": PROTOCOL, "op": "snapshot", "message": message, "metadata": metadata});
-    serde_json::to_writer(&mut conn, &req)?;
-    conn.write_all(b"\n")?;
-    let mut line = String::new();
-    BufReader::new(&conn).read_line(&mut line)?;
-    let reply: Value = serde_json::from_str(&line)
-        .with_context(|| format!("the mount process replied {line:?}"))?;
-    if let Some(e) = reply.get("error") {
-        bail!(
-            "snapshot of the mount failed: {}",
-            e.as_str().unwrap_or("?")
-        );
-    }
-    let r = &reply["ok"];
+    let c = control::request_snapshot(&m, message, metadata)?;
     if json_out {
-        let mut out = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut out, r)?;
-        writeln!(out)?;
+        crate::cmd::print_json(&crate::cmd::live_snapshot_json(&c))?;
     } else {
         println!(
             "snapshot {} of mount {} saved to workspace {}",
-            &r["id"].as_str().unwrap_or("?")[..12.min(r["id"].as_str().unwrap_or("?").len())],
+            c.id.short(),
             path.display(),
             ws
         );
         println!(
             "  {} files ({}), {} files changed, {} re-read; {} added in {} objects; {:.2}s",
-            r["files"],
-            fmt::bytes(r["bytes"].as_u64().unwrap_or(0)),
-            r["files_read"],
-            fmt::bytes(r["bytes_read"].as_u64().unwrap_or(0)),
-            fmt::bytes(r["bytes_added"].as_u64().unwrap_or(0)),
-            r["objects_added"],
-            r["seconds"].as_f64().unwrap_or(0.0)
+            c.files,
+            fmt::bytes(c.bytes),
+            c.files_rechunked,
+            fmt::bytes(c.bytes_read),
+            fmt::bytes(c.bytes_added),
+            c.objects_added,
+            c.seconds
         );
     }
     Ok(Some(ExitCode::SUCCESS))
@@ -485,9 +296,7 @@ pub fn umount(store_path: &Path, a: UmountArgs) -> Result<ExitCode> {
     if !is_mounted(&mp) {
         bail!("{} is not mounted", mp.display());
     }
-    let pid = mounted_workspace(store_path, &mp)
-        .and_then(|(_, dir)| fs::read_to_string(dir.join("pid")).ok())
-        .and_then(|p| p.trim().parse::<u32>().ok());
+    let pid = control::find(store_path, &mp).and_then(|m| m.pid);
     let out = Command::new("fusermount3").arg("-u").arg(&mp).output();
     let ok = matches!(&out, Ok(o) if o.status.success());
     if !ok {

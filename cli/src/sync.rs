@@ -12,9 +12,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
-use ds_hub::client::{self, Event, Remote, SyncReport};
 use ds_hub::server::{HubOptions, run};
-use ds_store::{Access, InitOptions, Store};
+use ds_store::Access;
+use ds_store::refs::WorkspaceName;
+use ds_sync::{Event, Remote, SyncReport};
+
+use crate::open::{open, open_or_init};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
@@ -250,22 +253,30 @@ fn bar(verb: &'static str) -> (ProgressBar, impl Fn(Event) + Sync) {
 }
 
 fn report(r: &SyncReport, verb: &str, json: bool, started: Instant) -> Result<ExitCode> {
-    if r.forced && r.previous.as_deref().is_some_and(|p| p != r.snapshot) && !json {
+    if let Some(p) = r.previous
+        && r.forced
+        && p != r.snapshot
+        && !json
+    {
         eprintln!(
             "ds: --force: replaced {} (was at {}); its snapshots stay in the store, outside the workspace's history",
             r.workspace,
-            &r.previous.as_deref().unwrap_or_default()[..12]
+            p.short()
         );
     }
     if json {
         println!("{}", serde_json::to_string_pretty(r)?);
     } else if r.up_to_date && r.objects_sent == 0 {
-        eprintln!("ds: {} is up to date at {}", r.workspace, &r.snapshot[..12]);
+        eprintln!(
+            "ds: {} is up to date at {}",
+            r.workspace,
+            r.snapshot.short()
+        );
     } else {
         eprintln!(
             "ds: {verb} {} → {}: {} in {} objects ({} chunks sent, {} skipped), {} round trips, {:.2}s",
             r.workspace,
-            &r.snapshot[..12],
+            r.snapshot.short(),
             crate::fmt::bytes(r.bytes_sent),
             r.objects_sent,
             r.chunks_sent,
@@ -277,47 +288,38 @@ fn report(r: &SyncReport, verb: &str, json: bool, started: Instant) -> Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-fn open_store(path: &Path, access: Access) -> Result<Store> {
-    Store::open(path, access, true)
-        .with_context(|| format!("opening the store at {}", path.display()))
-}
-
 pub fn push(store: &Path, a: PushArgs) -> Result<ExitCode> {
+    let ws = WorkspaceName::new(a.workspace.as_str())?;
     let (url, token) = target(store, &a.hub)?;
-    let s = Arc::new(open_store(store, Access::Read)?);
+    let s = Arc::new(open(store, Access::Read)?);
     let started = Instant::now();
     let (b, progress) = bar("push");
     let r = runtime()?.block_on(async {
         let mut remote = Remote::connect(&url, &token, a.hub.ca_cert.as_deref()).await?;
-        client::push(s, &mut remote, &a.workspace, a.force, &progress).await
+        ds_sync::push(s, &mut remote, &ws, a.force, &progress).await
     });
     b.finish_and_clear();
     report(&r?, "pushed", a.hub.json, started)
 }
 
 pub fn pull(store: &Path, a: PullArgs) -> Result<ExitCode> {
+    let ws = WorkspaceName::new(a.workspace.as_str())?;
     let (url, token) = target(store, &a.hub)?;
-    let s = open_store(store, Access::Write)?;
+    let s = Arc::new(open(store, Access::Write)?);
     let started = Instant::now();
     let (b, progress) = bar("pull");
     let r = runtime()?.block_on(async {
         let mut remote = Remote::connect(&url, &token, a.hub.ca_cert.as_deref()).await?;
-        client::pull(&s, &mut remote, &a.workspace, a.force, &progress).await
+        ds_sync::pull(s, &mut remote, &ws, a.force, &progress).await
     });
     b.finish_and_clear();
     report(&r?, "pulled", a.hub.json, started)
 }
 
 pub fn clone(store: &Path, a: CloneArgs) -> Result<ExitCode> {
+    let ws = WorkspaceName::new(a.workspace.as_str())?;
     let (url, token) = target(store, &a.hub)?;
-    let s = if store.join("config").exists() {
-        open_store(store, Access::Write)?
-    } else {
-        let s = Store::init(store, &InitOptions::default())
-            .with_context(|| format!("creating a store at {}", store.display()))?;
-        eprintln!("ds: initialized store at {}", store.display());
-        s
-    };
+    let s = Arc::new(open_or_init(store)?);
     if let Some(h) = s.refs().get(&a.workspace)? {
         bail!(
             "workspace {} already exists here (at {}); use `ds pull {}` to update it",
@@ -330,7 +332,7 @@ pub fn clone(store: &Path, a: CloneArgs) -> Result<ExitCode> {
     let (b, progress) = bar("clone");
     let r = runtime()?.block_on(async {
         let mut remote = Remote::connect(&url, &token, a.hub.ca_cert.as_deref()).await?;
-        client::pull(&s, &mut remote, &a.workspace, false, &progress).await
+        ds_sync::pull(s.clone(), &mut remote, &ws, false, &progress).await
     });
     b.finish_and_clear();
     report(&r?, "cloned", a.hub.json, started)

@@ -115,6 +115,20 @@ macro_rules! hash_newtype {
                 Ok($name::from_slice(&bytes).expect("length checked"))
             }
         }
+
+        /// As 64 lowercase hex digits, the form every JSON output uses.
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_hex())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
     };
 }
 
@@ -148,6 +162,15 @@ hash_newtype!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_hex_strings_in_json() {
+        let id = ObjectKind::Chunk.hash(b"hello");
+        let j = serde_json::to_string(&id).unwrap();
+        assert_eq!(j, format!("\"{}\"", id.to_hex()));
+        assert_eq!(serde_json::from_str::<ObjectId>(&j).unwrap(), id);
+        assert!(serde_json::from_str::<ObjectId>("\"abc\"").is_err());
+    }
 
     #[test]
     fn hex_round_trip() {

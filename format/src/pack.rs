@@ -103,6 +103,74 @@ fn entries_hash(entries: &[u8]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// Lays out one pack as it is written: the header, then objects back to
+/// back, then the trailer. The one place that decides where each object
+/// lies, used by the store's pack writer, gc's repacking and push (which
+/// builds packs from stored bytes without recompressing).
+#[derive(Debug, Clone)]
+pub struct Framing {
+    entries: Vec<PackEntry>,
+    len: u64,
+}
+
+impl Default for Framing {
+    fn default() -> Self {
+        Framing::new()
+    }
+}
+
+impl Framing {
+    /// A pack whose [`HEADER`] the caller writes first.
+    pub fn new() -> Framing {
+        Framing {
+            entries: Vec::new(),
+            len: HEADER.len() as u64,
+        }
+    }
+
+    /// Bytes of the pack so far (header and objects).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// No object yet.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Objects so far, in write order.
+    pub fn entries(&self) -> &[PackEntry] {
+        &self.entries
+    }
+
+    /// Records an object whose `stored_len` stored bytes the caller writes
+    /// next, right after everything before it.
+    pub fn push(
+        &mut self,
+        id: ObjectId,
+        kind: ObjectKind,
+        stored: Stored,
+        stored_len: u32,
+        raw_len: u32,
+    ) {
+        self.entries.push(PackEntry {
+            id,
+            kind,
+            stored,
+            offset: self.len,
+            stored_len,
+            raw_len,
+        });
+        self.len += u64::from(stored_len);
+    }
+
+    /// The trailer to write last, the pack's id, and its entries.
+    pub fn seal(self) -> (PackId, Vec<u8>, Vec<PackEntry>) {
+        let (id, trailer) = encode_trailer(&self.entries);
+        (id, trailer, self.entries)
+    }
+}
+
 /// Encodes the trailer (entries + footer) for objects in write order, and
 /// returns it with the pack's id.
 pub fn encode_trailer(entries: &[PackEntry]) -> (PackId, Vec<u8>) {

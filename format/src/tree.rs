@@ -67,13 +67,36 @@ pub enum EntryData {
     Symlink(Vec<u8>),
 }
 
-impl EntryData {
-    pub fn kind_name(&self) -> &'static str {
+/// What kind of entry a name is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntryType {
+    File,
+    Dir,
+    Symlink,
+}
+
+impl EntryType {
+    /// "file", "dir" or "symlink" (as JSON output spells them).
+    pub fn as_str(self) -> &'static str {
         match self {
-            EntryData::File(_) => "file",
-            EntryData::Dir(_) => "dir",
-            EntryData::Symlink(_) => "symlink",
+            EntryType::File => "file",
+            EntryType::Dir => "dir",
+            EntryType::Symlink => "symlink",
         }
+    }
+}
+
+impl EntryData {
+    pub fn entry_type(&self) -> EntryType {
+        match self {
+            EntryData::File(_) => EntryType::File,
+            EntryData::Dir(_) => EntryType::Dir,
+            EntryData::Symlink(_) => EntryType::Symlink,
+        }
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        self.entry_type().as_str()
     }
 }
 

@@ -100,7 +100,7 @@ impl Auth {
     /// Stores a grant for `token`.
     pub async fn register(&self, token: &str, grant: &Grant) -> Result<()> {
         let json = serde_json::to_vec(grant)
-            .map_err(|e| HubError::Invalid(format!("encoding a grant: {e}")))?;
+            .map_err(|e| HubError::Internal(format!("encoding a grant: {e}")))?;
         self.storage.put_token(&token_hash(token), &json).await
     }
 

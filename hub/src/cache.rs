@@ -5,12 +5,16 @@
 //! have" costs a re-upload, never a wrong answer, because the bucket never
 //! loses a committed pack. Lookups that must not miss (a ref update, a
 //! download) refresh it first.
+//!
+//! Every RocksDB call runs on tokio's blocking pool, a batch of ids per
+//! call, so a slow disk never stalls the executor serving other clients.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ds_format::ObjectId;
+use ds_format::pack::PackEntry;
+use ds_format::{ObjectId, PackId};
 use ds_store::index::{Index, IndexMode, Location};
 use tokio::sync::Mutex;
 
@@ -42,17 +46,38 @@ impl Cache {
         &self.index
     }
 
+    /// Runs `f` on the index off the executor.
+    async fn with_index<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Index) -> Result<T> + Send + 'static,
+    {
+        let ix = self.index.clone();
+        tokio::task::spawn_blocking(move || f(&ix))
+            .await
+            .map_err(|e| HubError::Internal(format!("an index task failed: {e}")))?
+    }
+
     /// Indexes every pack in the bucket the cache does not know yet.
     /// Returns how many were added.
     pub async fn refresh(&self, storage: &Storage) -> Result<u64> {
         let mut last = self.last_refresh.lock().await;
         let mut added = 0;
-        for id in storage.list_packs().await? {
-            if self.index.has_pack(&id)? {
-                continue;
-            }
+        let listed = storage.list_packs().await?;
+        let new: Vec<_> = self
+            .with_index(move |ix| {
+                let mut new = Vec::new();
+                for id in listed {
+                    if !ix.has_pack(&id)? {
+                        new.push(id);
+                    }
+                }
+                Ok(new)
+            })
+            .await?;
+        for id in new {
             let entries = storage.pack_entries(&id).await?;
-            self.index.add_pack(&id, &entries)?;
+            self.add_pack(id, entries).await?;
             added += 1;
         }
         *last = Some(Instant::now());
@@ -72,11 +97,21 @@ impl Cache {
         Ok(())
     }
 
-    pub fn get(&self, id: &ObjectId) -> Result<Option<Location>> {
-        Ok(self.index.get(id)?)
+    /// Where each of `ids` is, if the cache knows.
+    pub async fn get_all(&self, ids: Vec<ObjectId>) -> Result<Vec<Option<Location>>> {
+        self.with_index(move |ix| ids.iter().map(|id| Ok(ix.get(id)?)).collect())
+            .await
     }
 
-    pub fn contains(&self, id: &ObjectId) -> Result<bool> {
-        Ok(self.index.contains(id)?)
+    /// Whether the cache knows each of `ids`.
+    pub async fn contains_all(&self, ids: Vec<ObjectId>) -> Result<Vec<bool>> {
+        self.with_index(move |ix| ids.iter().map(|id| Ok(ix.contains(id)?)).collect())
+            .await
+    }
+
+    /// Records a stored pack's objects.
+    pub async fn add_pack(&self, id: PackId, entries: Vec<PackEntry>) -> Result<()> {
+        self.with_index(move |ix| Ok(ix.add_pack(&id, &entries)?))
+            .await
     }
 }

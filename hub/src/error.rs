@@ -1,8 +1,18 @@
 //! The hub crate's one error type.
+//!
+//! Rules: variants say who is at fault, because [`crate::service`] turns
+//! each into a gRPC status in one place (`status`): what a client sent
+//! that the hub will not take is [`HubError::Refused`] (invalid
+//! argument), a lost ref race is [`HubError::RefConflict`] (failed
+//! precondition), bytes in the bucket that are not what a hub wrote are
+//! [`HubError::Corrupt`] (data loss), an unreachable bucket is
+//! [`HubError::Storage`] (unavailable), and the rest is internal. The
+//! store's own errors keep their variants ([`HubError::Store`]).
 
 use ds_format::ObjectId;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HubError {
     #[error("object storage: {0}")]
     Storage(#[from] object_store::Error),
@@ -29,8 +39,15 @@ pub enum HubError {
     },
     #[error("invalid storage URL {url:?}: {why}")]
     BadUrl { url: String, why: String },
+    /// What a client sent is not acceptable (a bad pack, id or name).
     #[error("{0}")]
-    Invalid(String),
+    Refused(String),
+    /// An object in the bucket is not what a hub wrote.
+    #[error("{0}")]
+    Corrupt(String),
+    /// A bug or a failed task in the hub.
+    #[error("{0}")]
+    Internal(String),
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     /// The hub refused or failed a request; its message says why.

@@ -1,17 +1,16 @@
-//! The ds hub, and the client that talks to it.
+//! The ds hub: the server end of sync.
 //!
 //! A hub keeps everything in object storage ([`storage`]: packs with their
 //! index objects, refs moved by conditional PUT, token grants), so several
 //! hubs can serve one bucket; its local disk holds only a rebuildable
 //! [`cache`] of object locations and its admin token. The gRPC [`service`]
 //! answers the protocol in `ds-proto`; [`verify`] rehashes every uploaded
-//! object before a pack is acknowledged. [`client`] is the other end: push,
-//! pull and clone of a local `ds-store` store, used by the CLI and runners.
+//! object before a pack is acknowledged. The client end (push, pull, clone)
+//! is the `ds-sync` crate, which does not link this one.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod cache;
-pub mod client;
 pub mod conformance;
 pub mod error;
 pub mod server;

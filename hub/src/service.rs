@@ -38,12 +38,29 @@ pub struct SyncService {
     auth: Arc<Auth>,
 }
 
-fn internal(e: HubError) -> Status {
+/// The one place a hub error becomes a gRPC status (see `error.rs`).
+fn status(e: HubError) -> Status {
+    use ds_store::StoreError as S;
+    let m = e.to_string();
     match e {
-        HubError::RefConflict { .. } => Status::failed_precondition(e.to_string()),
-        HubError::Invalid(m) => Status::invalid_argument(m),
-        HubError::Store(ds_store::StoreError::Invalid(m)) => Status::invalid_argument(m),
-        other => Status::internal(other.to_string()),
+        HubError::Refused(_) | HubError::Format(_) => Status::invalid_argument(m),
+        HubError::RefConflict { .. } => Status::failed_precondition(m),
+        HubError::Corrupt(_) => Status::data_loss(m),
+        HubError::Storage(_) | HubError::Transport(_) => Status::unavailable(m),
+        HubError::Rpc(s) => *s,
+        HubError::Store(s) => match s {
+            S::BadInput(_) | S::BadWorkspace { .. } | S::NoSuchPath(_) => {
+                Status::invalid_argument(m)
+            }
+            S::Conflict(_) | S::RefConflict { .. } => Status::failed_precondition(m),
+            S::Locked(_) => Status::unavailable(m),
+            S::Missing { .. } | S::UnknownSnapshot(_) | S::UnknownWorkspace(_) => {
+                Status::not_found(m)
+            }
+            S::Damaged { .. } | S::DamagedPack { .. } | S::Corrupt(_) => Status::data_loss(m),
+            _ => Status::internal(m),
+        },
+        _ => Status::internal(m),
     }
 }
 
@@ -87,18 +104,17 @@ impl SyncService {
 
     /// Locations of `ids`, refreshing the cache once if any is unknown.
     async fn locate(&self, ids: &[ObjectId]) -> Result<Vec<Location>, Status> {
-        let mut out = Vec::with_capacity(ids.len());
-        let mut refreshed = false;
-        for id in ids {
-            let mut loc = self.cache.get(id).map_err(internal)?;
-            if loc.is_none() && !refreshed {
-                self.cache.refresh(&self.storage).await.map_err(internal)?;
-                refreshed = true;
-                loc = self.cache.get(id).map_err(internal)?;
-            }
-            out.push(loc.ok_or_else(|| Status::not_found(format!("the hub has no object {id}")))?);
+        let mut found = self.cache.get_all(ids.to_vec()).await.map_err(status)?;
+        if found.iter().any(Option::is_none) {
+            self.cache.refresh(&self.storage).await.map_err(status)?;
+            found = self.cache.get_all(ids.to_vec()).await.map_err(status)?;
         }
-        Ok(out)
+        ids.iter()
+            .zip(found)
+            .map(|(id, loc)| {
+                loc.ok_or_else(|| Status::not_found(format!("the hub has no object {id}")))
+            })
+            .collect()
     }
 }
 
@@ -182,7 +198,7 @@ impl Sync for SyncService {
         let ws = &req.get_ref().workspace;
         workspace_ok(ws)?;
         grant.require(ws)?;
-        let id = self.storage.get_ref(ws).await.map_err(internal)?;
+        let id = self.storage.get_ref(ws).await.map_err(status)?;
         Ok(Response::new(GetRefReply {
             snapshot: id.map(|i| i.0.to_vec()).unwrap_or_default(),
         }))
@@ -191,21 +207,14 @@ impl Sync for SyncService {
     async fn have(&self, req: Request<HaveRequest>) -> Result<Response<HaveReply>, Status> {
         self.auth.check(&req).await?;
         let ids = ids_of(&req.get_ref().ids)?;
-        let mut bits: Vec<bool> = Vec::with_capacity(ids.len());
-        for id in &ids {
-            bits.push(self.cache.contains(id).map_err(internal)?);
-        }
+        let mut bits = self.cache.contains_all(ids.clone()).await.map_err(status)?;
         if bits.iter().any(|b| !b) {
             // Another hub may have stored them since we last looked.
             self.cache
                 .refresh_if_stale(&self.storage)
                 .await
-                .map_err(internal)?;
-            for (id, b) in ids.iter().zip(bits.iter_mut()) {
-                if !*b {
-                    *b = self.cache.contains(id).map_err(internal)?;
-                }
-            }
+                .map_err(status)?;
+            bits = self.cache.contains_all(ids).await.map_err(status)?;
         }
         Ok(Response::new(HaveReply {
             bitmap: bitmap(bits),
@@ -265,20 +274,18 @@ impl Sync for SyncService {
         })
         .await
         .map_err(|e| Status::internal(format!("verification task: {e}")))?;
-        let verified = verified.map_err(internal)?;
+        let verified = verified.map_err(status)?;
         let stored = self
             .storage
             .put_pack(&id, Bytes::from(data), &verified.trailer)
             .await
             .map_err(|e| Status::unavailable(format!("storing pack {id}: {e}")))?;
+        let objects = verified.entries.len() as u64;
         self.cache
-            .index()
-            .add_pack(&id, &verified.entries)
-            .map_err(|e| internal(e.into()))?;
-        Ok(Response::new(UploadPackReply {
-            objects: verified.entries.len() as u64,
-            stored,
-        }))
+            .add_pack(id, verified.entries)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(UploadPackReply { objects, stored }))
     }
 
     type GetObjectsStream = ReceiverStream<Result<GetObjectsReply, Status>>;
@@ -351,7 +358,7 @@ impl Sync for SyncService {
             .storage
             .swap_ref(&r.workspace, expected, new, r.force)
             .await
-            .map_err(internal)?;
+            .map_err(status)?;
         Ok(Response::new(UpdateRefReply {
             previous: prev.map(|p| p.0.to_vec()).unwrap_or_default(),
         }))
@@ -373,13 +380,13 @@ impl Sync for SyncService {
                 workspace_ok(w)?;
             }
         }
-        let token = new_token().map_err(internal)?;
+        let token = new_token().map_err(status)?;
         let grant = Grant {
             admin: false,
             workspaces: r.workspaces.clone(),
             comment: r.comment.clone(),
         };
-        self.auth.register(&token, &grant).await.map_err(internal)?;
+        self.auth.register(&token, &grant).await.map_err(status)?;
         Ok(Response::new(CreateTokenReply { token }))
     }
 }

@@ -179,12 +179,12 @@ impl Storage {
             .bytes()
             .await?;
         if b.len() < 8 {
-            return Err(HubError::Invalid(format!("pack index {id} is truncated")));
+            return Err(HubError::Corrupt(format!("pack index {id} is truncated")));
         }
         let len = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
         let (got, entries) = decode_trailer(&b[8..], len)?;
         if got != *id {
-            return Err(HubError::Invalid(format!(
+            return Err(HubError::Corrupt(format!(
                 "pack index {id} describes pack {got}"
             )));
         }
@@ -237,7 +237,7 @@ impl Storage {
                             .ok()
                             .and_then(|t| t.trim().parse().ok())
                             .ok_or_else(|| {
-                                HubError::Invalid(format!("ref object {key} is corrupt"))
+                                HubError::Corrupt(format!("ref object {key} is corrupt"))
                             })?;
                         Ok(Some((id, v)))
                     }
@@ -266,7 +266,7 @@ impl Storage {
                 let ws = workspace.to_string();
                 tokio::task::spawn_blocking(move || local_swap(&dir, &ws, expected, new, force))
                     .await
-                    .map_err(|e| HubError::Invalid(format!("ref update task failed: {e}")))?
+                    .map_err(|e| HubError::Internal(format!("ref update task failed: {e}")))?
             }
             RefBackend::Conditional => loop {
                 let current = self.get_ref_versioned(workspace).await?;

@@ -25,7 +25,7 @@ pub struct Verified {
 pub fn verify_pack(claimed: &PackId, data: &[u8], index: &Index) -> Result<Verified> {
     let mut held = |c: &ds_format::ObjectId| index.contains(c).unwrap_or(false);
     let (entries, tstart) = check::verify_pack(claimed, data, &mut held)
-        .map_err(|e| HubError::Invalid(format!("pack {} refused: {e}", claimed.short())))?;
+        .map_err(|e| HubError::Refused(format!("pack {} refused: {e}", claimed.short())))?;
     Ok(Verified {
         entries,
         trailer: data[tstart..].to_vec(),

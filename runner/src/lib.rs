@@ -4,5 +4,7 @@
 //! token; pulling only missing chunks; mounting the workspace; running the
 //! workload in a container (bollard, or a plain process where no engine
 //! exists); recording runs and pushing their snapshots with provenance.
-//! Empty until that work lands: it holds no placeholder behaviour.
+//! Empty until that work lands: it holds no placeholder behaviour. It
+//! builds on `ds-sync` (pull and push) and `ds-fuse` (mounts as a
+//! library), never on the hub's server crate; `scripts/test.sh` checks.
 #![forbid(unsafe_code)]

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 
 use ds_format::ObjectId;
 use ds_format::manifest::FileRef;
-use ds_format::tree::{DirRef, Entry, EntryData};
+use ds_format::tree::{DirRef, Entry, EntryData, EntryType};
 
 use crate::{Result, Store};
 
@@ -39,8 +39,8 @@ pub struct Change {
     /// Relative to the snapshot root, `/`-separated, raw bytes.
     pub path: Vec<u8>,
     pub kind: ChangeKind,
-    /// "file", "dir" or "symlink" (the new type, or the old one if removed).
-    pub entry_type: &'static str,
+    /// The new type, or the old one if removed.
+    pub entry_type: EntryType,
     pub old_size: Option<u64>,
     pub new_size: Option<u64>,
     /// Bytes of content that are new in B (chunks B has that A's file lacked).
@@ -109,7 +109,7 @@ fn whole(
     out.push(Change {
         path: path.clone(),
         kind,
-        entry_type: e.data.kind_name(),
+        entry_type: e.data.entry_type(),
         old_size: (!added).then_some(size),
         new_size: added.then_some(size),
         bytes_changed: size,
@@ -127,7 +127,7 @@ fn both(store: &Store, x: &Entry, y: &Entry, prefix: &[u8], out: &mut Vec<Change
     let change = |kind, bytes| Change {
         path: path.clone(),
         kind,
-        entry_type: y.data.kind_name(),
+        entry_type: y.data.entry_type(),
         old_size: Some(x.size()),
         new_size: Some(y.size()),
         bytes_changed: bytes,

@@ -1,3 +1,16 @@
+//! The storage engine's one error type.
+//!
+//! Rules: a variant names what went wrong for the caller, not which
+//! dependency failed, so the hub can map each to the right gRPC status in
+//! one place and the CLI can tell "you asked for something impossible"
+//! ([`StoreError::BadInput`]) from "someone else is in the way"
+//! ([`StoreError::Conflict`], [`StoreError::Locked`],
+//! [`StoreError::RefConflict`]), "the bytes on disk are wrong"
+//! ([`StoreError::Corrupt`], [`StoreError::Damaged`]) and "this is a bug"
+//! ([`StoreError::Internal`]). A cause with a type keeps it (`#[from]`);
+//! messages name the path or id involved and, where the user can act, what
+//! to do. The enum is `#[non_exhaustive]`: match the variants you handle.
+
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -7,6 +20,7 @@ use thiserror::Error;
 /// Every error the storage engine reports. Variants are semantic (what went
 /// wrong for the user), not per-dependency.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum StoreError {
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
@@ -49,8 +63,25 @@ pub enum StoreError {
     },
     #[error("{0:?} does not exist in the snapshot")]
     NoSuchPath(String),
+    /// The request cannot be done as asked (a bad path, spec or size).
     #[error("{0}")]
-    Invalid(String),
+    BadInput(String),
+    /// Another process or a concurrent change is in the way.
+    #[error("{0}")]
+    Conflict(String),
+    /// Bytes on disk (a ref file, a dirty layer) are not what ds wrote.
+    #[error("{0}")]
+    Corrupt(String),
+    /// The store was opened with too little (or the wrong) access.
+    #[error("{0}")]
+    WrongAccess(&'static str),
+    /// A mount operation failed (an errno, and a detail to log).
+    #[error("{0}")]
+    Mount(#[from] crate::vfs::VfsError),
+    /// A worker thread died or stopped: a bug, or the consequence of an
+    /// error reported first.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl StoreError {

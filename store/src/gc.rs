@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 
-use ds_format::pack::{self, HEADER, PackEntry};
+use ds_format::pack::{Framing, HEADER, PackEntry};
 use ds_format::tree::{DirRef, EntryData};
 use ds_format::{ObjectId, ObjectKind, PackId};
 
@@ -120,7 +120,7 @@ pub fn gc(store: &Store, opts: GcOptions) -> Result<GcReport> {
     store.require_exclusive()?;
     let mut report = GcReport::default();
     let live = reachable(store).map_err(|e| {
-        StoreError::Invalid(format!(
+        StoreError::Corrupt(format!(
             "gc stopped before deleting anything: a reachable object could not be read ({e}); run `ds verify`"
         ))
     })?;
@@ -212,17 +212,13 @@ pub fn gc(store: &Store, opts: GcOptions) -> Result<GcReport> {
 fn repack(store: &Store, from: &[(PackId, Vec<PackEntry>)]) -> Result<u64> {
     let packs = store.packs();
     let mut written = 0;
-    let mut sink = None;
-    let mut entries: Vec<PackEntry> = Vec::new();
-    let mut flush = |sink: &mut Option<Box<dyn crate::packs::PackSink>>,
-                     entries: &mut Vec<PackEntry>|
-     -> Result<()> {
-        if let Some(mut s) = sink.take() {
-            let (id, trailer) = pack::encode_trailer(entries);
+    let mut sink: Option<(Box<dyn crate::packs::PackSink>, Framing)> = None;
+    let mut flush = |sink: &mut Option<(Box<dyn crate::packs::PackSink>, Framing)>| -> Result<()> {
+        if let Some((mut s, framing)) = sink.take() {
+            let (id, trailer, entries) = framing.seal();
             s.write(&trailer)?;
             s.commit(&id)?;
-            store.index().add_pack(&id, entries)?;
-            entries.clear();
+            store.index().add_pack(&id, &entries)?;
             written += 1;
         }
         Ok(())
@@ -248,23 +244,22 @@ fn repack(store: &Store, from: &[(PackId, Vec<PackEntry>)]) -> Result<u64> {
                     why: "content does not match its hash; gc will not copy it".into(),
                 });
             }
-            let s = match &mut sink {
+            let (s, framing) = match &mut sink {
                 Some(s) => s,
                 None => {
                     let mut s = packs.create()?;
                     s.write(&HEADER)?;
-                    sink.insert(s)
+                    sink.insert((s, Framing::new()))
                 }
             };
-            let offset = s.written();
             s.write(&bytes)?;
-            entries.push(PackEntry { offset, ..*e });
+            framing.push(e.id, e.kind, e.stored, e.stored_len, e.raw_len);
             if s.written() >= store.config().pack_size {
-                flush(&mut sink, &mut entries)?;
+                flush(&mut sink)?;
             }
         }
     }
-    flush(&mut sink, &mut entries)?;
+    flush(&mut sink)?;
     store.index().sync()?;
     Ok(written)
 }

@@ -24,7 +24,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use ds_format::manifest::{FileRef, ManifestBuilder};
 use ds_format::snapshot::{Snapshot, SnapshotStats};
@@ -35,7 +34,8 @@ use rayon::prelude::*;
 use crate::index::StatEntry;
 use crate::progress::Progress;
 use crate::refs::validate_workspace;
-use crate::writer::{self, Encoded, PackWriter, Payload, WriteStats};
+use crate::txn::{NewSnapshot, Target, Transaction, now_ns};
+use crate::writer::{Encoded, PackWriter, Payload, WriteStats};
 use crate::{IoContext, Result, Store, StoreError};
 
 /// What to record with a snapshot.
@@ -79,13 +79,6 @@ struct Ingest<'a> {
     warnings: Mutex<Vec<String>>,
 }
 
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 fn mtime_ns(m: &Metadata) -> i64 {
     m.mtime()
         .saturating_mul(1_000_000_000)
@@ -96,12 +89,6 @@ fn ctime_ns(m: &Metadata) -> i64 {
     m.ctime()
         .saturating_mul(1_000_000_000)
         .saturating_add(m.ctime_nsec())
-}
-
-fn hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }
 
 /// Snapshots the directory at `path` into workspace `opts.workspace` and moves
@@ -117,29 +104,24 @@ pub fn snapshot(
     let root = fs::canonicalize(path).at(path)?;
     let meta = fs::metadata(&root).at(&root)?;
     if !meta.is_dir() {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::BadInput(format!(
             "{} is not a directory (ds snapshots directories)",
             root.display()
         )));
     }
     if root.starts_with(store.root()) || store.root().starts_with(&root) {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::BadInput(format!(
             "{} overlaps the store at {}; snapshot a directory outside the store",
             root.display(),
             store.root().display()
         )));
     }
     let parent = store.refs().get(&opts.workspace)?;
-    let session = writer::start(
-        store.packs().clone(),
-        store.index().clone(),
-        store.config().compression,
-        store.config().pack_size,
-    );
+    let txn = Transaction::begin(Target::Borrowed(store))?;
     let started = now_ns();
     let ing = Ingest {
         store,
-        writer: session.writer().clone(),
+        writer: txn.writer().clone(),
         progress,
         no_cache: opts.no_cache,
         cache_before_ns: started - 1_000_000_000,
@@ -155,13 +137,11 @@ pub fn snapshot(
     };
     let rd = fs::read_dir(&root).at(&root)?;
     let tree = ing.dir(&root, rd)?;
-    let snap = Snapshot {
+    let (id, snap) = txn.put_snapshot(NewSnapshot {
         root: tree,
-        parents: parent.into_iter().collect(),
-        time_ns: started,
+        parent,
         workspace: opts.workspace.clone(),
         source: root.as_os_str().as_bytes().to_vec(),
-        hostname: hostname(),
         message: opts.message.clone(),
         metadata: opts.metadata.clone(),
         stats: SnapshotStats {
@@ -170,11 +150,8 @@ pub fn snapshot(
             symlinks: ing.symlinks.load(Ordering::Relaxed),
             bytes: ing.bytes.load(Ordering::Relaxed),
         },
-    };
-    let bytes = snap.encode();
-    let id = ObjectKind::Snapshot.hash(&bytes);
-    ing.writer
-        .put(ObjectKind::Snapshot, id, Payload::Owned(bytes))?;
+        time_ns: Some(started),
+    })?;
     let Ingest {
         writer: w,
         files_read,
@@ -184,12 +161,8 @@ pub fn snapshot(
         ..
     } = ing;
     drop(w);
-    // Durability barrier 1: packs committed and indexed.
-    let written = session.finish()?;
-    // Barrier 2: the index (and the stat cache) are on disk.
-    store.index().sync()?;
-    // Barrier 3: the ref moves.
-    store.refs().swap(&opts.workspace, parent, id)?;
+    // The durability barriers (packs, index and stat cache, then the ref).
+    let written = txn.commit(&opts.workspace, parent, id)?;
     Ok(SnapshotReport {
         id,
         snapshot: snap,

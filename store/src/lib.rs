@@ -33,6 +33,7 @@ pub mod refs;
 pub mod resolve;
 pub mod restore;
 mod store;
+pub mod txn;
 pub mod verify;
 pub mod vfs;
 pub mod writer;

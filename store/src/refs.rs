@@ -38,6 +38,52 @@ pub fn validate_workspace(name: &str) -> Result<()> {
     })
 }
 
+/// A workspace name, checked once ([`validate_workspace`]) where it enters
+/// the program (a CLI argument, a gRPC field), so that everything past that
+/// edge holds a name that is safe as a file name under `refs/` and
+/// `mounts/`. Derefs to `str`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct WorkspaceName(String);
+
+impl WorkspaceName {
+    pub fn new(name: impl Into<String>) -> Result<WorkspaceName> {
+        let name = name.into();
+        validate_workspace(&name)?;
+        Ok(WorkspaceName(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for WorkspaceName {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        WorkspaceName::new(s)
+    }
+}
+
+impl std::ops::Deref for WorkspaceName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for WorkspaceName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for WorkspaceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The refs directory of a store.
 #[derive(Debug)]
 pub struct Refs {
@@ -54,7 +100,7 @@ impl Refs {
         let path = self.dir.join(name);
         match fs::read_to_string(&path) {
             Ok(s) => s.trim().parse().map(Some).map_err(|_| {
-                StoreError::Invalid(format!("ref file {} is corrupt", path.display()))
+                StoreError::Corrupt(format!("ref file {} is corrupt", path.display()))
             }),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).at(&path),
@@ -130,6 +176,17 @@ impl Refs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workspace_names_are_checked_once_and_read_as_str() {
+        let w: WorkspaceName = "logs".parse().unwrap();
+        assert_eq!(&*w, "logs");
+        assert_eq!(serde_json::to_string(&w).unwrap(), "\"logs\"");
+        for bad in ["", "../etc", "a/b", ".hidden", "-x", "sp ace", "nul\0"] {
+            let e = bad.parse::<WorkspaceName>().unwrap_err();
+            assert!(matches!(e, StoreError::BadWorkspace { .. }), "{bad:?}: {e}");
+        }
+    }
 
     #[test]
     fn cas_and_names() {

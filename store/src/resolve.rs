@@ -13,12 +13,12 @@ pub fn resolve(store: &Store, spec: &str) -> Result<ObjectId> {
     if let Some((ws, n)) = spec.rsplit_once('~') {
         let steps: usize = n
             .parse()
-            .map_err(|_| StoreError::Invalid(format!("{spec:?}: expected W~N with N a number")))?;
+            .map_err(|_| StoreError::BadInput(format!("{spec:?}: expected W~N with N a number")))?;
         let mut id = head(store, ws)?;
         for i in 0..steps {
             let s = store.load_snapshot(&id)?;
             id = *s.parents.first().ok_or_else(|| {
-                StoreError::Invalid(format!(
+                StoreError::BadInput(format!(
                     "{spec:?}: workspace {ws:?} has only {} snapshots",
                     i + 1
                 ))

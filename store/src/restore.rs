@@ -86,7 +86,7 @@ pub fn restore(
     match fs::read_dir(dest) {
         Ok(mut rd) => {
             if rd.next().is_some() {
-                return Err(StoreError::Invalid(format!(
+                return Err(StoreError::BadInput(format!(
                     "{} is not empty; restore into a new or empty directory",
                     dest.display()
                 )));

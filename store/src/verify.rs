@@ -208,7 +208,7 @@ impl Walker<'_> {
     /// Checks an object without reading it (chunks were rehashed in step 1).
     fn present(&mut self, id: &ObjectId, kind: ObjectKind, path: &str) -> Result<bool> {
         if self.bad.contains_key(id) {
-            self.problem(id, StoreError::Invalid(String::new()), path);
+            self.problem(id, StoreError::Internal(String::new()), path);
             return Ok(false);
         }
         if self.store.locate(id)?.is_none() {

@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use ds_format::config::Compression;
-use ds_format::pack::{self, HEADER, PackEntry, Stored};
+use ds_format::pack::{self, Framing, HEADER, PackEntry, Stored};
 use ds_format::{ObjectId, ObjectKind, PackId};
 
 use crate::index::Index;
@@ -139,7 +139,7 @@ pub fn start_with(
             if let Err(e) = &r {
                 f2.lock()
                     .expect("poisoned")
-                    .get_or_insert(StoreError::Invalid(e.to_string()));
+                    .get_or_insert(StoreError::Internal(e.to_string()));
             }
             drop(rx);
             r
@@ -171,7 +171,7 @@ impl WriterSession {
             .take()
             .expect("joined once")
             .join()
-            .map_err(|_| StoreError::Invalid("pack writer thread panicked".into()))?;
+            .map_err(|_| StoreError::Internal("pack writer thread panicked".into()))?;
         if let Some(e) = self.failed.lock().expect("poisoned").take()
             && r.is_ok()
         {
@@ -235,7 +235,7 @@ impl PackWriter {
         let raw_len = u32::try_from(raw.len())
             .ok()
             .filter(|l| *l <= pack::MAX_OBJECT)
-            .ok_or_else(|| StoreError::Invalid(format!("object {id} too large")))?;
+            .ok_or_else(|| StoreError::BadInput(format!("object {id} too large")))?;
         let (stored, data) = match self.compression {
             Compression::Zstd { level } if raw.len() >= 512 && !looks_incompressible(raw) => {
                 match zstd::bulk::compress(raw, level) {
@@ -267,15 +267,15 @@ impl PackWriter {
 
     fn failure(&self) -> StoreError {
         match self.failed.lock().expect("poisoned").as_ref() {
-            Some(e) => StoreError::Invalid(format!("pack writer failed: {e}")),
-            None => StoreError::Invalid("pack writer stopped".into()),
+            Some(e) => StoreError::Internal(format!("pack writer failed: {e}")),
+            None => StoreError::Internal("pack writer stopped".into()),
         }
     }
 }
 
 struct OpenPack {
     sink: Box<dyn PackSink>,
-    entries: Vec<PackEntry>,
+    framing: Framing,
 }
 
 struct Sealed {
@@ -327,21 +327,20 @@ fn write_loop(
                     sink.write(&HEADER)?;
                     open.insert(OpenPack {
                         sink,
-                        entries: Vec::new(),
+                        framing: Framing::new(),
                     })
                 }
             };
             let bytes = put.data.as_slice();
-            let offset = p.sink.written();
+            debug_assert_eq!(p.sink.written(), p.framing.len());
             p.sink.write(bytes)?;
-            p.entries.push(PackEntry {
-                id: put.id,
-                kind: put.kind,
-                stored: put.stored,
-                offset,
-                stored_len: bytes.len() as u32,
-                raw_len: put.raw_len,
-            });
+            p.framing.push(
+                put.id,
+                put.kind,
+                put.stored,
+                bytes.len() as u32,
+                put.raw_len,
+            );
             pending.lock().expect("poisoned").insert(put.id);
             stats.objects += 1;
             stats.raw_bytes += u64::from(put.raw_len);
@@ -361,7 +360,7 @@ fn write_loop(
     drop(stx);
     let synced = syncer
         .join()
-        .map_err(|_| StoreError::Invalid("pack syncer thread panicked".into()))?;
+        .map_err(|_| StoreError::Internal("pack syncer thread panicked".into()))?;
     // The syncer's error is the root cause when both failed.
     synced?;
     result?;
@@ -369,12 +368,12 @@ fn write_loop(
 }
 
 fn seal(mut p: OpenPack, stx: &Sender<Sealed>) -> Result<()> {
-    let (id, trailer) = pack::encode_trailer(&p.entries);
+    let (id, trailer, entries) = p.framing.seal();
     p.sink.write(&trailer)?;
     stx.send(Sealed {
         sink: p.sink,
         id,
-        entries: p.entries,
+        entries,
     })
-    .map_err(|_| StoreError::Invalid("pack syncer stopped (see the previous error)".into()))
+    .map_err(|_| StoreError::Internal("pack syncer stopped (see the previous error)".into()))
 }

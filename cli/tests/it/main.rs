@@ -2,6 +2,7 @@
 //! ripgrep's layout); helpers live here, scenarios in modules.
 
 mod cli;
+mod compat;
 mod crash;
 mod damage;
 mod malicious;

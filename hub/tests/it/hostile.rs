@@ -76,8 +76,7 @@ async fn start_hub() -> Hub {
     }
 }
 
-type Client =
-    SyncClient<tonic::service::interceptor::InterceptedService<Channel, ds_hub::client::Bearer>>;
+type Client = SyncClient<tonic::service::interceptor::InterceptedService<Channel, ds_sync::Bearer>>;
 
 async fn client(addr: std::net::SocketAddr, token: &str) -> Client {
     let ch = Channel::from_shared(format!("http://{addr}"))
@@ -85,7 +84,7 @@ async fn client(addr: std::net::SocketAddr, token: &str) -> Client {
         .connect()
         .await
         .unwrap();
-    let bearer = ds_hub::client::Bearer::new(token);
+    let bearer = ds_sync::Bearer::new(token).unwrap();
     SyncClient::with_interceptor(ch, bearer).max_encoding_message_size(64 << 20)
 }
 
@@ -262,10 +261,9 @@ async fn hostile_clients_are_refused_and_nothing_changes() {
         Code::InvalidArgument,
         "",
     );
-    let mut admin =
-        ds_hub::client::Remote::connect(&format!("http://{}", hub.addr), &hub.admin, None)
-            .await
-            .unwrap();
+    let mut admin = ds_sync::Remote::connect(&format!("http://{}", hub.addr), &hub.admin, None)
+        .await
+        .unwrap();
     let limited = admin
         .create_token(vec!["a".into()], "test".into())
         .await
@@ -282,7 +280,7 @@ async fn hostile_clients_are_refused_and_nothing_changes() {
         Code::PermissionDenied,
         "limited to: a",
     );
-    let mut lr = ds_hub::client::Remote::connect(&format!("http://{}", hub.addr), &limited, None)
+    let mut lr = ds_sync::Remote::connect(&format!("http://{}", hub.addr), &limited, None)
         .await
         .unwrap();
     assert!(

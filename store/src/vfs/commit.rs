@@ -20,7 +20,7 @@
 //! Latency: opening the index for writing (RocksDB's primary) costs about
 //! 10 ms of CPU, as much as re-chunking a megabyte-sized change, and more
 //! when it must replay a large log. A mount therefore appends
-//! ([`Target::Append`]): under the writer lock, through its own reader
+//! ([`Target::Append`], see `txn.rs`): under the writer lock, through its own reader
 //! index and the store's journal (see `journal.rs`), so a snapshot pays
 //! only for what changed plus a few fsyncs.
 
@@ -35,58 +35,10 @@ use ds_format::{ObjectId, ObjectKind};
 use super::cache::{ChunkList, ChunkPos};
 use super::node::Content;
 use super::{Ino, Vfs, now_ns};
-use crate::writer::{self, PackWriter, Payload, WriteStats};
-use crate::{Appender, Result, Store, StoreError};
-
-/// How a commit writes.
-#[derive(Debug)]
-pub enum Target {
-    /// Through this store, opened with `Access::Write` (the index's primary).
-    Open(Box<Store>),
-    /// Through the mount's own reader store, appending under the writer
-    /// lock ([`Store::append`] on `Vfs::store`, taken before freezing the
-    /// mount so that waiting for another writer does not stall it); new
-    /// packs are recorded in the journal.
-    Append(Appender),
-}
-
-impl Target {
-    fn store(&self) -> &Store {
-        match self {
-            Target::Open(s) => s,
-            Target::Append(a) => a.store(),
-        }
-    }
-
-    fn start(&self) -> writer::WriterSession {
-        let s = self.store();
-        let catalog: Arc<dyn writer::Catalog> = match self {
-            Target::Open(s) => s.index().clone(),
-            Target::Append(a) => a.catalog(),
-        };
-        writer::start_with(
-            s.packs().clone(),
-            catalog,
-            s.config().compression,
-            s.config().pack_size,
-        )
-    }
-
-    /// After the packs are committed: make them findable (durable), then
-    /// move the ref.
-    fn publish(&self, ws: &str, parent: Option<ObjectId>, id: ObjectId) -> Result<()> {
-        match self {
-            Target::Open(s) => {
-                s.index().sync()?;
-                s.refs().swap(ws, parent, id)
-            }
-            Target::Append(a) => {
-                a.sync()?;
-                a.refs().swap(ws, parent, id)
-            }
-        }
-    }
-}
+pub use crate::txn::Target;
+use crate::txn::{NewSnapshot, Transaction};
+use crate::writer::{PackWriter, Payload, WriteStats};
+use crate::{Result, StoreError};
 
 /// What to record with a snapshot of a mount.
 #[derive(Debug, Clone, Default)]
@@ -173,14 +125,8 @@ impl Ctx {
     }
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
 fn vfs_err(e: super::VfsError) -> StoreError {
-    StoreError::Invalid(e.to_string())
+    StoreError::Mount(e)
 }
 
 impl Vfs {
@@ -190,28 +136,26 @@ impl Vfs {
     /// workspace ref by compare-and-swap against the mount's base, then
     /// continues on the new snapshot (inode numbers are kept) and
     /// checkpoints the now-empty dirty layer.
-    pub fn commit(&mut self, target: Target, opts: &CommitOptions) -> Result<CommitReport> {
+    pub fn commit(&mut self, target: Target<'_>, opts: &CommitOptions) -> Result<CommitReport> {
         let ws = match &self.rw {
             Some(rw) => rw.workspace.clone(),
             None => {
-                return Err(StoreError::Invalid(
+                return Err(StoreError::BadInput(
                     "a read-only mount has nothing to snapshot".into(),
                 ));
             }
         };
         let parent = (self.base != ObjectId::ZERO).then_some(self.base);
-        match &target {
-            Target::Open(s) => s.require_write()?,
-            Target::Append(a) if !Arc::ptr_eq(a.store(), &self.store) => {
-                return Err(StoreError::Invalid(
-                    "a mount appends through its own store".into(),
-                ));
-            }
-            Target::Append(_) => {}
+        if let Target::Append(a) = &target
+            && !Arc::ptr_eq(a.store(), &self.store)
+        {
+            return Err(StoreError::Internal(
+                "a mount appends through its own store".into(),
+            ));
         }
-        let session = target.start();
+        let txn = Transaction::begin(target)?;
         let mut ctx = Ctx {
-            writer: session.writer().clone(),
+            writer: txn.writer().clone(),
             updates: Vec::new(),
             files: 0,
             bytes_read: 0,
@@ -219,21 +163,16 @@ impl Vfs {
         };
         let (root, delta) = self.commit_dir(Ino::ROOT.0, &mut ctx)?;
         let stats = delta.apply(self.base_stats);
-        let snap = Snapshot {
+        let (id, snap) = txn.put_snapshot(NewSnapshot {
             root,
-            parents: parent.into_iter().collect(),
-            time_ns: now_ns(),
+            parent,
             workspace: ws.clone(),
             source: opts.source.clone(),
-            hostname: hostname(),
             message: opts.message.clone(),
             metadata: opts.metadata.clone(),
             stats,
-        };
-        let bytes = snap.encode();
-        let id = ObjectKind::Snapshot.hash(&bytes);
-        ctx.writer
-            .put(ObjectKind::Snapshot, id, Payload::Owned(bytes))?;
+            time_ns: Some(now_ns()),
+        })?;
         let Ctx {
             writer: pw,
             updates,
@@ -244,11 +183,9 @@ impl Vfs {
         } = ctx;
         drop(pw);
         // The durability barriers of ARCHITECTURE.md: packs, then their
-        // index entries (or journal markers), then the ref.
-        let written = session.finish()?;
-        target.publish(&ws, parent, id)?;
-        // The writer lock is released before the checkpoint below.
-        drop(target);
+        // index entries (or journal markers), then the ref; the writer
+        // lock (an appender's) is released before the checkpoint below.
+        let written = txn.commit(&ws, parent, id)?;
         self.apply_updates(updates);
         self.base = id;
         self.base_stats = stats;

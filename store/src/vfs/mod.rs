@@ -103,7 +103,10 @@ impl std::error::Error for VfsError {}
 
 impl From<StoreError> for VfsError {
     fn from(e: StoreError) -> Self {
-        VfsError::io(e.to_string())
+        match e {
+            StoreError::Mount(v) => v,
+            e => VfsError::io(e.to_string()),
+        }
     }
 }
 

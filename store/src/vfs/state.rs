@@ -88,7 +88,7 @@ enum SavedNode {
 fn parse_id(hex: &str) -> Result<ObjectId> {
     ds_format::id::parse_hex(hex)
         .and_then(|b| ObjectId::from_slice(&b))
-        .ok_or_else(|| StoreError::Invalid(format!("dirty layer: bad object id {hex:?}")))
+        .ok_or_else(|| StoreError::Corrupt(format!("dirty layer: bad object id {hex:?}")))
 }
 
 /// Where a workspace's dirty layer lives.
@@ -123,7 +123,7 @@ impl Vfs {
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                return Err(StoreError::Invalid(format!(
+                return Err(StoreError::Conflict(format!(
                     "workspace {workspace:?} is already mounted read-write by another process"
                 )));
             }
@@ -134,7 +134,7 @@ impl Vfs {
         let saved: Option<Saved> = match fs::read(&state_path) {
             Ok(b) => Some(
                 serde_json::from_slice(&b)
-                    .map_err(|e| StoreError::Invalid(format!("{}: {e}", state_path.display())))?,
+                    .map_err(|e| StoreError::Corrupt(format!("{}: {e}", state_path.display())))?,
             ),
             Err(e) if e.kind() == ErrorKind::NotFound => None,
             Err(e) => return Err(e).at(&state_path),
@@ -143,14 +143,14 @@ impl Vfs {
         let saved = match saved {
             Some(_) if discard => None,
             Some(s) if s.version != STATE_VERSION => {
-                return Err(StoreError::Invalid(format!(
+                return Err(StoreError::Corrupt(format!(
                     "{}: dirty layer version {} not understood",
                     state_path.display(),
                     s.version
                 )));
             }
             Some(s) if s.base != head_hex => {
-                return Err(StoreError::Invalid(format!(
+                return Err(StoreError::Conflict(format!(
                     "the dirty layer of workspace {workspace:?} was based on snapshot {} but the \
                      workspace is now at {}; mount with --discard-dirty to drop the unsnapshotted \
                      changes in {}",
@@ -216,8 +216,7 @@ impl Vfs {
                 rw.garbage.retain(|g| !used.contains(g));
             }
         }
-        v.checkpoint()
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        v.checkpoint().map_err(StoreError::Mount)?;
         Ok(v)
     }
 
@@ -305,7 +304,7 @@ impl Vfs {
                     None => None,
                 };
                 if !extents.is_empty() && overlay.is_none() {
-                    return Err(StoreError::Invalid(
+                    return Err(StoreError::Corrupt(
                         "dirty layer: dirty ranges without an overlay file".into(),
                     ));
                 }

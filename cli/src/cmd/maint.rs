@@ -1,0 +1,125 @@
+//! Store upkeep: `verify` (rehash everything, report damage), `gc` (delete
+//! what no snapshot reaches), `forget` (drop a workspace's ref, leaving its
+//! data to `gc`) and `reindex` (rebuild the local index from the packs).
+//! Grouped because they are about the store's health, not its content.
+
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use ds_store::gc::{self, GcOptions};
+use ds_store::resolve::head;
+use ds_store::{Store, verify};
+
+use super::json::{GcJson, VerifyJson};
+use super::{JsonArgs, print_json};
+use crate::fmt;
+use crate::progress::Bar;
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// Workspace to forget
+    workspace: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Report what would be freed without deleting anything
+    #[arg(long)]
+    dry_run: bool,
+    /// Rewrite packs in which more than this percentage of bytes is garbage
+    #[arg(long, default_value_t = 5.0)]
+    max_unused: f64,
+    /// Print JSON on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn verify(store: &Store, a: JsonArgs) -> Result<ExitCode> {
+    let bar = Bar::new("verify");
+    let r = verify::verify(store, &bar.progress)?;
+    drop(bar);
+    if a.json {
+        print_json(&VerifyJson::new(&r))?;
+    } else {
+        for p in &r.problems {
+            println!("DAMAGED: {}", p.message);
+            for path in &p.paths {
+                println!("  affects {path}");
+            }
+        }
+        println!(
+            "checked {} packs ({}), {} objects, {} snapshots: {}",
+            r.packs,
+            fmt::bytes(r.bytes),
+            r.objects,
+            r.snapshots,
+            if r.problems.is_empty() {
+                "no problems".to_string()
+            } else {
+                format!("{} problems", r.problems.len())
+            }
+        );
+        if r.unindexed_packs > 0 {
+            println!(
+                "{} packs are not indexed (left by an interrupted snapshot; `ds gc` removes them)",
+                r.unindexed_packs
+            );
+        }
+    }
+    Ok(if r.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+pub(super) fn gc(store: &Store, a: GcArgs) -> Result<ExitCode> {
+    if !(0.0..=100.0).contains(&a.max_unused) {
+        bail!("--max-unused must be a percentage between 0 and 100");
+    }
+    let r = gc::gc(
+        store,
+        GcOptions {
+            max_unused: a.max_unused / 100.0,
+            dry_run: a.dry_run,
+        },
+    )?;
+    for d in &r.damaged_packs_kept {
+        eprintln!("ds: warning: kept damaged pack: {d}");
+    }
+    if a.json {
+        print_json(&GcJson::new(a.dry_run, &r))?;
+    } else {
+        let verb = if a.dry_run { "would free" } else { "freed" };
+        println!(
+            "gc {verb} {} ({} packs deleted, {} repacked, {} objects removed, {} temporary files removed); {} objects reachable",
+            fmt::bytes(r.bytes_freed),
+            r.packs_deleted,
+            r.packs_repacked,
+            r.objects_removed,
+            r.temp_files_removed,
+            r.reachable_objects
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opened for writing by the caller, like every ref change.
+pub(super) fn forget(s: &Store, a: ForgetArgs) -> Result<ExitCode> {
+    let id = head(s, &a.workspace)?;
+    s.refs().delete(&a.workspace, id)?;
+    eprintln!(
+        "ds: forgot workspace {} (was at {}); run `ds gc` to free its data",
+        a.workspace,
+        id.short()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opened exclusively by the caller: nothing may write while the index is rebuilt.
+pub(super) fn reindex(s: &Store) -> Result<ExitCode> {
+    let n = s.rebuild_index()?;
+    eprintln!("ds: indexed {n} packs");
+    Ok(ExitCode::SUCCESS)
+}

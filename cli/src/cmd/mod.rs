@@ -1,0 +1,84 @@
+//! The `ds` subcommands: this file dispatches each [`Command`] to its body
+//! and holds what every body shares (opening the store, printing JSON).
+//!
+//! The bodies live one group per file, each beside its argument struct, so a
+//! command reads top to bottom in one place; every `--json` shape lives in
+//! [`json`], because tests outside the project parse them and a shape that
+//! drifts must show up in one file's diff.
+
+mod browse;
+mod init;
+mod json;
+mod maint;
+mod restore;
+mod snapshot;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+use ds_store::Access;
+
+use crate::open::open;
+use serde::Serialize;
+
+use crate::Command;
+
+pub use browse::{CatArgs, DiffArgs, LogArgs, LsArgs};
+pub use init::InitArgs;
+pub use json::live_snapshot_json;
+pub use maint::{ForgetArgs, GcArgs};
+pub use restore::RestoreArgs;
+pub use snapshot::SnapshotArgs;
+
+/// Arguments of a command whose only option is `--json`.
+#[derive(Debug, Args)]
+pub struct JsonArgs {
+    /// Print JSON on stdout instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints `v` as one pretty JSON document on stdout.
+///
+/// Goes through [`serde_json::Value`] so the bytes are exactly what the
+/// former `json!` values printed (same key order, same number forms).
+pub(crate) fn print_json<T: Serialize + ?Sized>(v: &T) -> Result<()> {
+    let v = serde_json::to_value(v)?;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, &v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Raw bytes (names, paths, targets) as text, invalid UTF-8 replaced.
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub fn run(store_path: &Path, cmd: Command) -> Result<ExitCode> {
+    match cmd {
+        Command::Init(a) => init::init(store_path, a),
+        Command::Snapshot(a) => snapshot::snapshot(store_path, a),
+        Command::Log(a) => browse::log(&open(store_path, Access::Read)?, a),
+        Command::Workspaces(a) => browse::workspaces(&open(store_path, Access::Read)?, a),
+        Command::Ls(a) => browse::ls(&open(store_path, Access::Read)?, a),
+        Command::Cat(a) => browse::cat(&open(store_path, Access::Read)?, a),
+        Command::Diff(a) => browse::diff(&open(store_path, Access::Read)?, a),
+        Command::Restore(a) => restore::restore(&open(store_path, Access::Read)?, a),
+        Command::Verify(a) => maint::verify(&open(store_path, Access::Read)?, a),
+        Command::Gc(a) => maint::gc(&open(store_path, Access::Exclusive)?, a),
+        Command::Forget(a) => maint::forget(&open(store_path, Access::Write)?, a),
+        Command::Mount(a) => crate::mount::mount(store_path, a),
+        Command::Umount(a) => crate::mount::umount(store_path, a),
+        Command::Push(a) => crate::sync::push(store_path, a),
+        Command::Pull(a) => crate::sync::pull(store_path, a),
+        Command::Clone(a) => crate::sync::clone(store_path, a),
+        Command::Remote(a) => crate::sync::remote(store_path, a),
+        Command::Token(a) => crate::sync::token(store_path, a),
+        Command::Hub(a) => crate::sync::hub(a),
+        Command::Reindex => maint::reindex(&open(store_path, Access::Exclusive)?),
+    }
+}

@@ -1,0 +1,220 @@
+//! Push: send a workspace's new objects to the hub as packs, then move
+//! the hub's ref by compare-and-swap.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ds_format::pack::{Framing, HEADER};
+use ds_format::{ObjectId, ObjectKind, PackId};
+use ds_store::refs::WorkspaceName;
+use ds_store::{Store, dag};
+
+use crate::descent::Descent;
+use crate::remote::Remote;
+use crate::{Event, Progress, Result, Side, SyncError, SyncReport, blocking};
+
+/// Pushes workspace `ws` of `store` to the hub. Refuses, unless `force`,
+/// when the hub's head is not in the local history of `ws`.
+pub async fn push(
+    store: Arc<Store>,
+    remote: &mut Remote,
+    ws: &WorkspaceName,
+    force: bool,
+    progress: Progress<'_>,
+) -> Result<SyncReport> {
+    let head = {
+        let (st, w) = (store.clone(), ws.to_string());
+        blocking(move || Ok(st.refs().get(&w)?)).await?
+    }
+    .ok_or_else(|| SyncError::NoWorkspace {
+        workspace: ws.to_string(),
+        side: Side::Local,
+    })?;
+    let theirs = remote.get_ref(ws).await?;
+    let mut rep = SyncReport {
+        workspace: ws.to_string(),
+        snapshot: head,
+        previous: theirs,
+        forced: force,
+        ..Default::default()
+    };
+    if let Some(t) = theirs
+        && t != head
+        && !force
+    {
+        let st = store.clone();
+        if !blocking(move || Ok(dag::is_ancestor(&st, &t, &head)?)).await? {
+            return Err(SyncError::Diverged {
+                workspace: ws.to_string(),
+                ours: head,
+                theirs: t,
+                message: format!(
+                    "the hub's {ws} is at {}, which is not in your history of {ws} (someone \
+                     else pushed, or you rewrote it); pull and redo your work on top, or push \
+                     --force to replace the hub's {ws} with yours (its snapshots stay on the hub \
+                     but leave {ws}'s history)",
+                    t.short()
+                ),
+            });
+        }
+    }
+    // Descend: only children of objects the hub lacks are asked about.
+    let mut walk = Descent::new(head);
+    let mut lacking: HashMap<ObjectId, ObjectKind> = HashMap::new();
+    while let Some((level, objs)) = walk.next_level() {
+        progress(Event::Level {
+            level,
+            asked: objs.len(),
+        });
+        let ids: Vec<ObjectId> = objs.iter().map(|(i, _)| *i).collect();
+        let held = remote.have(&ids).await?;
+        let mut nodes = Vec::new();
+        for ((id, kind), h) in objs.into_iter().zip(held) {
+            if h {
+                rep.chunks_skipped += u64::from(kind == ObjectKind::Chunk);
+                continue;
+            }
+            lacking.insert(id, kind);
+            if kind != ObjectKind::Chunk {
+                nodes.push((id, kind));
+            }
+        }
+        let st = store.clone();
+        let raws = blocking(move || {
+            nodes
+                .into_iter()
+                .map(|(id, kind)| Ok((id, kind, st.read_object(&id, kind)?)))
+                .collect::<Result<Vec<_>>>()
+        })
+        .await?;
+        for (id, kind, raw) in raws {
+            walk.expand(id, kind, &raw)?;
+        }
+    }
+    let order: Vec<(ObjectId, ObjectKind)> = walk
+        .post_order()
+        .into_iter()
+        .filter_map(|id| lacking.get(&id).map(|k| (id, *k)))
+        .collect();
+    let chunks = order
+        .iter()
+        .filter(|(_, k)| *k == ObjectKind::Chunk)
+        .count() as u64;
+    progress(Event::Transfer {
+        objects: order.len() as u64,
+        chunks,
+    });
+    if !order.is_empty() {
+        upload(&store, remote, order, &mut rep, progress).await?;
+    }
+    if theirs == Some(head) {
+        rep.up_to_date = true;
+    } else {
+        remote.update_ref(ws, theirs, head, force).await?;
+    }
+    rep.round_trips = remote.round_trips;
+    Ok(rep)
+}
+
+/// A pack built for upload.
+struct Built {
+    id: PackId,
+    data: Vec<u8>,
+    objects: u64,
+    chunks: u64,
+}
+
+/// Builds packs from the local stored bytes on a thread (no
+/// recompression) while the previous pack uploads; packs go up one at a
+/// time, in order, so the hub holds only complete subtrees at any moment.
+async fn upload(
+    store: &Arc<Store>,
+    remote: &mut Remote,
+    order: Vec<(ObjectId, ObjectKind)>,
+    rep: &mut SyncReport,
+    progress: Progress<'_>,
+) -> Result<()> {
+    let target = store.config().pack_size.min(ds_proto::MAX_PACK / 2);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Built>>(1);
+    let st = store.clone();
+    let producer = std::thread::Builder::new()
+        .name("ds-push-packer".into())
+        .spawn(move || {
+            let mut pack = PackBuilder::default();
+            for (id, kind) in order {
+                if let Err(e) = pack.add(&st, id, kind) {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+                if pack.framing.len() >= target && tx.blocking_send(Ok(pack.build())).is_err() {
+                    return;
+                }
+            }
+            if !pack.framing.is_empty() {
+                let _ = tx.blocking_send(Ok(pack.build()));
+            }
+        })
+        .map_err(|e| SyncError::Internal(format!("starting the pack builder: {e}")))?;
+    while let Some(b) = rx.recv().await {
+        let b = b?;
+        let len = b.data.len() as u64;
+        remote.upload_pack(&b.id, b.data).await?;
+        rep.bytes_sent += len;
+        rep.packs_sent += 1;
+        rep.objects_sent += b.objects;
+        rep.chunks_sent += b.chunks;
+        progress(Event::Moved {
+            bytes: len,
+            chunks: b.chunks,
+        });
+    }
+    producer
+        .join()
+        .map_err(|_| SyncError::Internal("the pack builder thread panicked".into()))?;
+    Ok(())
+}
+
+/// One pack being assembled from stored bytes.
+struct PackBuilder {
+    data: Vec<u8>,
+    framing: Framing,
+    chunks: u64,
+}
+
+impl Default for PackBuilder {
+    fn default() -> Self {
+        PackBuilder {
+            data: HEADER.to_vec(),
+            framing: Framing::new(),
+            chunks: 0,
+        }
+    }
+}
+
+impl PackBuilder {
+    fn add(&mut self, store: &Store, id: ObjectId, kind: ObjectKind) -> Result<()> {
+        let (loc, bytes) = store.read_stored(&id, kind)?;
+        self.framing
+            .push(id, kind, loc.stored, loc.stored_len, loc.raw_len);
+        self.data.extend_from_slice(&bytes);
+        self.chunks += u64::from(kind == ObjectKind::Chunk);
+        Ok(())
+    }
+
+    /// The finished pack; leaves an empty one in its place.
+    fn build(&mut self) -> Built {
+        let PackBuilder {
+            mut data,
+            framing,
+            chunks,
+        } = std::mem::take(self);
+        let (id, trailer, entries) = framing.seal();
+        data.extend_from_slice(&trailer);
+        Built {
+            id,
+            data,
+            objects: entries.len() as u64,
+            chunks,
+        }
+    }
+}

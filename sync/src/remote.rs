@@ -1,0 +1,213 @@
+//! A connection to a hub: one method per RPC, each counting its round trip.
+
+use std::path::Path;
+
+use ds_format::{ObjectId, PackId};
+use ds_proto::v1::sync_client::SyncClient;
+use ds_proto::v1::{
+    CreateTokenRequest, GetObjectsReply, GetObjectsRequest, GetRefRequest, HaveRequest,
+    HelloRequest, PackHeader, UpdateRefRequest, UploadPackRequest, upload_pack_request,
+};
+use ds_proto::{MAX_MESSAGE, PROTOCOL, UPLOAD_PIECE, bit, join_ids};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Request, Status, Streaming};
+
+use crate::error::{Result, SyncError};
+
+/// Adds the bearer token to every request.
+#[derive(Debug, Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl Bearer {
+    /// Fails if the token holds characters an HTTP header cannot.
+    pub fn new(token: &str) -> Result<Bearer> {
+        format!("Bearer {token}")
+            .parse()
+            .map(Bearer)
+            .map_err(|_| SyncError::BadToken)
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// A connection to a hub, counting round trips.
+#[derive(Debug)]
+pub struct Remote {
+    client: SyncClient<InterceptedService<Channel, Bearer>>,
+    max_batch: usize,
+    pub round_trips: u64,
+}
+
+/// The whole chain of causes: tonic's own message is just "transport error".
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut why = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        why = format!("{why}: {s}");
+        src = s.source();
+    }
+    why
+}
+
+impl Remote {
+    /// Connects and checks the protocol version. `https://` URLs use TLS,
+    /// trusting the system's CAs and `ca` (PEM) when given.
+    pub async fn connect(url: &str, token: &str, ca: Option<&Path>) -> Result<Remote> {
+        crate::install_crypto_provider();
+        let bad_url = |why: String| SyncError::BadUrl {
+            url: url.into(),
+            why,
+        };
+        let mut ep = Endpoint::from_shared(url.to_string())
+            .map_err(|e| bad_url(e.to_string()))?
+            .initial_stream_window_size(ds_proto::STREAM_WINDOW)
+            .initial_connection_window_size(ds_proto::CONNECTION_WINDOW)
+            .tcp_nodelay(true);
+        if url.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new().with_native_roots();
+            if let Some(ca) = ca {
+                let pem = std::fs::read(ca).map_err(|source| SyncError::Io {
+                    path: ca.to_path_buf(),
+                    source,
+                })?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            ep = ep.tls_config(tls)?;
+        }
+        let bearer = Bearer::new(token)?;
+        let channel = ep.connect().await.map_err(|e| SyncError::Connect {
+            url: url.into(),
+            why: causes(&e),
+        })?;
+        let client = SyncClient::with_interceptor(channel, bearer)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        let mut r = Remote {
+            client,
+            max_batch: ds_proto::MAX_BATCH,
+            round_trips: 0,
+        };
+        let hello = r
+            .client
+            .hello(HelloRequest { protocol: PROTOCOL })
+            .await?
+            .into_inner();
+        r.round_trips += 1;
+        r.max_batch = (hello.max_batch as usize).clamp(1, ds_proto::MAX_BATCH);
+        Ok(r)
+    }
+
+    pub async fn get_ref(&mut self, workspace: &str) -> Result<Option<ObjectId>> {
+        let r = self
+            .client
+            .get_ref(GetRefRequest {
+                workspace: workspace.into(),
+            })
+            .await?
+            .into_inner();
+        self.round_trips += 1;
+        Ok(ObjectId::from_slice(&r.snapshot))
+    }
+
+    /// Which of `ids` the hub holds (with their subtrees).
+    pub async fn have(&mut self, ids: &[ObjectId]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(self.max_batch) {
+            let r = self
+                .client
+                .have(HaveRequest {
+                    ids: join_ids(batch.iter().map(|i| &i.0)),
+                })
+                .await?
+                .into_inner();
+            self.round_trips += 1;
+            out.extend((0..batch.len()).map(|i| bit(&r.bitmap, i)));
+        }
+        Ok(out)
+    }
+
+    /// Uploads one pack; returns whether the hub stored it (false: it had it).
+    pub async fn upload_pack(&mut self, id: &PackId, pack: Vec<u8>) -> Result<bool> {
+        let mut msgs = vec![UploadPackRequest {
+            part: Some(upload_pack_request::Part::Header(PackHeader {
+                id: id.0.to_vec(),
+                size: pack.len() as u64,
+            })),
+        }];
+        msgs.extend(pack.chunks(UPLOAD_PIECE).map(|p| UploadPackRequest {
+            part: Some(upload_pack_request::Part::Data(p.to_vec())),
+        }));
+        let r = self
+            .client
+            .upload_pack(tokio_stream::iter(msgs))
+            .await?
+            .into_inner();
+        self.round_trips += 1;
+        Ok(r.stored)
+    }
+
+    /// The most ids one request may carry (the hub's limit, at most ours).
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// Asks for objects in stored form (at most [`Self::max_batch`] ids);
+    /// the replies stream back in batches.
+    pub async fn get_objects(&mut self, ids: &[ObjectId]) -> Result<Streaming<GetObjectsReply>> {
+        debug_assert!(ids.len() <= self.max_batch);
+        let s = self
+            .client
+            .get_objects(GetObjectsRequest {
+                ids: join_ids(ids.iter().map(|i| &i.0)),
+            })
+            .await?
+            .into_inner();
+        self.round_trips += 1;
+        Ok(s)
+    }
+
+    pub async fn update_ref(
+        &mut self,
+        workspace: &str,
+        expected: Option<ObjectId>,
+        new: ObjectId,
+        force: bool,
+    ) -> Result<Option<ObjectId>> {
+        let r = self
+            .client
+            .update_ref(UpdateRefRequest {
+                workspace: workspace.into(),
+                expected: expected.map(|e| e.0.to_vec()).unwrap_or_default(),
+                new: new.0.to_vec(),
+                force,
+            })
+            .await?
+            .into_inner();
+        self.round_trips += 1;
+        Ok(ObjectId::from_slice(&r.previous))
+    }
+
+    pub async fn create_token(
+        &mut self,
+        workspaces: Vec<String>,
+        comment: String,
+    ) -> Result<String> {
+        let r = self
+            .client
+            .create_token(CreateTokenRequest {
+                workspaces,
+                comment,
+            })
+            .await?
+            .into_inner();
+        self.round_trips += 1;
+        Ok(r.token)
+    }
+}

@@ -221,7 +221,7 @@ impl Store {
     pub fn append(self: &Arc<Self>) -> Result<Appender> {
         if self.access != Access::Read {
             return Err(StoreError::WrongAccess(
-                "append is for a store opened to read; a writer writes to the index".into(),
+                "append is for a store opened to read; a writer writes to the index",
             ));
         }
         let lock = take_lock(&self.layout.lock(), LockKind::Exclusive, true, self.root())?;
@@ -265,7 +265,7 @@ impl Store {
 
     pub(crate) fn require_write(&self) -> Result<()> {
         if self.access == Access::Read {
-            return Err(StoreError::WrongAccess("store opened read-only".into()));
+            return Err(StoreError::WrongAccess("store opened read-only"));
         }
         Ok(())
     }
@@ -273,7 +273,7 @@ impl Store {
     pub(crate) fn require_exclusive(&self) -> Result<()> {
         if self.access != Access::Exclusive {
             return Err(StoreError::WrongAccess(
-                "this needs the store opened exclusively (Access::Exclusive)".into(),
+                "this needs the store opened exclusively (Access::Exclusive)",
             ));
         }
         Ok(())

@@ -13,10 +13,11 @@
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ds_format::ObjectId;
@@ -62,6 +63,9 @@ pub struct Mounted {
     mountpoint: PathBuf,
     registration: Option<PathBuf>,
     stop: Arc<AtomicBool>,
+    /// Dropped to wake the checkpoint thread at once.
+    wake: Option<mpsc::Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
     what: String,
     /// Why the kernel's read-ahead could not be set, if it could not.
     pub readahead_note: Option<String>,
@@ -127,6 +131,8 @@ impl Mounted {
             mountpoint: mp,
             registration: None,
             stop: Arc::new(AtomicBool::new(false)),
+            wake: None,
+            threads: Vec::new(),
             what,
             readahead_note,
         };
@@ -164,13 +170,22 @@ impl Mounted {
     /// Serves kernel requests until the mount is unmounted (by
     /// [`Mounted::unmounter`], `fusermount3 -u` or `umount`), then removes
     /// the registration and saves the dirty layer for the next mount.
-    pub fn serve(self) -> Result<(), MountError> {
+    /// Its helper threads are stopped and joined before it returns, so the
+    /// workspace can be mounted again at once (they hold the VFS, and with
+    /// it the workspace's mount lock).
+    pub fn serve(mut self) -> Result<(), MountError> {
         let served = self.session.run();
         self.stop.store(true, Ordering::Relaxed);
+        drop(self.wake.take());
         if let Some(dir) = &self.registration {
+            // Wakes the control thread, which then sees `stop`.
+            let _ = UnixStream::connect(dir.join("ctl.sock"));
             for f in ["ctl.sock", "mountpoint", "pid"] {
                 let _ = fs::remove_file(dir.join(f));
             }
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
         }
         // Whatever is dirty stays in the dirty layer for the next mount.
         lock(&self.vfs).checkpoint()?;
@@ -195,8 +210,12 @@ impl Mounted {
         fs::write(dir.join("pid"), std::process::id().to_string()).at(&dir.join("pid"))?;
         self.registration = Some(dir);
         let handle = self.handle();
-        spawn("ds-mount-ctl", move || {
+        let stop = self.stop.clone();
+        let ctl = spawn("ds-mount-ctl", move || {
             for conn in listener.incoming().flatten() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
                 let r = control::serve_one(&conn, |op| match op {
                     Op::Snapshot { message, metadata } => handle.snapshot(CommitOptions {
                         message,
@@ -209,11 +228,12 @@ impl Mounted {
                 }
             }
         })?;
-        let (vfs, stop) = (self.vfs.clone(), self.stop.clone());
+        let vfs = self.vfs.clone();
         let every = every.max(Duration::from_millis(100));
-        spawn("ds-mount-checkpoint", move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(every);
+        let (wake, woken) = mpsc::channel::<()>();
+        let checkpoints = spawn("ds-mount-checkpoint", move || {
+            // Sleeps `every`, or until `serve` drops the sender.
+            while let Err(mpsc::RecvTimeoutError::Timeout) = woken.recv_timeout(every) {
                 let mut v = lock(&vfs);
                 if v.has_unsaved()
                     && let Err(e) = v.checkpoint()
@@ -222,15 +242,16 @@ impl Mounted {
                 }
             }
         })?;
+        self.wake = Some(wake);
+        self.threads = vec![ctl, checkpoints];
         Ok(())
     }
 }
 
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), MountError> {
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, MountError> {
     std::thread::Builder::new()
         .name(name.into())
         .spawn(f)
-        .map(drop)
         .map_err(|source| MountError::Io {
             path: PathBuf::from(name),
             source,

@@ -70,6 +70,15 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Where workspace `ws` of the local store points, read off the executor.
+pub(crate) async fn local_head(
+    store: &std::sync::Arc<ds_store::Store>,
+    ws: &ds_store::refs::WorkspaceName,
+) -> Result<Option<ObjectId>> {
+    let (st, ws) = (store.clone(), ws.clone());
+    blocking(move || Ok(st.refs().get(&ws)?)).await
+}
+
 /// Runs store work on tokio's blocking pool, off the executor.
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T>
 where

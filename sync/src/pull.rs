@@ -15,7 +15,7 @@ use ds_store::{Store, dag};
 
 use crate::descent::Descent;
 use crate::remote::Remote;
-use crate::{Event, Progress, Result, Side, SyncError, SyncReport, blocking};
+use crate::{Event, Progress, Result, Side, SyncError, SyncReport, blocking, local_head};
 
 /// Pulls workspace `ws` from the hub into `store` (opened for writing).
 /// Refuses, unless `force`, when the local workspace has snapshots the
@@ -34,10 +34,7 @@ pub async fn pull(
             workspace: ws.to_string(),
             side: Side::Hub,
         })?;
-    let ours = {
-        let (st, w) = (store.clone(), ws.to_string());
-        blocking(move || Ok(st.refs().get(&w)?)).await?
-    };
+    let ours = local_head(&store, ws).await?;
     let mut rep = SyncReport {
         workspace: ws.to_string(),
         snapshot: theirs,

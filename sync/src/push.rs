@@ -11,7 +11,7 @@ use ds_store::{Store, dag};
 
 use crate::descent::Descent;
 use crate::remote::Remote;
-use crate::{Event, Progress, Result, Side, SyncError, SyncReport, blocking};
+use crate::{Event, Progress, Result, Side, SyncError, SyncReport, blocking, local_head};
 
 /// Pushes workspace `ws` of `store` to the hub. Refuses, unless `force`,
 /// when the hub's head is not in the local history of `ws`.
@@ -22,14 +22,12 @@ pub async fn push(
     force: bool,
     progress: Progress<'_>,
 ) -> Result<SyncReport> {
-    let head = {
-        let (st, w) = (store.clone(), ws.to_string());
-        blocking(move || Ok(st.refs().get(&w)?)).await?
-    }
-    .ok_or_else(|| SyncError::NoWorkspace {
-        workspace: ws.to_string(),
-        side: Side::Local,
-    })?;
+    let head = local_head(&store, ws)
+        .await?
+        .ok_or_else(|| SyncError::NoWorkspace {
+            workspace: ws.to_string(),
+            side: Side::Local,
+        })?;
     let theirs = remote.get_ref(ws).await?;
     let mut rep = SyncReport {
         workspace: ws.to_string(),

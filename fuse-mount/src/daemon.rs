@@ -16,7 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, Weak, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -159,10 +159,12 @@ impl Mounted {
         self.session.unmount_callable()
     }
 
-    /// A handle that snapshots this mount from any thread.
+    /// A handle that snapshots this mount from any thread. It does not keep
+    /// the mount alive: once [`Mounted::serve`] has returned, its snapshots
+    /// fail with [`MountError::Unmounted`].
     pub fn handle(&self) -> MountHandle {
         MountHandle {
-            vfs: self.vfs.clone(),
+            vfs: Arc::downgrade(&self.vfs),
             mountpoint: self.mountpoint.clone(),
         }
     }
@@ -259,9 +261,12 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
 }
 
 /// Snapshots a live read-write mount, from any thread of its process.
+///
+/// It holds the VFS weakly: the VFS holds the workspace's mount lock, and a
+/// handle a caller forgot must not keep the workspace locked after unmount.
 #[derive(Debug, Clone)]
 pub struct MountHandle {
-    vfs: Arc<Mutex<Vfs>>,
+    vfs: Weak<Mutex<Vfs>>,
     mountpoint: PathBuf,
 }
 
@@ -275,11 +280,15 @@ impl MountHandle {
         if opts.source.is_empty() {
             opts.source = self.mountpoint.as_os_str().as_bytes().to_vec();
         }
+        let vfs = self
+            .vfs
+            .upgrade()
+            .ok_or_else(|| MountError::Unmounted(self.mountpoint.clone()))?;
         let t = Instant::now();
-        let store = lock(&self.vfs).store().clone();
+        let store = lock(&vfs).store().clone();
         let appender = store.append()?;
         // Freeze the filesystem for the (short) snapshot: a consistent cut.
-        let r = lock(&self.vfs).commit(Target::Append(appender), &opts)?;
+        let r = lock(&vfs).commit(Target::Append(appender), &opts)?;
         Ok(Committed::new(&r, t.elapsed().as_secs_f64()))
     }
 }

@@ -34,6 +34,9 @@ pub enum MountError {
     /// The mount process answered with an error.
     #[error("{0}")]
     Refused(String),
+    /// A [`crate::MountHandle`] outlived its mount.
+    #[error("{} is no longer mounted", .0.display())]
+    Unmounted(PathBuf),
     /// The request is not one this mount can answer.
     #[error("{0}")]
     BadRequest(String),

@@ -100,11 +100,18 @@ fn a_workspace_mounts_snapshots_and_unmounts_in_process() {
     assert_eq!(s.metadata.get("k").map(String::as_str), Some("v"));
     assert_eq!(s.source, mp.as_os_str().as_encoded_bytes());
 
-    // A remount starts from the last snapshot.
-    // A remount in the same process is not tested yet: something (fuser's
-    // session internals, or a thread of ours) still holds the first VFS, and
-    // with it the workspace's mount lock, after `serve` returns. Remounts in a
-    // new process are tested through the binary (cli/tests/it/mount.rs).
+    // A handle that outlives its mount fails clearly, and does not keep the
+    // workspace locked: a remount in the same process (as a runner's next
+    // task does) starts from the last snapshot.
+    let e = handle.snapshot(CommitOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("no longer mounted"), "{e}");
+    let mut m = Mounted::start(st.clone(), &mp, config("logs")).unwrap();
+    let mut unmount = m.unmounter();
+    let served = std::thread::spawn(move || m.serve());
+    assert_eq!(fs::read(mp.join("a.txt")).unwrap(), b"first");
+    assert_eq!(fs::read(mp.join("sub/b.bin")).unwrap().len(), 300_000);
+    unmount.unmount().unwrap();
+    served.join().unwrap().unwrap();
 }
 
 #[test]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on embedded defaults: build ds, make a sample workspace,
 # snapshot it, change it, snapshot again, diff, restore and verify; then
-# start a hub, push the workspace to it and clone it into a second store.
+# start a hub, push the workspace to it and clone it into a second store;
+# then start a runner and run a task in the workspace with `ds run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -46,7 +47,8 @@ dd if=/dev/urandom of="$work/models/checkpoint.bin" bs=1M count=1 seek=20 conv=n
 set +x
 "$DS" hub --listen 127.0.0.1:0 --data "$demo/hub" 2> "$demo/hub.log" &
 hub_pid=$!
-trap 'kill $hub_pid 2>/dev/null || true' EXIT
+runner_pid=""
+trap 'kill $runner_pid $hub_pid 2>/dev/null || true; wait $runner_pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do grep -q "listening on" "$demo/hub.log" 2>/dev/null && break; sleep 0.1; done
 url=$(grep -o "http://[0-9.:]*" "$demo/hub.log")
 export DS_TOKEN="$(cat "$demo/hub/admin.token")"
@@ -55,5 +57,22 @@ set -x
 DS_STORE="$demo/clone" "$DS" clone demo --hub "$url"
 DS_STORE="$demo/clone" "$DS" log demo
 DS_STORE="$demo/clone" "$DS" verify
+
+# Tasks: a runner (it connects out to the hub), then `ds run` in the
+# workspace: the runner pulls it, mounts it as the workload's home, runs
+# the command, snapshots what it wrote and pushes it back.
+runner_token=$("$DS" token --runner demo-runner --hub "$url")
 set +x
-echo "ds demo: store, workspace, restored copy, hub and clone are in $demo"
+"$DS" runner --hub "$url" --token "$runner_token" --name demo-runner \
+    --cache "$demo/runner" 2> "$demo/runner.log" &
+runner_pid=$!
+for _ in $(seq 1 100); do grep -q "connected to" "$demo/runner.log" 2>/dev/null && break; sleep 0.1; done
+set -x
+"$DS" run -w demo --hub "$url" -- sh -c 'wc -l data/rows.csv; echo "accuracy 0.93" > models/metrics.txt'
+"$DS" tasks --hub "$url"
+"$DS" runners --hub "$url"
+DS_STORE="$demo/clone" "$DS" pull demo --hub "$url"
+DS_STORE="$demo/clone" "$DS" cat demo models/metrics.txt
+set +x
+kill -TERM "$runner_pid"; wait "$runner_pid" || true; runner_pid=""
+echo "ds demo: store, workspace, restored copy, hub, clone and runner cache are in $demo"

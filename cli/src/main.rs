@@ -11,6 +11,7 @@ mod mount;
 mod open;
 mod progress;
 mod sync;
+mod tasks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,7 +75,8 @@ pub enum Command {
     Umount(mount::UmountArgs),
     /// Send a workspace's new snapshots to a hub (only what it lacks)
     Push(sync::PushArgs),
-    /// Fetch a workspace's new snapshots from a hub (only what is missing)
+    /// Fetch a workspace's new snapshots from a hub (only what is missing;
+    /// the store is created when missing)
     Pull(sync::PullArgs),
     /// Copy a workspace from a hub into this store (created when missing)
     Clone(sync::CloneArgs),
@@ -84,6 +86,20 @@ pub enum Command {
     Token(sync::TokenArgs),
     /// Run a hub: gRPC sync into object storage (a directory, or S3)
     Hub(sync::HubServeArgs),
+    /// Run a command as a task on a runner, in a workspace mounted as its
+    /// home; streams its output and exits with its exit status
+    Run(tasks::RunArgs),
+    /// List tasks, newest first
+    Tasks(tasks::TasksArgs),
+    /// Show or cancel one task
+    Task(tasks::TaskArgs),
+    /// Print a task's output (-f: follow it until it ends)
+    Logs(tasks::LogsArgs),
+    /// List the runners that connected to the hub
+    Runners(sync::HubArgs),
+    /// Run a runner: take tasks from a hub and run them (foreground, until
+    /// SIGTERM or Ctrl-C)
+    Runner(tasks::RunnerArgs),
 }
 
 /// $XDG_DATA_HOME, else ~/.local/share.

@@ -28,16 +28,16 @@ pub struct HubArgs {
     /// remote saved with `ds remote add` [default: $DS_HUB, else the default
     /// remote]
     #[arg(long, value_name = "URL|NAME")]
-    hub: Option<String>,
+    pub(crate) hub: Option<String>,
     /// Token for the hub [default: $DS_TOKEN, else the remote's saved token]
     #[arg(long, value_name = "TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    pub(crate) token: Option<String>,
     /// PEM file of the CA that signed an https hub's certificate
     #[arg(long, env = "DS_CA_CERT", value_name = "FILE")]
-    ca_cert: Option<PathBuf>,
+    pub(crate) ca_cert: Option<PathBuf>,
     /// Print a JSON report on stdout
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -102,8 +102,12 @@ pub struct RemoteArgs {
 pub struct TokenArgs {
     /// Workspace the new token may read and write (repeat for several; `*`
     /// for all)
-    #[arg(long = "workspace", short = 'w', required = true)]
+    #[arg(long = "workspace", short = 'w', required_unless_present = "runner")]
     workspaces: Vec<String>,
+    /// Make a runner token instead: it may only connect as runner NAME
+    /// (`ds runner --token …`); each task brings its own workspace token
+    #[arg(long, value_name = "NAME", conflicts_with = "workspaces")]
+    runner: Option<String>,
     /// Note stored with the token
     #[arg(long, default_value = "")]
     comment: String,
@@ -131,6 +135,22 @@ pub struct HubServeArgs {
     /// PEM private key for TLS
     #[arg(long, requires = "tls_cert", value_name = "FILE")]
     tls_key: Option<PathBuf>,
+    /// Seconds a running task's lease lasts without a heartbeat from its
+    /// runner; after that the task is `lost` (or retried). Runners
+    /// heartbeat three times per lease, at most every 10 s
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0,
+          value_parser = parse_lease)]
+    lease: f64,
+}
+
+fn parse_lease(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.5..=3600.0).contains(&v) {
+        return Err("a lease lasts 0.5 to 3600 seconds (at most 60 is recommended)".into());
+    }
+    Ok(v)
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -179,7 +199,7 @@ fn save_remotes(store: &Path, r: &Remotes) -> Result<()> {
 }
 
 /// (url, token) for a command.
-fn target(store: &Path, a: &HubArgs) -> Result<(String, String)> {
+pub(crate) fn target(store: &Path, a: &HubArgs) -> Result<(String, String)> {
     let remotes = load_remotes(store)?;
     let named = a
         .hub
@@ -208,7 +228,7 @@ fn target(store: &Path, a: &HubArgs) -> Result<(String, String)> {
     Ok((url, token))
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -305,7 +325,8 @@ pub fn push(store: &Path, a: PushArgs) -> Result<ExitCode> {
 pub fn pull(store: &Path, a: PullArgs) -> Result<ExitCode> {
     let ws = WorkspaceName::new(a.workspace.as_str())?;
     let (url, token) = target(store, &a.hub)?;
-    let s = Arc::new(open(store, Access::Write)?);
+    // Like clone, a pull into a machine's first store creates it.
+    let s = Arc::new(open_or_init(store)?);
     let started = Instant::now();
     let (b, progress) = bar("pull");
     let r = runtime()?.block_on(async {
@@ -392,7 +413,7 @@ pub fn token(store: &Path, a: TokenArgs) -> Result<ExitCode> {
     let (url, token) = target(store, &a.hub)?;
     let t = runtime()?.block_on(async {
         let mut remote = Remote::connect(&url, &token, a.hub.ca_cert.as_deref()).await?;
-        remote.create_token(a.workspaces, a.comment).await
+        remote.create_token(a.workspaces, a.comment, a.runner).await
     })?;
     println!("{t}");
     Ok(ExitCode::SUCCESS)
@@ -407,6 +428,7 @@ pub fn hub(a: HubServeArgs) -> Result<ExitCode> {
         storage: a.storage,
         data,
         tls: a.tls_cert.zip(a.tls_key),
+        tasks: ds_hub::tasks::TaskOptions::with_lease(std::time::Duration::from_secs_f64(a.lease)),
     };
     runtime()?.block_on(async {
         let shutdown = async {

@@ -32,11 +32,15 @@ pub struct Grant {
     pub workspaces: Vec<String>,
     #[serde(default)]
     pub comment: String,
+    /// A runner token: it may connect as this runner and nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<String>,
 }
 
 impl Grant {
     pub fn may_use(&self, workspace: &str) -> bool {
-        self.admin || self.workspaces.iter().any(|w| w == "*" || w == workspace)
+        self.runner.is_none()
+            && (self.admin || self.workspaces.iter().any(|w| w == "*" || w == workspace))
     }
 
     /// Refuses with a message that says what the token is limited to.
@@ -102,6 +106,13 @@ impl Auth {
         let json = serde_json::to_vec(grant)
             .map_err(|e| HubError::Internal(format!("encoding a grant: {e}")))?;
         self.storage.put_token(&token_hash(token), &json).await
+    }
+
+    /// Deletes a token's grant (a task's workspace token, when the task
+    /// ends). Hubs that cached the grant keep it for up to 30 s.
+    pub async fn revoke(&self, hash: &str) -> Result<()> {
+        self.seen.lock().await.remove(hash);
+        self.storage.delete_token(hash).await
     }
 
     /// The grant of the request's bearer token, or why there is none.

@@ -1,21 +1,24 @@
-//! The ds hub: the server end of sync.
+//! The ds hub: the server end of sync, and of the task protocol.
 //!
 //! A hub keeps everything in object storage ([`storage`]: packs with their
 //! index objects, refs moved by conditional PUT, token grants), so several
 //! hubs can serve one bucket; its local disk holds only a rebuildable
 //! [`cache`] of object locations and its admin token. The gRPC [`service`]
 //! answers the protocol in `ds-proto`; [`verify`] rehashes every uploaded
-//! object before a pack is acknowledged. The client end (push, pull, clone)
+//! object before a pack is acknowledged. [`tasks`] queues tasks, hands
+//! them to runners under leases and stores their output, all in the bucket. The client end (push, pull, clone)
 //! is the `ds-sync` crate, which does not link this one.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod cache;
 pub mod conformance;
+pub mod docs;
 pub mod error;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod tasks;
 pub mod verify;
 
 pub use error::{HubError, Result};

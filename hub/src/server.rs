@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ds_proto::MAX_MESSAGE;
+use ds_proto::runner::tasks_server::TasksServer;
 use ds_proto::v1::sync_server::SyncServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -16,6 +17,7 @@ use crate::cache::Cache;
 use crate::error::{HubError, IoContext, Result};
 use crate::service::SyncService;
 use crate::storage::Storage;
+use crate::tasks::{TaskHub, TaskOptions, service::TasksService};
 
 /// How to run a hub.
 #[derive(Debug, Clone)]
@@ -27,6 +29,7 @@ pub struct HubOptions {
     pub data: PathBuf,
     /// PEM certificate chain and key; plaintext when absent.
     pub tls: Option<(PathBuf, PathBuf)>,
+    pub tasks: TaskOptions,
 }
 
 /// Reads the admin token, creating it (mode 0600) on first start.
@@ -74,6 +77,7 @@ pub async fn run(
             admin: true,
             workspaces: vec!["*".into()],
             comment: "admin".into(),
+            runner: None,
         },
     )
     .await?;
@@ -89,6 +93,11 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .at(std::path::Path::new(&opts.listen))?;
+    let task_hub = TaskHub::new(storage.clone(), auth.clone(), opts.tasks.clone());
+    let background = task_hub.start();
+    let tasks = TasksServer::new(TasksService::new(task_hub))
+        .max_decoding_message_size(ds_proto::MAX_TASK_MESSAGE)
+        .max_encoding_message_size(ds_proto::MAX_TASK_MESSAGE);
     let svc = SyncServer::new(SyncService::new(storage, cache, auth))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -108,9 +117,14 @@ pub async fn run(
     let scheme = if opts.tls.is_some() { "https" } else { "http" };
     eprintln!("ds hub: listening on {scheme}://{addr}");
     ready(addr);
-    server
+    let served = server
         .add_service(svc)
+        .add_service(tasks)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .await;
+    for b in background {
+        b.abort();
+    }
+    served?;
     Ok(())
 }

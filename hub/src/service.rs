@@ -39,7 +39,7 @@ pub struct SyncService {
 }
 
 /// The one place a hub error becomes a gRPC status (see `error.rs`).
-fn status(e: HubError) -> Status {
+pub(crate) fn status(e: HubError) -> Status {
     use ds_store::StoreError as S;
     let m = e.to_string();
     match e {
@@ -370,7 +370,19 @@ impl Sync for SyncService {
     ) -> Result<Response<CreateTokenReply>, Status> {
         self.auth.check(&req).await?.require_admin()?;
         let r = req.get_ref();
-        if r.workspaces.is_empty() {
+        let runner = if r.runner.is_empty() {
+            None
+        } else {
+            let name = ds_proto::RunnerName::new(&r.runner)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            if !r.workspaces.is_empty() {
+                return Err(Status::invalid_argument(
+                    "a runner token names no workspaces (each task brings its own token)",
+                ));
+            }
+            Some(name.to_string())
+        };
+        if runner.is_none() && r.workspaces.is_empty() {
             return Err(Status::invalid_argument(
                 "name at least one workspace (or *)",
             ));
@@ -385,6 +397,7 @@ impl Sync for SyncService {
             admin: false,
             workspaces: r.workspaces.clone(),
             comment: r.comment.clone(),
+            runner,
         };
         self.auth.register(&token, &grant).await.map_err(status)?;
         Ok(Response::new(CreateTokenReply { token }))

@@ -8,6 +8,8 @@
 //!                      after the pack, so its presence commits the pack
 //! refs/<workspace>     hex snapshot id; moved only by compare-and-swap
 //! tokens/<hash>        JSON grant of the token whose BLAKE3 is <hash>
+//! tasks/, queue/, …    task records and their indexes (see `docs` and
+//!                      `tasks::store`)
 //! ```
 //!
 //! Refs move by conditional PUT (`PutMode::Create` / `PutMode::Update` on
@@ -40,7 +42,7 @@ const MULTIPART_THRESHOLD: usize = 16 << 20;
 const PART_SIZE: usize = 8 << 20;
 
 #[derive(Debug)]
-enum RefBackend {
+pub(crate) enum RefBackend {
     /// Conditional PUT on the object store itself.
     Conditional,
     /// Files under `dir/refs`, swapped while holding `dir/refs.lock`.
@@ -54,11 +56,11 @@ pub struct Storage {
 }
 
 #[derive(Debug)]
-struct Inner {
-    url: String,
-    objects: Arc<dyn ObjectStore>,
-    prefix: Path,
-    refs: RefBackend,
+pub(crate) struct Inner {
+    pub(crate) url: String,
+    pub(crate) objects: Arc<dyn ObjectStore>,
+    pub(crate) prefix: Path,
+    pub(crate) refs: RefBackend,
 }
 
 fn pack_key(prefix: &Path, id: &PackId, ext: &str) -> Path {
@@ -123,6 +125,10 @@ impl Storage {
         Ok(Storage {
             inner: Arc::new(inner),
         })
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
     }
 
     pub fn url(&self) -> &str {
@@ -329,6 +335,15 @@ impl Storage {
             .put(&key, PutPayload::from(grant.to_vec()))
             .await?;
         Ok(())
+    }
+
+    pub async fn delete_token(&self, hash: &str) -> Result<()> {
+        let s = &self.inner;
+        let key = s.prefix.clone().join("tokens").join(hash);
+        match s.objects.delete(&key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The grant stored for a token hash.

@@ -1,15 +1,36 @@
-//! The ds sync protocol: generated gRPC types and services, plus the
-//! protocol constants both sides agree on.
+//! The ds sync and task protocols: generated gRPC types and services, plus
+//! the protocol constants both sides agree on.
 //!
 //! The schema is `proto/ds/sync/v1/sync.proto`; its comments are the
 //! protocol's documentation. Generated code lives in `v1`. Hand-written code
 //! here is limited to limits and id packing, so client and hub cannot drift.
 #![forbid(unsafe_code)]
 
+mod ids;
+pub use ids::{BadName, RunnerName, TaskId};
+
 #[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
 pub mod v1 {
     tonic::include_proto!("ds.sync.v1");
 }
+
+/// The task protocol (`proto/ds/runner/v1/runner.proto`): runners, tasks,
+/// logs.
+#[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod runner {
+    tonic::include_proto!("ds.runner.v1");
+}
+
+/// The task protocol's version.
+pub const TASK_PROTOCOL: u32 = 1;
+/// Most lines in one `LogBatch`, and most bytes of text in one.
+pub const MAX_LOG_BATCH_LINES: usize = 4096;
+pub const MAX_LOG_BATCH_BYTES: usize = 1 << 20;
+/// Longest log line kept whole; a longer one is split into several lines of
+/// this size (never dropped).
+pub const MAX_LOG_LINE: usize = 256 << 10;
+/// Largest message on the task stream and the task calls.
+pub const MAX_TASK_MESSAGE: usize = 4 << 20;
 
 /// The protocol version this build speaks.
 pub const PROTOCOL: u32 = 1;

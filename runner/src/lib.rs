@@ -1,10 +1,105 @@
-//! The ds runner (not built yet).
+//! The ds runner: a machine that runs tasks for a hub.
 //!
-//! What goes here: an outbound connection to the hub with a per-runner
-//! token; pulling only missing chunks; mounting the workspace; running the
-//! workload in a container (bollard, or a plain process where no engine
-//! exists); recording runs and pushing their snapshots with provenance.
-//! Empty until that work lands: it holds no placeholder behaviour. It
-//! builds on `ds-sync` (pull and push) and `ds-fuse` (mounts as a
+//! A runner makes only outbound connections (it may sit behind NAT): one
+//! long-lived task stream to its hub ([`link`]), over which it says hello,
+//! heartbeats, and receives assignments and cancels. Each task runs on a
+//! thread of its own ([`task`]): pull the workspace into the runner's
+//! cache store, mount it read-write as the workload's home, run the
+//! workload ([`exec`]), snapshot the mount, push. Output lines are numbered
+//! and kept until the hub acknowledges them ([`ledger`]), so a dropped
+//! connection or a restarted hub loses and duplicates nothing.
+//!
+//! Why the link has a runtime of its own and tasks have threads: a workload
+//! that eats every core, or a long pull, must not delay a heartbeat, or the
+//! hub would declare the runner dead and give its tasks away.
+//!
+//! Invariants: a task's `Done` is sent only after all its output is
+//! acknowledged; a task the hub says is no longer ours is killed and
+//! pushes nothing; the runner's own token never reaches a workload (each
+//! task gets a token limited to its workspace, and a clean environment).
+//!
+//! It builds on `ds-sync` (pull and push) and `ds-fuse` (mounts as a
 //! library), never on the hub's server crate; `scripts/test.sh` checks.
 #![forbid(unsafe_code)]
+
+mod error;
+pub mod exec;
+pub mod ledger;
+pub mod link;
+pub mod task;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use ds_proto::RunnerName;
+pub use error::{Result, RunnerError};
+
+/// How to run a runner.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The hub's URL (http:// or https://).
+    pub hub: String,
+    /// A runner token (`ds token --runner NAME`).
+    pub token: String,
+    /// PEM CA for an https hub.
+    pub ca: Option<PathBuf>,
+    /// Must be the name the token was made for.
+    pub name: RunnerName,
+    /// Tasks may ask for runners with given labels.
+    pub labels: HashMap<String, String>,
+    /// Tasks run at once.
+    pub capacity: u32,
+    /// Executors offered, first the default.
+    pub executors: Vec<String>,
+    /// The cache store (`CACHE/store`) and task mounts (`CACHE/tasks/ID/home`).
+    pub cache: PathBuf,
+}
+
+/// Runs the runner until `shutdown` resolves; then it takes no new tasks,
+/// lets the running ones finish (with their final snapshot and push) and
+/// returns once the hub has their results.
+pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    if cfg.capacity == 0 {
+        return Err(RunnerError::Config("--capacity must be at least 1".into()));
+    }
+    if let Some(e) = cfg.executors.iter().find(|e| e.as_str() != "process") {
+        return Err(RunnerError::Config(format!(
+            "executor {e:?} is not available in this build (process is)"
+        )));
+    }
+    std::fs::create_dir_all(&cfg.cache).map_err(|source| RunnerError::Io {
+        path: cfg.cache.clone(),
+        source,
+    })?;
+    cfg.cache = std::fs::canonicalize(&cfg.cache).map_err(|source| RunnerError::Io {
+        path: cfg.cache.clone(),
+        source,
+    })?;
+    clean_stale(&cfg.cache);
+    link::run(cfg, shutdown).await
+}
+
+/// Removes what tasks of an earlier runner process left in the cache (it
+/// was killed): their mounts, dead since their server died, and their
+/// directories. Their tasks are the hub's to declare lost.
+fn clean_stale(cache: &std::path::Path) {
+    let Ok(rd) = std::fs::read_dir(cache.join("tasks")) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let home = e.path().join("home");
+        if ds_fuse::mount_device(&home).is_some() {
+            let _ = std::process::Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&home)
+                .status();
+        }
+        if ds_fuse::mount_device(&home).is_none() {
+            eprintln!(
+                "ds runner: removing {} (left by an earlier runner)",
+                e.path().display()
+            );
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}

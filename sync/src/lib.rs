@@ -21,12 +21,13 @@ mod error;
 pub mod pull;
 pub mod push;
 pub mod remote;
+pub mod tasks;
 
 use ds_format::ObjectId;
 pub use error::{Result, Side, SyncError};
 pub use pull::pull;
 pub use push::push;
-pub use remote::{Bearer, Remote};
+pub use remote::{Bearer, Remote, channel};
 use serde::Serialize;
 
 /// What a push or pull did (the `--json` output of the CLI).

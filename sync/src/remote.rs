@@ -37,6 +37,37 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
+/// A gRPC channel to the hub at `url`, for the sync calls ([`Remote`]) and
+/// the task calls alike. `https://` URLs use TLS, trusting the system's CAs
+/// and `ca` (PEM) when given.
+pub async fn channel(url: &str, ca: Option<&Path>) -> Result<Channel> {
+    crate::install_crypto_provider();
+    let bad_url = |why: String| SyncError::BadUrl {
+        url: url.into(),
+        why,
+    };
+    let mut ep = Endpoint::from_shared(url.to_string())
+        .map_err(|e| bad_url(e.to_string()))?
+        .initial_stream_window_size(ds_proto::STREAM_WINDOW)
+        .initial_connection_window_size(ds_proto::CONNECTION_WINDOW)
+        .tcp_nodelay(true);
+    if url.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new().with_native_roots();
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca).map_err(|source| SyncError::Io {
+                path: ca.to_path_buf(),
+                source,
+            })?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        ep = ep.tls_config(tls)?;
+    }
+    ep.connect().await.map_err(|e| SyncError::Connect {
+        url: url.into(),
+        why: causes(&e),
+    })
+}
+
 /// A connection to a hub, counting round trips.
 #[derive(Debug)]
 pub struct Remote {
@@ -60,32 +91,8 @@ impl Remote {
     /// Connects and checks the protocol version. `https://` URLs use TLS,
     /// trusting the system's CAs and `ca` (PEM) when given.
     pub async fn connect(url: &str, token: &str, ca: Option<&Path>) -> Result<Remote> {
-        crate::install_crypto_provider();
-        let bad_url = |why: String| SyncError::BadUrl {
-            url: url.into(),
-            why,
-        };
-        let mut ep = Endpoint::from_shared(url.to_string())
-            .map_err(|e| bad_url(e.to_string()))?
-            .initial_stream_window_size(ds_proto::STREAM_WINDOW)
-            .initial_connection_window_size(ds_proto::CONNECTION_WINDOW)
-            .tcp_nodelay(true);
-        if url.starts_with("https://") {
-            let mut tls = ClientTlsConfig::new().with_native_roots();
-            if let Some(ca) = ca {
-                let pem = std::fs::read(ca).map_err(|source| SyncError::Io {
-                    path: ca.to_path_buf(),
-                    source,
-                })?;
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
-            }
-            ep = ep.tls_config(tls)?;
-        }
         let bearer = Bearer::new(token)?;
-        let channel = ep.connect().await.map_err(|e| SyncError::Connect {
-            url: url.into(),
-            why: causes(&e),
-        })?;
+        let channel = channel(url, ca).await?;
         let client = SyncClient::with_interceptor(channel, bearer)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
@@ -194,16 +201,19 @@ impl Remote {
         Ok(ObjectId::from_slice(&r.previous))
     }
 
+    /// A token limited to `workspaces`, or (with `runner`) a runner token.
     pub async fn create_token(
         &mut self,
         workspaces: Vec<String>,
         comment: String,
+        runner: Option<String>,
     ) -> Result<String> {
         let r = self
             .client
             .create_token(CreateTokenRequest {
                 workspaces,
                 comment,
+                runner: runner.unwrap_or_default(),
             })
             .await?
             .into_inner();

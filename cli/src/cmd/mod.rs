@@ -8,7 +8,7 @@
 
 mod browse;
 mod init;
-mod json;
+pub(crate) mod json;
 mod maint;
 mod restore;
 mod snapshot;
@@ -79,6 +79,12 @@ pub fn run(store_path: &Path, cmd: Command) -> Result<ExitCode> {
         Command::Remote(a) => crate::sync::remote(store_path, a),
         Command::Token(a) => crate::sync::token(store_path, a),
         Command::Hub(a) => crate::sync::hub(a),
+        Command::Run(a) => crate::tasks::run(store_path, a),
+        Command::Tasks(a) => crate::tasks::tasks(store_path, a),
+        Command::Task(a) => crate::tasks::task(store_path, a),
+        Command::Logs(a) => crate::tasks::logs(store_path, a),
+        Command::Runners(a) => crate::tasks::runners(store_path, a),
+        Command::Runner(a) => crate::tasks::runner(a),
         Command::Reindex => maint::reindex(&open(store_path, Access::Exclusive)?),
     }
 }

@@ -9,6 +9,7 @@ mod malicious;
 mod mount;
 mod regressions;
 mod sync;
+mod tasks;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};

@@ -34,9 +34,11 @@ pub fn start_hub_with(
     extra: &[&str],
 ) -> Hub {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ds"));
-    c.args(["hub", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .args(extra);
+    c.arg("hub");
+    if !extra.contains(&"--listen") {
+        c.args(["--listen", "127.0.0.1:0"]);
+    }
+    c.arg("--data").arg(data).args(extra);
     if let Some(s) = storage {
         c.args(["--storage", s]);
     }

@@ -48,6 +48,7 @@ async fn start_hub() -> Hub {
         storage: Some(storage_url.clone()),
         data: dir.path().join("data"),
         tls: None,
+        tasks: Default::default(),
     };
     tokio::spawn(async move {
         run(
@@ -265,7 +266,7 @@ async fn hostile_clients_are_refused_and_nothing_changes() {
         .await
         .unwrap();
     let limited = admin
-        .create_token(vec!["a".into()], "test".into())
+        .create_token(vec!["a".into()], "test".into(), None)
         .await
         .unwrap();
     let mut l = client(hub.addr, &limited).await;
@@ -284,7 +285,7 @@ async fn hostile_clients_are_refused_and_nothing_changes() {
         .await
         .unwrap();
     assert!(
-        lr.create_token(vec!["*".into()], String::new())
+        lr.create_token(vec!["*".into()], String::new(), None)
             .await
             .is_err(),
         "a limited token made a token"

@@ -1,0 +1,351 @@
+//! One task's life on a runner, on a thread of its own:
+//!
+//! 1. pull the workspace into the runner's cache store with the task's own
+//!    token (only what the cache lacks; an empty workspace when the hub
+//!    has none yet);
+//! 2. mount it read-write at `CACHE/tasks/<id>/home`;
+//! 3. run the workload there ([`crate::exec`]), its output streamed;
+//! 4. snapshot the live mount (a consistent cut, O(changed)), unmount;
+//! 5. push; when the workspace moved on the hub meanwhile, keep the
+//!    snapshot under a ref named after the task instead and say so;
+//! 6. report `Done` (sent once every output line is acknowledged).
+//!
+//! A dropped task (its lease went to someone else) is killed and pushes
+//! nothing. A cancelled one still gets its final snapshot and push.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ds_format::ObjectId;
+use ds_fuse::{Config as MountConfig, MountOptions, Mounted, Source};
+use ds_proto::TaskId;
+use ds_proto::runner::{Done, Started, TaskSpec};
+use ds_store::refs::WorkspaceName;
+use ds_store::vfs::{CommitOptions, VfsOptions};
+use ds_store::{Access, InitOptions, Store, StoreError};
+use ds_sync::{Remote, Side, SyncError};
+
+use crate::Config;
+use crate::error::{IoContext, Result, RunnerError};
+use crate::exec::{self, Exit};
+use crate::ledger::{Control, Ledger, RUNNER};
+
+/// What the hub assigned.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub id: TaskId,
+    pub lease: u64,
+    pub spec: TaskSpec,
+    /// Limited to the task's workspace (and its conflict ref), revoked
+    /// when the task ends.
+    pub token: String,
+}
+
+struct Ctx<'a> {
+    cfg: &'a Config,
+    a: &'a Assignment,
+    ledger: &'a Arc<Ledger>,
+}
+
+impl Ctx<'_> {
+    /// A line of the runner's own on the task's log (and on its stderr).
+    fn say(&self, msg: impl AsRef<str>) {
+        let m = format!("ds runner: {}", msg.as_ref());
+        eprintln!("ds runner: task {}: {}", self.a.id, msg.as_ref());
+        self.ledger.line(&self.a.id, RUNNER, m.as_bytes());
+    }
+}
+
+/// Runs the task to its end and records the outcome in `ledger`.
+pub fn run(cfg: Arc<Config>, a: Assignment, ledger: Arc<Ledger>, control: Arc<Control>) {
+    let cx = Ctx {
+        cfg: &cfg,
+        a: &a,
+        ledger: &ledger,
+    };
+    let mut done = Done {
+        task: a.id.to_string(),
+        lease: a.lease,
+        ..Done::default()
+    };
+    if let Err(e) = steps(&cx, &control, &mut done) {
+        cx.say(format!("error: {e}"));
+        if done.error.is_empty() {
+            done.error = e.to_string();
+        }
+    }
+    if control.dropped() {
+        cx.say("the hub gave this task to another runner: stopped, nothing pushed");
+        ledger.finish(&a.id, None);
+    } else {
+        ledger.finish(&a.id, Some(done));
+    }
+    let dir = task_dir(&cfg.cache, &a.id);
+    // Never through a mount that is somehow still there: that would delete
+    // the workspace's files.
+    if ds_fuse::mount_device(&dir.join("home")).is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RunnerError::Task {
+            step: "starting the task's runtime",
+            why: e.to_string(),
+        })
+}
+
+fn steps(cx: &Ctx<'_>, control: &Control, done: &mut Done) -> Result<()> {
+    let ws = WorkspaceName::new(cx.a.spec.workspace.clone())?;
+    let rt = runtime()?;
+    let store_dir = cx.cfg.cache.join("store");
+    cx.say(format!("pulling workspace {ws}"));
+    let base = rt.block_on(pull(cx, &store_dir, &ws))?;
+    match base {
+        Some(b) => cx.say(format!("workspace {ws} at {}", b.short())),
+        None => cx.say(format!("workspace {ws} is new: starting empty")),
+    }
+    let home = task_dir(&cx.cfg.cache, &cx.a.id).join("home");
+    std::fs::create_dir_all(&home).at(&home)?;
+    let store = Arc::new(Store::open(&store_dir, Access::Read, true)?);
+    let mut mounted = Mounted::start(store, &home, mount_config(&ws, &home)?)?;
+    let handle = mounted.handle();
+    let mut unmounter = mounted.unmounter();
+    let served = std::thread::Builder::new()
+        .name(format!("ds-task-mount-{}", cx.a.id))
+        .spawn(move || mounted.serve())
+        .at(&home)?;
+    cx.ledger.started(
+        &cx.a.id,
+        Started {
+            task: cx.a.id.to_string(),
+            lease: cx.a.lease,
+            executor: "process".into(),
+            base: base.map(|b| b.as_bytes().to_vec()).unwrap_or_default(),
+        },
+    );
+    let exit = if cx.a.spec.repo.is_empty() {
+        Ok(())
+    } else {
+        checkout(cx, &home).map(|c| done.commit = c)
+    }
+    .and_then(|()| {
+        cx.say(format!(
+            "running {:?} in {}",
+            cx.a.spec.command,
+            home.display()
+        ));
+        exec::run(&cx.a.spec, &cx.a.id, &home, cx.ledger, control)
+    });
+    match &exit {
+        Ok(Exit { code, signal }) => {
+            done.exit_code = *code;
+            done.signal = *signal;
+            match (code, signal) {
+                (Some(c), _) => cx.say(format!("the workload exited with status {c}")),
+                (_, Some(s)) => cx.say(format!("the workload was killed by signal {s}")),
+                _ => {}
+            }
+        }
+        Err(e) => {
+            cx.say(e);
+            done.error = e.clone();
+        }
+    }
+    let snap = if control.dropped() {
+        None
+    } else {
+        let mut metadata = BTreeMap::new();
+        metadata.insert("task".into(), cx.a.id.to_string());
+        metadata.insert("runner".into(), cx.cfg.name.to_string());
+        if let Ok(Exit { code: Some(c), .. }) = exit {
+            metadata.insert("exit_code".into(), c.to_string());
+        }
+        if !done.commit.is_empty() {
+            metadata.insert("git_repo".into(), cx.a.spec.repo.clone());
+            metadata.insert("git_commit".into(), done.commit.clone());
+        }
+        match handle.snapshot(CommitOptions {
+            message: format!("task {}: {}", cx.a.id, cx.a.spec.command.join(" ")),
+            metadata,
+            source: Vec::new(),
+        }) {
+            Ok(c) => Some(c.id),
+            Err(e) => {
+                cx.say(format!("error: the final snapshot failed: {e}"));
+                done.error = format!("final snapshot: {e}");
+                None
+            }
+        }
+    };
+    unmount(&mut unmounter, &home);
+    match served.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => cx.say(format!("warning: the mount ended with: {e}")),
+        Err(_) => cx.say("warning: the mount's thread panicked"),
+    }
+    let Some(snap) = snap else {
+        return Ok(());
+    };
+    done.snapshot = snap.as_bytes().to_vec();
+    let (to, conflict) = rt.block_on(push(cx, &store_dir, &ws, snap))?;
+    done.pushed_to = to;
+    done.conflict = conflict;
+    Ok(())
+}
+
+/// Checks out `spec.repo` at `spec.git_ref` into the workspace (its
+/// `.git` kept there, so the next task fetches only what is new); files
+/// the repository does not track are left alone. Returns the commit.
+fn checkout(cx: &Ctx<'_>, home: &Path) -> Result<String, String> {
+    let spec = &cx.a.spec;
+    cx.say(format!("checking out {} at {}", spec.repo, spec.git_ref));
+    let git = |args: &[&str]| -> Result<String, String> {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(home)
+            .args(args)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("HOME", home)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run git: {e}"))?;
+        for l in out.stderr.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            cx.ledger.line(&cx.a.id, RUNNER, l);
+        }
+        if !out.status.success() {
+            return Err(format!("git {} failed ({})", args.join(" "), out.status));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    if !home.join(".git").exists() {
+        git(&["init", "-q"])?;
+    }
+    // A commit id or a ref by name; failing that, everything, then the ref.
+    if git(&["fetch", "-q", &spec.repo, &spec.git_ref]).is_ok() {
+        git(&["checkout", "-q", "--force", "--detach", "FETCH_HEAD"])?;
+    } else {
+        git(&[
+            "fetch",
+            "-q",
+            &spec.repo,
+            "+refs/heads/*:refs/remotes/task/*",
+            "+refs/tags/*:refs/tags/*",
+        ])?;
+        git(&["checkout", "-q", "--force", "--detach", &spec.git_ref])?;
+    }
+    let commit = git(&["rev-parse", "HEAD"])?;
+    cx.say(format!("checked out commit {commit}"));
+    Ok(commit)
+}
+
+fn mount_config(ws: &WorkspaceName, home: &Path) -> Result<MountConfig> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(home).at(home)?;
+    Ok(MountConfig {
+        source: Source::Workspace {
+            name: ws.to_string(),
+            // The cache is only a cache: a dirty layer a killed runner left
+            // belongs to a task that is lost, not to this one.
+            discard_dirty: true,
+        },
+        vfs: VfsOptions {
+            uid: meta.uid(),
+            gid: meta.gid(),
+            ..VfsOptions::default()
+        },
+        fuse: MountOptions {
+            read_only: false,
+            allow_other: false,
+            threads: 4,
+            direct_io: false,
+            fsname: format!("ds:{ws}"),
+        },
+        readahead_kib: 0,
+        checkpoint_every: std::time::Duration::from_secs(5),
+    })
+}
+
+fn unmount(u: &mut ds_fuse::SessionUnmounter, home: &Path) {
+    if u.unmount().is_err() {
+        // Something still holds it (a workload's orphan): detach it lazily
+        // so the mount thread can end.
+        let _ = std::process::Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(home)
+            .status();
+    }
+}
+
+fn open_cache(dir: &Path) -> Result<Arc<Store>> {
+    let st = if dir.join("config").exists() {
+        Store::open(dir, Access::Write, true)?
+    } else {
+        Store::init(dir, &InitOptions::default())?
+    };
+    Ok(Arc::new(st))
+}
+
+async fn remote(cx: &Ctx<'_>) -> Result<Remote> {
+    Ok(Remote::connect(&cx.cfg.hub, &cx.a.token, cx.cfg.ca.as_deref()).await?)
+}
+
+/// Brings the cache's copy of `ws` to the hub's head (the hub wins: the
+/// cache holds no work of its own). None: the hub has no such workspace.
+async fn pull(cx: &Ctx<'_>, dir: &Path, ws: &WorkspaceName) -> Result<Option<ObjectId>> {
+    let store = open_cache(dir)?;
+    let mut r = remote(cx).await?;
+    match ds_sync::pull(store.clone(), &mut r, ws, true, &|_| {}).await {
+        Ok(rep) => Ok(Some(rep.snapshot)),
+        Err(SyncError::NoWorkspace {
+            side: Side::Hub, ..
+        }) => {
+            if let Some(old) = store.refs().get(ws)? {
+                store.refs().delete(ws, old)?;
+            }
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Pushes `snap` (the cache's head of `ws`) to the hub. Returns the ref it
+/// went to and whether that is the task's own ref, because the workspace
+/// moved on the hub while the task ran.
+async fn push(
+    cx: &Ctx<'_>,
+    dir: &Path,
+    ws: &WorkspaceName,
+    snap: ObjectId,
+) -> Result<(String, bool)> {
+    let store = open_cache(dir)?;
+    let mut r = remote(cx).await?;
+    cx.say(format!("pushing snapshot {} to {ws}", snap.short()));
+    match ds_sync::push(store.clone(), &mut r, ws, false, &|_| {}).await {
+        Ok(_) => Ok((ws.to_string(), false)),
+        Err(SyncError::Diverged { .. }) => {
+            let own = WorkspaceName::new(cx.a.id.to_string())?;
+            let prev = store.refs().get(&own)?;
+            match store.refs().swap(&own, prev, snap) {
+                Ok(()) | Err(StoreError::RefConflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            ds_sync::push(store, &mut r, &own, true, &|_| {}).await?;
+            cx.say(format!(
+                "workspace {ws} moved on the hub while the task ran: the snapshot is kept as \
+                 workspace {own} (pull it, merge, push)"
+            ));
+            Ok((own.to_string(), true))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Where a task's mount lives.
+pub fn task_dir(cache: &Path, id: &TaskId) -> PathBuf {
+    cache.join("tasks").join(id.as_str())
+}

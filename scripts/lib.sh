@@ -25,6 +25,11 @@ ds_install_system_packages() {
     command -v sqlite3 >/dev/null || need+=(sqlite3)
     command -v tar >/dev/null || need+=(tar)
     python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+    # The container executor's tests: podman serving the Docker API (with
+    # runc), and a static busybox to build the test image from.
+    command -v podman >/dev/null || need+=(podman)
+    command -v runc >/dev/null || need+=(runc)
+    [ -x /bin/busybox ] || need+=(busybox-static)
     if [ ${#need[@]} -gt 0 ]; then
         echo "ds: installing system packages: ${need[*]}" >&2
         local sudo=""

@@ -21,6 +21,10 @@ echo "== starting a real S3-compatible server (moto) for the storage and sync te
 eval "$(scripts/s3.sh)"
 trap 'kill "$DS_S3_PID" 2>/dev/null || true' EXIT
 export DS_TEST_REQUIRE_S3=1
+echo "== starting a real container engine (podman's Docker API) for the docker executor tests"
+eval "$(scripts/podman.sh)"
+trap 'kill "$DS_S3_PID" "$DS_PODMAN_PID" 2>/dev/null || true' EXIT
+export DS_TEST_REQUIRE_PODMAN=1
 echo "== cargo test (unit, integration, property, model-based, crash, sync, fuzz corpora, benches once)"
 cargo test --workspace --all-targets --locked
 echo "== benchmark smoke: ds and its peers on a 16 MiB corpus (no timing assertions)"

@@ -155,6 +155,14 @@ pub struct RunnerArgs {
     /// PEM file of the CA that signed an https hub's certificate
     #[arg(long, env = "DS_CA_CERT", value_name = "FILE")]
     ca_cert: Option<PathBuf>,
+    /// Docker executor: the containers' network mode (none, host, bridge,
+    /// a network's name) [default: the engine's]
+    #[arg(long, value_name = "MODE", default_value = "")]
+    docker_network: String,
+    /// Docker executor: run workloads as UID[:GID] (their home is shown as
+    /// owned by it) [default: the image's user]
+    #[arg(long, value_name = "UID[:GID]", default_value = "")]
+    docker_user: String,
 }
 
 async fn client(store: &Path, a: &HubArgs) -> Result<Tasks> {
@@ -463,6 +471,10 @@ pub fn runner(a: RunnerArgs) -> Result<ExitCode> {
         capacity: a.capacity,
         executors: a.executors,
         cache,
+        docker: ds_runner::docker::DockerOptions {
+            network: a.docker_network,
+            user: a.docker_user,
+        },
     };
     // The link's own runtime: nothing a task does runs on it.
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -22,6 +22,7 @@
 //! library), never on the hub's server crate; `scripts/test.sh` checks.
 #![forbid(unsafe_code)]
 
+pub mod docker;
 mod error;
 pub mod exec;
 pub mod ledger;
@@ -53,6 +54,8 @@ pub struct Config {
     pub executors: Vec<String>,
     /// The cache store (`CACHE/store`) and task mounts (`CACHE/tasks/ID/home`).
     pub cache: PathBuf,
+    /// How the docker executor runs containers.
+    pub docker: docker::DockerOptions,
 }
 
 /// Runs the runner until `shutdown` resolves; then it takes no new tasks,
@@ -62,10 +65,22 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
     if cfg.capacity == 0 {
         return Err(RunnerError::Config("--capacity must be at least 1".into()));
     }
-    if let Some(e) = cfg.executors.iter().find(|e| e.as_str() != "process") {
-        return Err(RunnerError::Config(format!(
-            "executor {e:?} is not available in this build (process is)"
-        )));
+    if cfg.executors.is_empty() {
+        return Err(RunnerError::Config("no executor to offer".into()));
+    }
+    for e in &cfg.executors {
+        match e.as_str() {
+            "process" => {}
+            "docker" => {
+                let engine = docker::probe().await.map_err(RunnerError::Config)?;
+                eprintln!("ds runner: docker executor: {engine}");
+            }
+            other => {
+                return Err(RunnerError::Config(format!(
+                    "unknown executor {other:?} (process or docker)"
+                )));
+            }
+        }
     }
     std::fs::create_dir_all(&cfg.cache).map_err(|source| RunnerError::Io {
         path: cfg.cache.clone(),

@@ -112,7 +112,17 @@ fn steps(cx: &Ctx<'_>, control: &Control, done: &mut Done) -> Result<()> {
     let home = task_dir(&cx.cfg.cache, &cx.a.id).join("home");
     std::fs::create_dir_all(&home).at(&home)?;
     let store = Arc::new(Store::open(&store_dir, Access::Read, true)?);
-    let mut mounted = Mounted::start(store, &home, mount_config(&ws, &home)?)?;
+    let executor = if cx.a.spec.executor.is_empty() {
+        cx.cfg.executors[0].clone()
+    } else {
+        cx.a.spec.executor.clone()
+    };
+    let docker = executor == "docker";
+    let mut mounted = Mounted::start(
+        store,
+        &home,
+        mount_config(&ws, &home, docker.then_some(&cx.cfg.docker))?,
+    )?;
     let handle = mounted.handle();
     let mut unmounter = mounted.unmounter();
     let served = std::thread::Builder::new()
@@ -124,7 +134,7 @@ fn steps(cx: &Ctx<'_>, control: &Control, done: &mut Done) -> Result<()> {
         Started {
             task: cx.a.id.to_string(),
             lease: cx.a.lease,
-            executor: "process".into(),
+            executor: executor.clone(),
             base: base.map(|b| b.as_bytes().to_vec()).unwrap_or_default(),
         },
     );
@@ -135,11 +145,23 @@ fn steps(cx: &Ctx<'_>, control: &Control, done: &mut Done) -> Result<()> {
     }
     .and_then(|()| {
         cx.say(format!(
-            "running {:?} in {}",
-            cx.a.spec.command,
-            home.display()
+            "running {:?} ({executor} executor)",
+            cx.a.spec.command
         ));
-        exec::run(&cx.a.spec, &cx.a.id, &home, cx.ledger, control)
+        if docker {
+            let say = |m: String| cx.say(m);
+            rt.block_on(crate::docker::run(
+                &cx.a.spec,
+                &cx.a.id,
+                &home,
+                cx.ledger,
+                control,
+                &cx.cfg.docker,
+                &say,
+            ))
+        } else {
+            exec::run(&cx.a.spec, &cx.a.id, &home, cx.ledger, control)
+        }
     });
     match &exit {
         Ok(Exit { code, signal }) => {
@@ -243,9 +265,29 @@ fn checkout(cx: &Ctx<'_>, home: &Path) -> Result<String, String> {
     Ok(commit)
 }
 
-fn mount_config(ws: &WorkspaceName, home: &Path) -> Result<MountConfig> {
+/// A container's user is often not the runner's: the mount then lets
+/// other users in, and shows the files as owned by the container's user
+/// (`--docker-user`), so it can write its home.
+fn mount_config(
+    ws: &WorkspaceName,
+    home: &Path,
+    docker: Option<&crate::docker::DockerOptions>,
+) -> Result<MountConfig> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(home).at(home)?;
+    let (mut uid, mut gid) = (meta.uid(), meta.gid());
+    let mut allow_other = false;
+    if let Some(d) = docker {
+        let mut ids = d.user.splitn(2, ':').map(|p| p.parse::<u32>());
+        if let Some(Ok(u)) = ids.next() {
+            uid = u;
+            gid = match ids.next() {
+                Some(Ok(g)) => g,
+                _ => u,
+            };
+        }
+        allow_other = !d.user.is_empty() || meta.uid() != 0;
+    }
     Ok(MountConfig {
         source: Source::Workspace {
             name: ws.to_string(),
@@ -254,13 +296,13 @@ fn mount_config(ws: &WorkspaceName, home: &Path) -> Result<MountConfig> {
             discard_dirty: true,
         },
         vfs: VfsOptions {
-            uid: meta.uid(),
-            gid: meta.gid(),
+            uid,
+            gid,
             ..VfsOptions::default()
         },
         fuse: MountOptions {
             read_only: false,
-            allow_other: false,
+            allow_other,
             threads: 4,
             direct_io: false,
             fsname: format!("ds:{ws}"),

@@ -611,3 +611,144 @@ fn a_workspace_that_moved_meanwhile_keeps_the_tasks_snapshot_under_its_id() {
     ok(&mut client(&me, &hub, &hub.admin, &["clone", &id]));
     assert_eq!(ok(ds(&me).args(["cat", &id, "t"])).stdout, b"task\n");
 }
+
+/// The test image on the container engine scripts/test.sh starts
+/// (scripts/podman.sh), or a loud skip (`None`) when run outside it.
+fn container_engine() -> Option<String> {
+    match (std::env::var("DOCKER_HOST"), std::env::var("DS_TEST_IMAGE")) {
+        (Ok(h), Ok(i)) if !h.is_empty() && !i.is_empty() => Some(i),
+        _ => {
+            assert!(
+                std::env::var_os("DS_TEST_REQUIRE_PODMAN").is_none(),
+                "DS_TEST_REQUIRE_PODMAN is set but DOCKER_HOST or DS_TEST_IMAGE is not"
+            );
+            eprintln!(
+                "\n*** SKIPPING container test: DOCKER_HOST/DS_TEST_IMAGE are not set \
+                 (scripts/test.sh starts podman; or: eval \"$(scripts/podman.sh)\") ***\n"
+            );
+            None
+        }
+    }
+}
+
+#[test]
+fn the_docker_executor_runs_the_workload_in_a_container_with_the_workspace_as_home() {
+    let Some(image) = container_engine() else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let hub = hub(t.path(), "5");
+    let me = t.path().join("me");
+    let work = t.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("input.txt"), b"from the laptop\n").unwrap();
+    ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "w"]));
+    ok(&mut client(&me, &hub, &hub.admin, &["push", "w"]));
+    let rt = runner_token(&hub, "c1");
+    let runner = start_runner(
+        &hub,
+        &rt,
+        "c1",
+        &t.path().join("cache"),
+        &["--executor", "docker", "--docker-network", "none"],
+    );
+    // A line longer than the engine's 16 KiB frames comes back whole.
+    let script = "cat input.txt; echo \"home=$HOME pwd=$(pwd)\"; echo oops >&2; \
+                  head -c 40000 /dev/zero | tr '\\0' y; echo; echo made > out.txt; exit 4";
+    let o = client(
+        &me,
+        &hub,
+        &hub.admin,
+        &[
+            "run",
+            "-w",
+            "w",
+            "--executor",
+            "docker",
+            "--image",
+            &image,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    )
+    .output()
+    .unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{out}\n{err}\nrunner:\n{}",
+        runner.log()
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "from the laptop");
+    assert_eq!(lines[1], "home=/home/ds pwd=/home/ds");
+    assert_eq!(lines[2].len(), 40_000, "one line, reassembled");
+    assert!(err.contains("oops"), "{err}");
+    let tasks = json(&ok(&mut client(
+        &me,
+        &hub,
+        &hub.admin,
+        &["tasks", "--json"],
+    )));
+    assert_eq!(tasks[0]["executor"], "docker");
+    assert_eq!(tasks[0]["exit_code"], 4);
+    ok(&mut client(&me, &hub, &hub.admin, &["pull", "w"]));
+    assert_eq!(ok(ds(&me).args(["cat", "w", "out.txt"])).stdout, b"made\n");
+
+    // An image the engine does not have and cannot pull fails the task
+    // with the reason.
+    let o = client(
+        &me,
+        &hub,
+        &hub.admin,
+        &[
+            "run",
+            "-w",
+            "w",
+            "--executor",
+            "docker",
+            "--image",
+            "localhost/no-such-image:0",
+            "--",
+            "true",
+        ],
+    )
+    .output()
+    .unwrap();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("unknown image"), "{err}");
+
+    // Cancel reaches the container: SIGTERM, and still the snapshot.
+    let script =
+        "trap 'echo bye > cancelled.txt; exit 9' TERM; echo ready; while true; do sleep 0.1; done";
+    let id = detach(
+        &me,
+        &hub,
+        &hub.admin,
+        "w",
+        &["sh", "-c", script],
+        &["--executor", "docker", "--image", &image],
+    );
+    wait_until("the container is ready", 60, || {
+        logs(&me, &hub, &hub.admin, &id).contains("ready")
+    });
+    ok(&mut client(&me, &hub, &hub.admin, &["task", "cancel", &id]));
+    let done = wait_state(
+        &me,
+        &hub,
+        &hub.admin,
+        &id,
+        &["cancelled", "failed", "succeeded"],
+    );
+    assert_eq!(done["state"], "cancelled", "{done}");
+    assert_eq!(done["exit_code"], 9);
+    ok(&mut client(&me, &hub, &hub.admin, &["pull", "w"]));
+    assert_eq!(
+        ok(ds(&me).args(["cat", "w", "cancelled.txt"])).stdout,
+        b"bye\n"
+    );
+}

@@ -278,6 +278,20 @@ impl Ledger {
         self.room.notify_all();
     }
 
+    /// The hub no longer counts task `id` as this runner's: its thread is
+    /// told to stop and push nothing; a task that already ended (its
+    /// `DoneAck` was lost with a connection) is forgotten at once.
+    pub fn drop_task(&self, id: &TaskId) {
+        let mut s = self.slots();
+        if let Some(slot) = s.get(id) {
+            slot.control.drop_task();
+            if slot.done.is_some() {
+                s.remove(id);
+            }
+        }
+        self.room.notify_all();
+    }
+
     /// The hub applied (or refused) the task's Done: forget the task.
     pub fn done_acked(&self, id: &TaskId) {
         let mut s = self.slots();
@@ -343,6 +357,23 @@ mod tests {
         assert_eq!(l.outbox().done.len(), 1, "sent again after a reconnect");
         l.done_acked(&t);
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn a_dropped_task_that_already_ended_is_forgotten() {
+        let l = Ledger::default();
+        let (a, b) = (id(), TaskId::generate(1, 3));
+        let ca = l.admit(&a, 1).unwrap();
+        l.admit(&b, 1).unwrap();
+        l.finish(&b, Some(Done::default()));
+        l.drop_task(&a);
+        l.drop_task(&b);
+        assert!(ca.dropped(), "a running task is told to stop");
+        assert_eq!(
+            l.len(),
+            1,
+            "the ended one is gone, the running one stays until its thread ends"
+        );
     }
 
     #[test]

@@ -161,11 +161,9 @@ impl Link {
             ));
         };
         for t in &hello.drop {
-            if let Ok(id) = TaskId::new(t)
-                && let Some(c) = self.ledger.control(&id)
-            {
+            if let Ok(id) = TaskId::new(t) {
                 eprintln!("ds runner: task {id}: the hub no longer counts it as ours; stopping it");
-                c.drop_task();
+                self.ledger.drop_task(&id);
             }
         }
         self.ledger.reset_sent();
@@ -250,11 +248,9 @@ impl Link {
             }
             Msg::HeartbeatAck(h) => {
                 for t in h.drop {
-                    if let Ok(id) = TaskId::new(&t)
-                        && let Some(c) = self.ledger.control(&id)
-                    {
+                    if let Ok(id) = TaskId::new(&t) {
                         eprintln!("ds runner: task {id}: its lease is gone; stopping it");
-                        c.drop_task();
+                        self.ledger.drop_task(&id);
                     }
                 }
             }

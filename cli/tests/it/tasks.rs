@@ -752,3 +752,56 @@ fn the_docker_executor_runs_the_workload_in_a_container_with_the_workspace_as_ho
         b"bye\n"
     );
 }
+
+#[test]
+fn a_task_submitted_through_one_hub_runs_on_a_runner_of_another_hub_on_the_same_bucket() {
+    let Some(ep) = s3_endpoint() else {
+        return;
+    };
+    let bucket = format!("ds-tasks-{}", std::process::id());
+    assert!(
+        Command::new("curl")
+            .args(["-sf", "-X", "PUT", &format!("{ep}/{bucket}")])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let env = [
+        ("AWS_ENDPOINT", ep.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let t = tempfile::tempdir().unwrap();
+    let url = format!("s3://{bucket}/ds");
+    let h1 = start_hub_with(&t.path().join("h1"), Some(&url), &env, &["--lease", "5"]);
+    let h2 = start_hub_with(&t.path().join("h2"), Some(&url), &env, &["--lease", "5"]);
+    let me = t.path().join("me");
+    let rt = runner_token(&h1, "r1");
+    let r = start_runner(&h2, &rt, "r1", &t.path().join("c"), &[]);
+    // Submitted and followed through h1; run by the runner on h2.
+    let o = client(
+        &me,
+        &h1,
+        &h1.admin,
+        &["run", "-w", "w", "--", "sh", "-c", "echo hi; echo x > f"],
+    )
+    .output()
+    .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}\nrunner:\n{}", r.log());
+    assert_eq!(out, "hi\n");
+    let tasks = json(&ok(&mut client(&me, &h2, &h2.admin, &["tasks", "--json"])));
+    assert_eq!(tasks[0]["state"], "succeeded");
+    assert_eq!(tasks[0]["runner"], "r1");
+    let rs = json(&ok(&mut client(
+        &me,
+        &h1,
+        &h1.admin,
+        &["runners", "--json"],
+    )));
+    assert_eq!(rs[0]["name"], "r1", "h1 sees the runner connected to h2");
+    ok(&mut client(&me, &h1, &h1.admin, &["pull", "w"]));
+    assert_eq!(ok(ds(&me).args(["cat", "w", "f"])).stdout, b"x\n");
+}

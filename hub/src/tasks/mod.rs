@@ -239,8 +239,7 @@ impl TaskHub {
                         .labels
                         .iter()
                         .all(|(k, v)| c.labels.get(k) == Some(v))
-                    && (rec.spec.executor.is_empty()
-                        || c.executors.iter().any(|e| *e == rec.spec.executor))
+                    && (rec.spec.executor.is_empty() || c.executors.contains(&rec.spec.executor))
             })
             .collect();
         // The least loaded first.

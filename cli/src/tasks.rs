@@ -251,7 +251,8 @@ pub fn run(store: &Path, a: RunArgs) -> Result<ExitCode> {
             "ds: task {} queued; `ds logs -f {}` shows it again",
             t.id, t.id
         );
-        let end = follow(&mut c, &t.id, 0, true).await?;
+        // With --json, stdout holds only the final JSON: the output goes to stderr.
+        let end = follow(&mut c, &t.id, 0, true, a.hub.json).await?;
         match end.state.as_str() {
             "succeeded" => {}
             "lost" => eprintln!("ds: task {} was lost: {}", t.id, end.error),
@@ -271,7 +272,13 @@ pub fn run(store: &Path, a: RunArgs) -> Result<ExitCode> {
 /// Prints a task's output from line `from` (stdout lines on stdout, the
 /// rest on stderr). With `follow`, until the task ends, reconnecting after
 /// a dropped stream where it left off; returns the task as it ended.
-async fn follow(c: &mut Tasks, id: &str, from: u64, follow: bool) -> Result<TaskInfo> {
+async fn follow(
+    c: &mut Tasks,
+    id: &str,
+    from: u64,
+    follow: bool,
+    all_to_stderr: bool,
+) -> Result<TaskInfo> {
     let mut next = from;
     let mut failures = 0u32;
     loop {
@@ -301,7 +308,7 @@ async fn follow(c: &mut Tasks, id: &str, from: u64, follow: bool) -> Result<Task
                         if m.first + (i as u64) < next {
                             continue;
                         }
-                        if l.stream == 1 {
+                        if l.stream == 1 && !all_to_stderr {
                             out.write_all(&l.text)?;
                             out.write_all(b"\n")?;
                         } else {
@@ -414,7 +421,7 @@ pub fn task(store: &Path, a: TaskArgs) -> Result<ExitCode> {
 pub fn logs(store: &Path, a: LogsArgs) -> Result<ExitCode> {
     runtime()?.block_on(async {
         let mut c = client(store, &a.hub).await?;
-        follow(&mut c, &a.id, a.from, a.follow).await?;
+        follow(&mut c, &a.id, a.from, a.follow, false).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -805,3 +805,73 @@ fn a_task_submitted_through_one_hub_runs_on_a_runner_of_another_hub_on_the_same_
     ok(&mut client(&me, &h1, &h1.admin, &["pull", "w"]));
     assert_eq!(ok(ds(&me).args(["cat", "w", "f"])).stdout, b"x\n");
 }
+
+#[test]
+fn a_task_with_a_repo_runs_on_that_commit_and_records_it() {
+    let t = tempfile::tempdir().unwrap();
+    let hub = hub(t.path(), "5");
+    let me = t.path().join("me");
+    let repo = t.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let git = |args: &[&str]| {
+        let o = Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "git {args:?}: {}", text(&o).1);
+        text(&o).0.trim().to_string()
+    };
+    git(&["init", "-q"]);
+    std::fs::write(repo.join("train.sh"), b"echo v1 lr=$LR\n").unwrap();
+    git(&["add", "."]);
+    git(&["commit", "-qm", "one"]);
+    let first = git(&["rev-parse", "HEAD"]);
+    std::fs::write(repo.join("train.sh"), b"echo v2\n").unwrap();
+    git(&["commit", "-qam", "two"]);
+    let rt = runner_token(&hub, "r1");
+    let _r = start_runner(&hub, &rt, "r1", &t.path().join("c"), &[]);
+    let url = format!("file://{}", repo.display());
+    let o = ok(&mut client(
+        &me,
+        &hub,
+        &hub.admin,
+        &[
+            "run", "-w", "g", "--repo", &url, "--ref", &first, "-e", "LR=0.1", "--", "sh",
+            "train.sh",
+        ],
+    ));
+    let out = text(&o).0;
+    assert!(
+        out.starts_with("v1 lr=0.1\n"),
+        "the first commit ran, with its variable: {out}"
+    );
+    let tasks = json(&ok(&mut client(
+        &me,
+        &hub,
+        &hub.admin,
+        &["tasks", "--json"],
+    )));
+    assert_eq!(tasks[0]["commit"], first.as_str());
+    assert_eq!(tasks[0]["repo"], url.as_str());
+    // The checkout is in the workspace, and its snapshot records the commit.
+    ok(&mut client(&me, &hub, &hub.admin, &["pull", "g"]));
+    assert_eq!(
+        ok(ds(&me).args(["cat", "g", "train.sh"])).stdout,
+        b"echo v1 lr=$LR\n"
+    );
+    let log = json(&ok(ds(&me).args(["log", "g", "--json"])));
+    assert_eq!(log[0]["metadata"]["git_commit"], first.as_str(), "{log}");
+    // A branch name works as a ref too, on the same workspace.
+    let o = ok(&mut client(
+        &me,
+        &hub,
+        &hub.admin,
+        &[
+            "run", "-w", "g", "--repo", &url, "--ref", "HEAD", "--", "sh", "train.sh",
+        ],
+    ));
+    assert_eq!(text(&o).0, "v2\n");
+}

@@ -127,6 +127,7 @@ impl TaskHub {
                 name: name.clone(),
                 tx,
                 info,
+                recorded_ms: connected_ms,
             };
             loop {
                 let next = inbound.next().await;
@@ -199,6 +200,8 @@ struct Conn {
     name: RunnerName,
     tx: Tx,
     info: RunnerInfo,
+    /// When `info` was last written to the bucket.
+    recorded_ms: u64,
 }
 
 impl Conn {
@@ -252,10 +255,21 @@ impl Conn {
                     .retain(|t| kept.contains(t) || !drop.contains(&t.to_string()));
             }
         }
-        self.info.heartbeat_ms = now_ms();
-        self.info.running = kept.iter().map(|t| t.to_string()).collect();
-        if let Err(e) = self.hub.book.put_runner(&self.info).await {
-            eprintln!("ds hub: recording runner {}: {e}", self.name);
+        // Presence is written when what it says changes, and otherwise
+        // often enough for `online` (a heartbeat within the lease): not on
+        // every heartbeat of every runner.
+        let now = now_ms();
+        let mut running: Vec<String> = kept.iter().map(|t| t.to_string()).collect();
+        running.sort();
+        self.info.heartbeat_ms = now;
+        if running != self.info.running
+            || now.saturating_sub(self.recorded_ms) >= self.hub.lease_ms() / 2
+        {
+            self.info.running = running;
+            self.recorded_ms = now;
+            if let Err(e) = self.hub.book.put_runner(&self.info).await {
+                eprintln!("ds hub: recording runner {}: {e}", self.name);
+            }
         }
         for task in cancel {
             let _ = self

@@ -18,9 +18,18 @@ struct Runner {
     child: Child,
     cache: PathBuf,
     log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Runner {
+    /// Waits for the runner to exit and for all of its stderr.
+    fn exited(&mut self) -> std::process::ExitStatus {
+        let st = self.child.wait().unwrap();
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        st
+    }
     fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
@@ -71,7 +80,7 @@ fn spawn_runner(hub: &Hub, token: &str, name: &str, cache: &Path, extra: &[&str]
     let mut child = c.spawn().expect("start ds runner");
     let log = Arc::new(Mutex::new(String::new()));
     let (l, err) = (log.clone(), child.stderr.take().unwrap());
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
             let mut l = l.lock().unwrap();
             l.push_str(&line);
@@ -82,6 +91,7 @@ fn spawn_runner(hub: &Hub, token: &str, name: &str, cache: &Path, extra: &[&str]
         child,
         cache: cache.to_path_buf(),
         log,
+        reader: Some(reader),
     }
 }
 
@@ -327,7 +337,7 @@ fn runner_and_user_tokens_are_kept_apart() {
             .to_string();
     // A user token cannot connect as a runner.
     let mut r = spawn_runner(&hub, &user, "r1", &t.path().join("c1"), &[]);
-    let st = r.child.wait().unwrap();
+    let st = r.exited();
     assert!(!st.success());
     assert!(
         r.log().contains("only a runner token may connect"),
@@ -337,11 +347,11 @@ fn runner_and_user_tokens_are_kept_apart() {
     // A runner token only connects under its own name.
     let rt = runner_token(&hub, "r1");
     let mut r = spawn_runner(&hub, &rt, "r2", &t.path().join("c2"), &[]);
-    assert!(!r.child.wait().unwrap().success());
+    assert!(!r.exited().success());
     assert!(r.log().contains("belongs to runner \"r1\""), "{}", r.log());
     // A wrong token.
     let mut r = spawn_runner(&hub, "not-a-token", "r1", &t.path().join("c3"), &[]);
-    assert!(!r.child.wait().unwrap().success());
+    assert!(!r.exited().success());
     // A runner token is not a user's.
     let o = client(&me, &hub, &rt, &["tasks"]).output().unwrap();
     assert_eq!(o.status.code(), Some(1));

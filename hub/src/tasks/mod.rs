@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use ds_proto::runner::{Assign, HubMessage, hub_message};
 use ds_proto::{RunnerName, TaskId};
+use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
 
 use crate::auth::{Auth, Grant, new_token, token_hash};
@@ -34,6 +35,9 @@ use crate::error::Result;
 use crate::storage::Storage;
 use book::Book;
 use record::{Record, State, now_ms};
+
+/// Claims a hub runs at once (see [`TaskHub::dispatch`]).
+const CLAIMS_AT_ONCE: usize = 16;
 
 /// Task settings of a hub.
 #[derive(Debug, Clone)]
@@ -138,7 +142,11 @@ impl TaskHub {
         self.opts.lease.as_millis() as u64
     }
 
-    /// Assigns queued tasks to this process's runners that have room.
+    /// Assigns queued tasks to this process's runners that have room,
+    /// [`CLAIMS_AT_ONCE`] at a time (each claim is several bucket round
+    /// trips; done one by one, they cap a hub at a few tasks per second on
+    /// S3). A runner's slot is reserved before a claim's first await, so
+    /// concurrent claims never overfill a runner.
     async fn dispatch(&self) -> Result<()> {
         if !self
             .runners()
@@ -147,90 +155,127 @@ impl TaskHub {
         {
             return Ok(());
         }
-        for (marker, id) in self.book.queued().await? {
-            let Some(rec) = self.book.load(&id).await? else {
-                self.book.dequeue(&marker).await?;
-                continue;
-            };
-            if rec.state != State::Queued {
-                self.book.dequeue(&marker).await?;
-                continue;
-            }
-            let Some(runner) = self.pick(&rec) else {
-                continue;
-            };
-            if !self.book.lock_workspace(&rec.spec.workspace, &id).await? {
-                continue; // another task runs on this workspace: it waits
-            }
-            let token = new_token()?;
-            let hash = token_hash(&token);
-            self.auth
-                .register(
-                    &token,
-                    &Grant {
-                        admin: false,
-                        // Its workspace, and the ref named after the task
-                        // where a conflicting final snapshot is kept.
-                        workspaces: vec![rec.spec.workspace.clone(), id.to_string()],
-                        comment: format!("task {id}"),
-                        runner: None,
-                    },
-                )
-                .await?;
-            let until = now_ms() + self.lease_ms();
-            let won = self
-                .book
-                .update(&id, |r| {
-                    if r.state != State::Queued {
-                        return false;
+        let queued = self.book.queued().await?;
+        let loaded: Vec<Result<(String, TaskId, Option<Record>)>> = futures::stream::iter(queued)
+            .map(|(marker, id)| async move {
+                let rec = self.book.load(&id).await?;
+                Ok((marker, id, rec))
+            })
+            .buffered(CLAIMS_AT_ONCE)
+            .collect()
+            .await;
+        // Tasks on one workspace run in the order they were queued: only
+        // the first queued task of each workspace is tried in a pass.
+        let mut seen = HashSet::new();
+        let mut todo = Vec::new();
+        for l in loaded {
+            let (marker, id, rec) = l?;
+            match rec {
+                Some(r) if r.state == State::Queued => {
+                    if seen.insert(r.spec.workspace.clone()) {
+                        todo.push((marker, id, r));
                     }
-                    r.state = State::Running;
-                    r.runner = runner.to_string();
-                    r.lease += 1;
-                    r.lease_until_ms = until;
-                    r.attempts += 1;
-                    r.cancel_requested = false;
-                    r.token_hash = hash.clone();
-                    r.started_ms = now_ms();
-                    true
-                })
-                .await?;
-            let Some((rec, true)) = won else {
-                // Another hub took it first (and holds the workspace for it).
-                self.auth.revoke(&hash).await?;
-                self.book.dequeue(&marker).await?;
-                continue;
-            };
-            self.book.mark_running(&id, true).await?;
-            self.book.dequeue(&marker).await?;
-            let msg = HubMessage {
-                msg: Some(hub_message::Msg::Assign(Assign {
-                    spec: Some((&rec.spec).into()),
-                    task: id.to_string(),
-                    lease: rec.lease,
-                    workspace_token: token,
-                })),
-            };
-            let tx = {
-                let mut rs = self.runners();
-                rs.get_mut(&runner).map(|c| {
-                    c.running.insert(id.clone());
-                    c.tx.clone()
-                })
-            };
-            // A runner that vanished meanwhile: its lease runs out and the
-            // scanner requeues or loses the task.
-            if let Some(tx) = tx {
-                let _ = tx.send(Ok(msg)).await;
+                }
+                // Gone, or no longer queued: the marker is stale.
+                _ => self.book.dequeue(&marker).await?,
             }
         }
-        Ok(())
+        let results: Vec<Result<()>> = futures::stream::iter(todo)
+            .map(|(marker, id, rec)| self.claim(marker, id, rec))
+            .buffer_unordered(CLAIMS_AT_ONCE)
+            .collect()
+            .await;
+        results.into_iter().collect()
     }
 
-    /// A connected runner with room, the labels and the executor `rec` asks for.
-    fn pick(&self, rec: &Record) -> Option<RunnerName> {
-        let rs = self.runners();
-        let mut fit: Vec<(&RunnerName, &Connected)> = rs
+    /// Tries to assign one queued task: a runner slot, the workspace, a
+    /// token, then the swap queued → running that makes it so.
+    async fn claim(&self, marker: String, id: TaskId, rec: Record) -> Result<()> {
+        let Some(runner) = self.reserve(&rec, &id) else {
+            return Ok(()); // no runner fits now: it stays queued
+        };
+        let r = self.claim_reserved(&marker, &id, &rec, &runner).await;
+        if !matches!(r, Ok(true)) {
+            self.unreserve(&runner, &id);
+        }
+        r.map(|_| ())
+    }
+
+    /// Ok(true): assigned and sent to `runner`.
+    async fn claim_reserved(
+        &self,
+        marker: &str,
+        id: &TaskId,
+        rec: &Record,
+        runner: &RunnerName,
+    ) -> Result<bool> {
+        if !self.book.lock_workspace(&rec.spec.workspace, id).await? {
+            return Ok(false); // another task runs on this workspace: it waits
+        }
+        let token = new_token()?;
+        let hash = token_hash(&token);
+        self.auth
+            .register(
+                &token,
+                &Grant {
+                    admin: false,
+                    // Its workspace, and the ref named after the task
+                    // where a conflicting final snapshot is kept.
+                    workspaces: vec![rec.spec.workspace.clone(), id.to_string()],
+                    comment: format!("task {id}"),
+                    runner: None,
+                },
+            )
+            .await?;
+        let until = now_ms() + self.lease_ms();
+        let won = self
+            .book
+            .update(id, |r| {
+                if r.state != State::Queued {
+                    return false;
+                }
+                r.state = State::Running;
+                r.runner = runner.to_string();
+                r.lease += 1;
+                r.lease_until_ms = until;
+                r.attempts += 1;
+                r.cancel_requested = false;
+                r.token_hash = hash.clone();
+                r.started_ms = now_ms();
+                true
+            })
+            .await?;
+        let Some((rec, true)) = won else {
+            // Another hub took it first (and holds the workspace for it).
+            self.auth.revoke(&hash).await?;
+            self.book.dequeue(marker).await?;
+            return Ok(false);
+        };
+        self.book.mark_running(id, true).await?;
+        self.book.dequeue(marker).await?;
+        let msg = HubMessage {
+            msg: Some(hub_message::Msg::Assign(Assign {
+                spec: Some((&rec.spec).into()),
+                task: id.to_string(),
+                lease: rec.lease,
+                workspace_token: token,
+            })),
+        };
+        let tx = self.runners().get(runner).map(|c| c.tx.clone());
+        // A runner that vanished meanwhile: its lease runs out and the
+        // scanner requeues or loses the task.
+        if let Some(tx) = tx {
+            let _ = tx.send(Ok(msg)).await;
+        }
+        Ok(true)
+    }
+
+    /// Picks a connected runner with room, the labels and the executor
+    /// `rec` asks for, the least loaded first, and takes one of its slots
+    /// for task `id`.
+    fn reserve(&self, rec: &Record, id: &TaskId) -> Option<RunnerName> {
+        let mut rs = self.runners();
+        let name = rs
             .iter()
             .filter(|(_, c)| {
                 (c.running.len() as u32) < c.capacity
@@ -241,10 +286,16 @@ impl TaskHub {
                         .all(|(k, v)| c.labels.get(k) == Some(v))
                     && (rec.spec.executor.is_empty() || c.executors.contains(&rec.spec.executor))
             })
-            .collect();
-        // The least loaded first.
-        fit.sort_by_key(|(n, c)| (c.running.len(), (*n).clone()));
-        fit.first().map(|(n, _)| (*n).clone())
+            .min_by_key(|(n, c)| (c.running.len(), (*n).clone()))
+            .map(|(n, _)| n.clone())?;
+        rs.get_mut(&name)?.running.insert(id.clone());
+        Some(name)
+    }
+
+    fn unreserve(&self, runner: &RunnerName, id: &TaskId) {
+        if let Some(c) = self.runners().get_mut(runner) {
+            c.running.remove(id);
+        }
     }
 
     /// Running tasks whose lease ran out become lost (or queued again, at

@@ -761,6 +761,56 @@ fn the_docker_executor_runs_the_workload_in_a_container_with_the_workspace_as_ho
         ok(ds(&me).args(["cat", "w", "cancelled.txt"])).stdout,
         b"bye\n"
     );
+
+    // --docker-user: the workload runs as that user and owns its home.
+    drop(runner);
+    let user = start_runner(
+        &hub,
+        &rt,
+        "c1",
+        &t.path().join("cache"),
+        &[
+            "--executor",
+            "docker",
+            "--docker-network",
+            "none",
+            "--docker-user",
+            "1000:1000",
+        ],
+    );
+    let o = client(
+        &me,
+        &hub,
+        &hub.admin,
+        &[
+            "run",
+            "-w",
+            "w",
+            "--executor",
+            "docker",
+            "--image",
+            &image,
+            "--",
+            "sh",
+            "-c",
+            "id -u; id -g; echo mine > by-user.txt; ls -ln by-user.txt",
+        ],
+    )
+    .output()
+    .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}\nrunner:\n{}", user.log());
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..2], &["1000", "1000"], "{out}");
+    assert!(
+        lines[2].contains(" 1000 "),
+        "owned by the container's user: {out}"
+    );
+    ok(&mut client(&me, &hub, &hub.admin, &["pull", "w"]));
+    assert_eq!(
+        ok(ds(&me).args(["cat", "w", "by-user.txt"])).stdout,
+        b"mine\n"
+    );
 }
 
 #[test]

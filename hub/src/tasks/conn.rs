@@ -74,7 +74,7 @@ impl TaskHub {
         let (keep, drop) = self
             .reconcile(&name, &hello.held)
             .await
-            .map_err(super::service::to_status)?;
+            .map_err(super::to_status)?;
         let (tx, rx) = mpsc::channel(64);
         let session = SESSIONS.fetch_add(1, Ordering::Relaxed);
         let connected_ms = now_ms();
@@ -227,14 +227,9 @@ impl Conn {
                 .hub
                 .renew(&self.name, &id, h.lease)
                 .await
-                .map_err(super::service::to_status)?
+                .map_err(super::to_status)?
             {
-                if let Some(r) = self
-                    .hub
-                    .book
-                    .load(&id)
-                    .await
-                    .map_err(super::service::to_status)?
+                if let Some(r) = self.hub.book.load(&id).await.map_err(super::to_status)?
                     && r.cancel_requested
                 {
                     cancel.push(id.to_string());
@@ -304,7 +299,7 @@ impl Conn {
                 true
             })
             .await
-            .map_err(super::service::to_status)?;
+            .map_err(super::to_status)?;
         Ok(())
     }
 
@@ -317,12 +312,7 @@ impl Conn {
                 b.lines.len()
             )));
         }
-        let r = self
-            .hub
-            .book
-            .load(&id)
-            .await
-            .map_err(super::service::to_status)?;
+        let r = self.hub.book.load(&id).await.map_err(super::to_status)?;
         if !r.as_ref().is_some_and(|r| owns(r, &self.name, b.lease)) {
             // A late write from a lease that is gone: refused, not an error
             // of the stream (the runner learns from its next heartbeat).
@@ -333,7 +323,7 @@ impl Conn {
             .book
             .put_logs(&id, &b)
             .await
-            .map_err(super::service::to_status)?;
+            .map_err(super::to_status)?;
         let _ = self
             .tx
             .send(msg(hub_message::Msg::LogAck(LogAck {
@@ -376,12 +366,9 @@ impl Conn {
                 true
             })
             .await
-            .map_err(super::service::to_status)?;
+            .map_err(super::to_status)?;
         if let Some((r, true)) = changed {
-            self.hub
-                .release(&r)
-                .await
-                .map_err(super::service::to_status)?;
+            self.hub.release(&r).await.map_err(super::to_status)?;
         }
         if let Some(c) = self.hub.runners().get_mut(&self.name) {
             c.running.remove(&id);

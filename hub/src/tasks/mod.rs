@@ -36,6 +36,12 @@ use crate::storage::Storage;
 use book::Book;
 use record::{Record, State, now_ms};
 
+/// A hub error as the gRPC status the task calls answer with (the one
+/// mapping, `crate::service::status`).
+pub(crate) fn to_status(e: crate::HubError) -> tonic::Status {
+    crate::service::status(e)
+}
+
 /// Claims a hub runs at once (see [`TaskHub::dispatch`]).
 const CLAIMS_AT_ONCE: usize = 16;
 

@@ -19,11 +19,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::TaskHub;
 use super::record::{Record, Spec, State, now_ms};
 use crate::auth::Grant;
-use crate::error::HubError;
 
-pub(crate) fn to_status(e: HubError) -> Status {
-    crate::service::status(e)
-}
+use super::to_status;
 
 /// How often a follower looks for new output.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);

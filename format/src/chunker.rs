@@ -189,10 +189,15 @@ mod tests {
             for e in a.iter().filter(|&&e| e + 4096 < at) {
                 prop_assert!(b.contains(e));
             }
-            // boundaries realign after the edit: most later ones reappear shifted
+            // boundaries realign after the edit, and for good: from the
+            // first later boundary that reappears shifted, all do, and that
+            // happens within the first half of them (how soon depends on
+            // the bytes: a few chunks, now and then more than 8 KiB)
             let after: Vec<_> = a.iter().filter(|&&e| e > at + 8192).collect();
-            let kept = after.iter().filter(|&&&e| b.contains(&(e + ins))).count();
-            prop_assert!(kept + 2 >= after.len(), "kept {} of {}", kept, after.len());
+            let kept: Vec<bool> = after.iter().map(|&&e| b.contains(&(e + ins))).collect();
+            let first = kept.iter().position(|&k| k).unwrap_or(kept.len());
+            prop_assert!(kept[first..].iter().all(|&k| k), "realigned, then lost again: {:?}", kept);
+            prop_assert!(first <= after.len() / 2, "realigned only after {} of {}", first, after.len());
         }
     }
 

@@ -25,6 +25,7 @@ mod error;
 pub mod htree;
 pub mod id;
 pub mod manifest;
+pub mod name;
 pub mod pack;
 pub mod snapshot;
 pub mod tree;

@@ -22,17 +22,10 @@ impl fmt::Display for BadName {
 impl std::error::Error for BadName {}
 
 fn check(what: &'static str, name: &str, max: usize) -> Result<(), BadName> {
-    let why = if name.is_empty() {
-        "empty"
-    } else if name.len() > max {
+    let why = if name.len() > max {
         "too long"
-    } else if name.starts_with(['.', '-']) {
-        "starts with '.' or '-'"
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-    {
-        "only letters, digits, '.', '_' and '-' are allowed"
+    } else if let Some(why) = ds_format::name::fault(name) {
+        why
     } else {
         return Ok(());
     };

@@ -18,17 +18,10 @@ use crate::{IoContext, Result, StoreError};
 /// Checks a workspace name: letters, digits, `.`, `_`, `-`; not starting with
 /// `.` or `-`; at most 128 bytes.
 pub fn validate_workspace(name: &str) -> Result<()> {
-    let why = if name.is_empty() {
-        "empty"
-    } else if name.len() > 128 {
+    let why = if name.len() > 128 {
         "longer than 128 bytes"
-    } else if name.starts_with('.') || name.starts_with('-') {
-        "starts with '.' or '-'"
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-    {
-        "only letters, digits, '.', '_' and '-' are allowed"
+    } else if let Some(why) = ds_format::name::fault(name) {
+        why
     } else {
         return Ok(());
     };

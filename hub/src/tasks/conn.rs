@@ -164,7 +164,7 @@ impl TaskHub {
             let Ok(id) = TaskId::new(&h.task) else {
                 continue;
             };
-            if self.renew(name, &id, h.lease).await? {
+            if self.renew(name, &id, h.lease).await?.is_some() {
                 keep.push(id);
             } else {
                 drop.push(id);
@@ -173,9 +173,14 @@ impl TaskHub {
         Ok((keep, drop))
     }
 
-    /// Renews `name`'s lease `lease` on task `id`; false if that lease is
-    /// not the task's current one.
-    async fn renew(&self, name: &RunnerName, id: &TaskId, lease: u64) -> Result<bool> {
+    /// Renews `name`'s lease `lease` on task `id`, returning the renewed
+    /// record; `None` if that lease is not the task's current one.
+    async fn renew(
+        &self,
+        name: &RunnerName,
+        id: &TaskId,
+        lease: u64,
+    ) -> Result<Option<super::record::Record>> {
         let until = now_ms() + self.lease_ms();
         let r = self
             .book
@@ -187,7 +192,10 @@ impl TaskHub {
                 true
             })
             .await?;
-        Ok(matches!(r, Some((_, true))))
+        Ok(match r {
+            Some((rec, true)) => Some(rec),
+            _ => None,
+        })
     }
 }
 
@@ -223,15 +231,13 @@ impl Conn {
         let mut kept = HashSet::new();
         for h in &running {
             let id = task_id(&h.task)?;
-            if self
+            let renewed = self
                 .hub
                 .renew(&self.name, &id, h.lease)
                 .await
-                .map_err(super::to_status)?
-            {
-                if let Some(r) = self.hub.book.load(&id).await.map_err(super::to_status)?
-                    && r.cancel_requested
-                {
+                .map_err(super::to_status)?;
+            if let Some(r) = renewed {
+                if r.cancel_requested {
                     cancel.push(id.to_string());
                 }
                 kept.insert(id);

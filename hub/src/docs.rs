@@ -12,7 +12,6 @@
 //! Keys are relative to the storage prefix and made only from checked
 //! names (task ids, runner names, workspace names), never from raw input.
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -212,14 +211,7 @@ fn local_swap(
     expected: Option<Version>,
     body: &[u8],
 ) -> Result<Swap> {
-    let lock_path = dir.join("docs.lock");
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .at(&lock_path)?;
-    lock.lock().at(&lock_path)?;
+    let _lock = crate::storage::flock(&dir.join("docs.lock"))?;
     let current = match std::fs::read(path) {
         Ok(b) => Some(local_version(&b)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,

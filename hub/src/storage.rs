@@ -358,6 +358,20 @@ impl Storage {
     }
 }
 
+/// Takes an exclusive flock(2) on `path` (created when missing), held
+/// until the returned file is dropped: what stands in for conditional
+/// writes on `file://` storage, shared by every hub on the machine.
+pub(crate) fn flock(path: &std::path::Path) -> Result<std::fs::File> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .at(path)?;
+    f.lock().at(path)?;
+    Ok(f)
+}
+
 fn local_swap(
     dir: &std::path::Path,
     ws: &str,
@@ -365,14 +379,7 @@ fn local_swap(
     new: ObjectId,
     force: bool,
 ) -> Result<Option<ObjectId>> {
-    let lock_path = dir.join("refs.lock");
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .at(&lock_path)?;
-    lock.lock().at(&lock_path)?;
+    let _lock = flock(&dir.join("refs.lock"))?;
     let refs = Refs::new(dir.join("refs"));
     let actual = refs.get(ws)?;
     if !force && actual != expected {

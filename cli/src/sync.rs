@@ -228,6 +228,17 @@ pub(crate) fn target(store: &Path, a: &HubArgs) -> Result<(String, String)> {
     Ok((url, token))
 }
 
+/// Resolves at SIGTERM or SIGINT (Ctrl-C): when a daemon command (`ds
+/// hub`, `ds runner`) should shut down cleanly.
+pub(crate) async fn terminated() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -432,13 +443,7 @@ pub fn hub(a: HubServeArgs) -> Result<ExitCode> {
     };
     runtime()?.block_on(async {
         let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+            terminated().await;
             eprintln!("ds hub: shutting down");
         };
         run(opts, |_| {}, shutdown).await

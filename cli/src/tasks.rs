@@ -19,7 +19,7 @@ use ds_proto::runner::{
 use ds_sync::tasks::Tasks;
 
 use crate::cmd::json::{RunnerJson, TaskJson};
-use crate::sync::{HubArgs, runtime, target};
+use crate::sync::{HubArgs, runtime, target, terminated};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -489,18 +489,7 @@ pub fn runner(a: RunnerArgs) -> Result<ExitCode> {
         .thread_name("ds-runner-link")
         .enable_all()
         .build()?;
-    rt.block_on(async {
-        let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
-        ds_runner::run(cfg, shutdown).await
-    })
-    .map_err(|e| anyhow!("{e}"))?;
+    rt.block_on(ds_runner::run(cfg, terminated))
+        .map_err(|e| anyhow!("{e}"))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -58,10 +58,15 @@ pub struct Config {
     pub docker: docker::DockerOptions,
 }
 
-/// Runs the runner until `shutdown` resolves; then it takes no new tasks,
-/// lets the running ones finish (with their final snapshot and push) and
-/// returns once the hub has their results.
-pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+/// Runs the runner until a future made by `signal` resolves (the caller
+/// owns the process's signals: e.g. SIGTERM or Ctrl-C); then it takes no
+/// new tasks, lets the running ones finish (with their final snapshot and
+/// push) and returns once the hub has their results. A second `signal()`,
+/// made after the first resolved, makes it return at once.
+pub async fn run<F: std::future::Future<Output = ()>>(
+    mut cfg: Config,
+    signal: impl Fn() -> F,
+) -> Result<()> {
     if cfg.capacity == 0 {
         return Err(RunnerError::Config("--capacity must be at least 1".into()));
     }
@@ -91,7 +96,7 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
         source,
     })?;
     clean_stale(&cfg.cache);
-    link::run(cfg, shutdown).await
+    link::run(cfg, signal).await
 }
 
 /// Removes what tasks of an earlier runner process left in the cache (it

@@ -41,7 +41,12 @@ enum End {
     Drained,
 }
 
-pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+/// Runs until the first `signal()` resolves, then drains; a second
+/// `signal()` (made after the first resolved) stops at once.
+pub async fn run<F: std::future::Future<Output = ()>>(
+    cfg: Config,
+    signal: impl Fn() -> F,
+) -> Result<()> {
     let link = Arc::new(Link {
         cfg: Arc::new(cfg),
         ledger: Arc::new(Ledger::default()),
@@ -50,10 +55,9 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
     });
     let l = link.clone();
     let mut sessions = tokio::spawn(async move { l.sessions().await });
-    tokio::pin!(shutdown);
     tokio::select! {
         r = &mut sessions => return r.map_err(|e| RunnerError::Protocol(e.to_string()))?,
-        _ = &mut shutdown => {}
+        _ = signal() => {}
     }
     let n = link.ledger.len();
     eprintln!(
@@ -62,14 +66,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
     );
     link.draining.store(true, Ordering::SeqCst);
     link.stop.notify_one();
-    let second = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    };
+    let second = signal();
     tokio::select! {
         r = &mut sessions => r.map_err(|e| RunnerError::Protocol(e.to_string()))?,
         _ = second => {

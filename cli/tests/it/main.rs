@@ -124,3 +124,27 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
 pub fn s3_endpoint() -> Option<String> {
     ds_hub::conformance::s3_test_endpoint()
 }
+
+/// Creates bucket `name` on the test S3 server at `ep`; returns its name.
+pub fn s3_bucket(ep: &str, name: &str) -> String {
+    assert!(
+        Command::new("curl")
+            .args(["-sf", "-X", "PUT", &format!("{ep}/{name}")])
+            .status()
+            .unwrap()
+            .success(),
+        "creating bucket {name} on {ep}"
+    );
+    name.to_string()
+}
+
+/// The environment a `ds hub` needs to use the test S3 server at `ep`.
+pub fn s3_env(ep: &str) -> [(&'static str, &str); 5] {
+    [
+        ("AWS_ENDPOINT", ep),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ]
+}

@@ -349,21 +349,8 @@ fn a_push_killed_with_sigkill_resumes_without_resending_what_landed() {
 #[test]
 fn two_hubs_on_one_s3_bucket_lose_no_update() {
     let Some(ep) = s3_endpoint() else { return };
-    let bucket = format!("ds-cli-{}", std::process::id());
-    assert!(
-        Command::new("curl")
-            .args(["-sf", "-X", "PUT", &format!("{ep}/{bucket}")])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let env = [
-        ("AWS_ENDPOINT", ep.as_str()),
-        ("AWS_ALLOW_HTTP", "true"),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-    ];
+    let bucket = s3_bucket(&ep, &format!("ds-cli-{}", std::process::id()));
+    let env = s3_env(&ep);
     let t = tempfile::tempdir().unwrap();
     let url = format!("s3://{bucket}/ds");
     let h1 = start_hub(&t.path().join("h1"), Some(&url), &env);

@@ -818,21 +818,8 @@ fn a_task_submitted_through_one_hub_runs_on_a_runner_of_another_hub_on_the_same_
     let Some(ep) = s3_endpoint() else {
         return;
     };
-    let bucket = format!("ds-tasks-{}", std::process::id());
-    assert!(
-        Command::new("curl")
-            .args(["-sf", "-X", "PUT", &format!("{ep}/{bucket}")])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let env = [
-        ("AWS_ENDPOINT", ep.as_str()),
-        ("AWS_ALLOW_HTTP", "true"),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-    ];
+    let bucket = s3_bucket(&ep, &format!("ds-tasks-{}", std::process::id()));
+    let env = s3_env(&ep);
     let t = tempfile::tempdir().unwrap();
     let url = format!("s3://{bucket}/ds");
     let h1 = start_hub_with(&t.path().join("h1"), Some(&url), &env, &["--lease", "5"]);
@@ -934,4 +921,43 @@ fn a_task_with_a_repo_runs_on_that_commit_and_records_it() {
         ],
     ));
     assert_eq!(text(&o).0, "v2\n");
+}
+
+#[test]
+fn sigterm_makes_a_runner_finish_its_task_push_it_and_exit() {
+    let t = tempfile::tempdir().unwrap();
+    let hub = hub(t.path(), "5");
+    let me = t.path().join("me");
+    let rt = runner_token(&hub, "r1");
+    let mut r = start_runner(&hub, &rt, "r1", &t.path().join("c"), &[]);
+    let id = detach(
+        &me,
+        &hub,
+        &hub.admin,
+        "w",
+        &["sh", "-c", "echo started; sleep 2; echo done > f"],
+        &[],
+    );
+    wait_until("the task starts", 60, || {
+        logs(&me, &hub, &hub.admin, &id).contains("started")
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(r.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let st = r.exited();
+    assert!(st.success(), "a drained runner exits 0: {st}\n{}", r.log());
+    assert!(r.log().contains("shutting down"), "{}", r.log());
+    let done = show(&me, &hub, &hub.admin, &id);
+    assert_eq!(
+        done["state"], "succeeded",
+        "the task finished before the runner left: {done}"
+    );
+    ok(&mut client(&me, &hub, &hub.admin, &["pull", "w"]));
+    assert_eq!(ok(ds(&me).args(["cat", "w", "f"])).stdout, b"done\n");
+    // While it drained, no new task went to it; with it gone, one waits.
+    let next = detach(&me, &hub, &hub.admin, "w", &["true"], &[]);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(show(&me, &hub, &hub.admin, &next)["state"], "queued");
 }

@@ -68,11 +68,18 @@ set +x
 runner_pid=$!
 for _ in $(seq 1 100); do grep -q "connected to" "$demo/runner.log" 2>/dev/null && break; sleep 0.1; done
 set -x
-"$DS" run -w demo --hub "$url" -- sh -c 'wc -l data/rows.csv; echo "accuracy 0.93" > models/metrics.txt'
+# The workload records a run by printing its metadata between markers;
+# the runner snapshots the workspace at that moment with the run attached.
+"$DS" run -w demo --hub "$url" -- sh -c 'wc -l data/rows.csv; echo "accuracy 0.93" > models/metrics.txt
+echo "[[DS-RUN:demo-1]]{\"parameters\":{\"rows\":1000},\"metrics\":{\"accuracy\":0.93},\"inputs\":[\"data/rows.csv\"],\"outputs\":[\"models/metrics.txt\"],\"labels\":{\"model\":\"demo-model\"}}[[/DS-RUN:demo-1]]"'
 "$DS" tasks --hub "$url"
 "$DS" runners --hub "$url"
+"$DS" runs demo --hub "$url"
 DS_STORE="$demo/clone" "$DS" pull demo --hub "$url"
 DS_STORE="$demo/clone" "$DS" cat demo models/metrics.txt
+DS_STORE="$demo/clone" "$DS" runs demo
+DS_STORE="$demo/clone" "$DS" models
+DS_STORE="$demo/clone" "$DS" provenance model:demo-model
 set +x
 kill -TERM "$runner_pid"; wait "$runner_pid" || true; runner_pid=""
 echo "ds demo: store, workspace, restored copy, hub, clone and runner cache are in $demo"

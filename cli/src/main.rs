@@ -10,6 +10,7 @@ mod fmt;
 mod mount;
 mod open;
 mod progress;
+mod runs;
 mod sync;
 mod tasks;
 
@@ -100,6 +101,16 @@ pub enum Command {
     /// Run a runner: take tasks from a hub and run them (foreground, until
     /// SIGTERM or Ctrl-C)
     Runner(tasks::RunnerArgs),
+    /// List recorded runs, newest first, with their parameters and metrics
+    /// (`ds runs diff A B` compares two)
+    Runs(runs::RunsArgs),
+    /// List models: runs labelled model=NAME are its versions
+    Models(runs::ModelsArgs),
+    /// Show a model version with its provenance
+    Model(runs::ModelArgs),
+    /// The graph from a file or model back to the runs, datasets and
+    /// snapshots that made it
+    Provenance(runs::ProvenanceArgs),
 }
 
 /// $XDG_DATA_HOME, else ~/.local/share.

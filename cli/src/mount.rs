@@ -267,7 +267,22 @@ pub fn snapshot_of_mount(
         );
     }
     let metadata: BTreeMap<_, _> = meta.iter().cloned().collect();
-    let c = control::request_snapshot(&m, message, metadata)?;
+    // Runs written to .ds/runs/ since the mount's last snapshot: read here,
+    // through the mount, and carried by the request.
+    let runs = {
+        let store = crate::open::open(store_path, ds_store::Access::Read)?;
+        let parent = match store.refs().get(ws)? {
+            Some(h) => Some(store.load_snapshot(&h)?),
+            None => None,
+        };
+        let (runs, warnings) =
+            ds_store::runs::pending(&store, path, parent.as_ref(), &path.to_string_lossy())?;
+        for w in warnings {
+            eprintln!("ds: warning: {w}");
+        }
+        runs
+    };
+    let c = control::request_snapshot(&m, message, metadata, runs)?;
     if json_out {
         crate::cmd::print_json(&crate::cmd::live_snapshot_json(&c))?;
     } else {

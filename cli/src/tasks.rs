@@ -22,11 +22,12 @@ use crate::cmd::json::{RunnerJson, TaskJson};
 use crate::sync::{HubArgs, runtime, target, terminated};
 
 #[derive(Debug, Args)]
+#[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
 pub struct RunArgs {
     /// Workspace the task runs in: mounted read-write as the workload's
     /// home and working directory, snapshotted and pushed when it ends
-    #[arg(long, short = 'w', value_name = "W")]
-    workspace: String,
+    #[arg(long, short = 'w', value_name = "W", required = true)]
+    workspace: Option<String>,
     /// Executor: process (a child process of the runner) or docker (a
     /// container) [default: the runner's first]
     #[arg(long, value_name = "process|docker")]
@@ -57,9 +58,18 @@ pub struct RunArgs {
     /// The command and its arguments, run as is (no shell)
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
+    #[command(subcommand)]
+    sub: Option<RunSub>,
 }
 
-fn key_value(s: &str) -> Result<(String, String), String> {
+#[derive(Debug, clap::Subcommand)]
+pub enum RunSub {
+    /// Show a recorded run with its provenance: inputs and outputs with
+    /// their content ids, code, environment
+    Show(crate::runs::RunShowArgs),
+}
+
+pub(crate) fn key_value(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once('=')
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
@@ -221,8 +231,11 @@ fn exit_for(t: &TaskInfo) -> ExitCode {
 }
 
 pub fn run(store: &Path, a: RunArgs) -> Result<ExitCode> {
+    if let Some(RunSub::Show(s)) = a.sub {
+        return crate::runs::show(store, s);
+    }
     let spec = TaskSpec {
-        workspace: a.workspace,
+        workspace: a.workspace.context("--workspace is required")?,
         command: a.command,
         executor: a.executor.unwrap_or_default(),
         image: a.image.unwrap_or_default(),

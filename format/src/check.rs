@@ -50,6 +50,10 @@ pub fn children(kind: ObjectKind, raw: &[u8], out: &mut Vec<(ObjectId, ObjectKin
             let s = Snapshot::decode(raw)?;
             out.push((s.root.root, ObjectKind::DirNode));
             out.extend(s.parents.iter().map(|p| (*p, ObjectKind::Snapshot)));
+            out.extend(s.runs.iter().map(|r| (*r, ObjectKind::Run)));
+        }
+        ObjectKind::Run => {
+            crate::run::Run::decode(raw)?;
         }
     }
     Ok(())

@@ -19,6 +19,8 @@ pub enum ObjectKind {
     DirNode = 3,
     /// A snapshot object (see [`crate::snapshot`]).
     Snapshot = 4,
+    /// A run record, carried by a snapshot (see [`crate::run`]).
+    Run = 5,
 }
 
 impl ObjectKind {
@@ -28,6 +30,7 @@ impl ObjectKind {
             2 => ObjectKind::FileNode,
             3 => ObjectKind::DirNode,
             4 => ObjectKind::Snapshot,
+            5 => ObjectKind::Run,
             _ => return None,
         })
     }
@@ -38,6 +41,7 @@ impl ObjectKind {
             ObjectKind::FileNode => "file-node",
             ObjectKind::DirNode => "dir-node",
             ObjectKind::Snapshot => "snapshot",
+            ObjectKind::Run => "run",
         }
     }
 
@@ -51,6 +55,7 @@ impl ObjectKind {
             ObjectKind::FileNode => derive("ds 2026-11 file-node v1", bytes),
             ObjectKind::DirNode => derive("ds 2026-11 dir-node v1", bytes),
             ObjectKind::Snapshot => derive("ds 2026-11 snapshot v1", bytes),
+            ObjectKind::Run => derive("ds 2026-12 run v1", bytes),
         };
         ObjectId(*h.as_bytes())
     }
@@ -189,6 +194,7 @@ mod tests {
             ObjectKind::FileNode,
             ObjectKind::DirNode,
             ObjectKind::Snapshot,
+            ObjectKind::Run,
         ]
         .iter()
         .map(|k| k.hash(b))

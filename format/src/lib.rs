@@ -27,6 +27,7 @@ pub mod id;
 pub mod manifest;
 pub mod name;
 pub mod pack;
+pub mod run;
 pub mod snapshot;
 pub mod tree;
 

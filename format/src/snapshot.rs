@@ -7,6 +7,11 @@
 //! parents:varint id* time_ns:zigzag workspace:bytes source:bytes host:bytes
 //! message:bytes metadata:varint (key:bytes value:bytes)* (keys strictly
 //! ascending) files:varint dirs:varint symlinks:varint bytes:varint`.
+//!
+//! Version 2 appends `runs:varint id*`: the run records
+//! ([`crate::run`]) this snapshot is the "after" snapshot of. A snapshot
+//! without runs is always encoded as version 1, so every snapshot made
+//! before runs existed keeps its bytes and its id.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +21,9 @@ use crate::{FormatError, ObjectId, ObjectKind, Result};
 
 const TAG: u8 = b'S';
 const VERSION: u8 = 1;
+const VERSION_RUNS: u8 = 2;
+/// The most runs one snapshot may carry.
+pub const MAX_RUNS: u64 = 4096;
 pub const MAX_PARENTS: u64 = 64;
 pub const MAX_MESSAGE: usize = 1 << 20;
 pub const MAX_METADATA: u64 = 4096;
@@ -42,13 +50,20 @@ pub struct Snapshot {
     pub message: String,
     pub metadata: BTreeMap<String, String>,
     pub stats: SnapshotStats,
+    /// Run records this snapshot carries (ids of `ObjectKind::Run`
+    /// objects), in the order they were recorded.
+    pub runs: Vec<ObjectId>,
 }
 
 impl Snapshot {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.u8(TAG);
-        w.u8(VERSION);
+        w.u8(if self.runs.is_empty() {
+            VERSION
+        } else {
+            VERSION_RUNS
+        });
         w.u8(self.root.height);
         w.id(&self.root.root);
         w.varint(self.parents.len() as u64);
@@ -73,6 +88,12 @@ impl Snapshot {
         ] {
             w.varint(v);
         }
+        if !self.runs.is_empty() {
+            w.varint(self.runs.len() as u64);
+            for r in &self.runs {
+                w.id(r);
+            }
+        }
         w.into_bytes()
     }
 
@@ -82,7 +103,8 @@ impl Snapshot {
 
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let mut r = Reader::new(bytes, "snapshot");
-        r.header(TAG, VERSION)?;
+        let with_runs = bytes.get(1) == Some(&VERSION_RUNS);
+        r.header(TAG, if with_runs { VERSION_RUNS } else { VERSION })?;
         let height = r.u8()?;
         if height >= MAX_LEVEL {
             return Err(r.corrupt("root tree too deep"));
@@ -116,6 +138,14 @@ impl Snapshot {
             symlinks: r.varint()?,
             bytes: r.varint()?,
         };
+        let mut runs = Vec::new();
+        if with_runs {
+            let n = r.bounded(MAX_RUNS, "run count")?;
+            if n == 0 {
+                return Err(r.corrupt("a version 2 snapshot without runs"));
+            }
+            runs = (0..n).map(|_| r.id()).collect::<Result<Vec<_>>>()?;
+        }
         r.finish()?;
         Ok(Snapshot {
             root,
@@ -127,6 +157,7 @@ impl Snapshot {
             message,
             metadata,
             stats,
+            runs,
         })
     }
 }
@@ -161,11 +192,28 @@ mod tests {
                 symlinks: 3,
                 bytes: 4,
             },
+            runs: Vec::new(),
         };
         let b = s.encode();
+        assert_eq!(b[1], VERSION, "no runs: the original encoding");
         assert_eq!(Snapshot::decode(&b).unwrap(), s);
         for cut in 0..b.len() {
             assert!(Snapshot::decode(&b[..cut]).is_err());
         }
+        let with = Snapshot {
+            runs: vec![ObjectId([9; 32]), ObjectId([8; 32])],
+            ..s.clone()
+        };
+        let b2 = with.encode();
+        assert_eq!(b2[1], VERSION_RUNS);
+        assert_eq!(Snapshot::decode(&b2).unwrap(), with);
+        for cut in 0..b2.len() {
+            assert!(Snapshot::decode(&b2[..cut]).is_err());
+        }
+        // Version 2 with an empty run list is not canonical.
+        let mut empty = b.clone();
+        empty[1] = VERSION_RUNS;
+        empty.push(0);
+        assert!(Snapshot::decode(&empty).is_err());
     }
 }

@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 mod checks;
 
 use checks::{
-    codec, dir_node, file_node, hex, pack_trailer, pack_verify, snapshot, store_config, stored,
+    codec, dir_node, file_node, hex, pack_trailer, pack_verify, run, snapshot, store_config, stored,
 };
 
 type Check = fn(&[u8]);
 
-const TARGETS: [(&str, Check); 8] = [
+const TARGETS: [(&str, Check); 9] = [
     ("dir_node", dir_node),
     ("file_node", file_node),
     ("snapshot", snapshot),
@@ -30,6 +30,7 @@ const TARGETS: [(&str, Check); 8] = [
     ("codec", codec),
     ("pack_verify", pack_verify),
     ("stored", stored),
+    ("run", run),
 ];
 
 fn fuzz_dir() -> PathBuf {

@@ -51,6 +51,9 @@ pub enum Op {
         message: String,
         #[serde(default)]
         metadata: BTreeMap<String, String>,
+        /// Run records to carry (a client's pick of `.ds/runs/*.json`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        runs: Vec<ds_store::format::run::Run>,
     },
 }
 
@@ -83,6 +86,9 @@ pub struct Committed {
     pub objects_added: u64,
     pub packs_written: u64,
     pub seconds: f64,
+    /// Ids of the run records the snapshot carries.
+    #[serde(default)]
+    pub runs: Vec<ObjectId>,
 }
 
 impl Committed {
@@ -105,6 +111,7 @@ impl Committed {
             objects_added: r.written.objects,
             packs_written: r.written.packs,
             seconds,
+            runs: s.runs.clone(),
         }
     }
 }
@@ -154,6 +161,7 @@ pub fn request_snapshot(
     m: &Registered,
     message: &str,
     metadata: BTreeMap<String, String>,
+    runs: Vec<ds_store::format::run::Run>,
 ) -> Result<Committed, MountError> {
     let sock = m.socket();
     let fail = |why: String| MountError::Control {
@@ -167,6 +175,7 @@ pub fn request_snapshot(
         op: Op::Snapshot {
             message: message.into(),
             metadata,
+            runs,
         },
     };
     let mut line = serde_json::to_vec(&req).map_err(|e| fail(e.to_string()))?;
@@ -240,6 +249,7 @@ mod tests {
             op: Op::Snapshot {
                 message: "m".into(),
                 metadata: BTreeMap::from([("k".into(), "v".into())]),
+                runs: Vec::new(),
             },
         };
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();

@@ -219,10 +219,15 @@ impl Mounted {
                     break;
                 }
                 let r = control::serve_one(&conn, |op| match op {
-                    Op::Snapshot { message, metadata } => handle.snapshot(CommitOptions {
+                    Op::Snapshot {
+                        message,
+                        metadata,
+                        runs,
+                    } => handle.snapshot(CommitOptions {
                         message,
                         metadata,
                         source: Vec::new(),
+                        runs,
                     }),
                 });
                 if let Err(e) = r {

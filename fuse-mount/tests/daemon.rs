@@ -76,6 +76,7 @@ fn a_workspace_mounts_snapshots_and_unmounts_in_process() {
         &reg,
         "over the socket",
         BTreeMap::from([("k".to_string(), "v".to_string())]),
+        Vec::new(),
     )
     .unwrap();
     assert_eq!(second.parent, Some(first.id));

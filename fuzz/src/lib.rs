@@ -134,6 +134,18 @@ pub fn snapshot(data: &[u8]) {
     assert!(s.metadata.len() as u64 <= ds_format::snapshot::MAX_METADATA);
 }
 
+/// `Run::decode`, and `RunMeta::parse` (what a workload prints) on the
+/// same bytes.
+pub fn run(data: &[u8]) {
+    let _ = ds_format::run::RunMeta::parse("fuzz", data);
+    let Ok(r) = ds_format::run::Run::decode(data) else {
+        return;
+    };
+    let enc = r.encode();
+    assert_canonical("run", data, &enc);
+    assert_eq!(r.id(), ObjectKind::Run.hash(data));
+}
+
 /// Input layout of the `pack_trailer` target:
 /// `flags:u8 x:u64le trailer...` (missing header bytes read as zero).
 /// - `flags & 1 == 0`: `pack_len = 8 + trailer.len() + (x & 0xffff_ffff)`

@@ -11,8 +11,9 @@ use ds_format::{ObjectId, ObjectKind, PackId};
 use ds_proto::v1::sync_server::Sync;
 use ds_proto::v1::{
     CreateTokenReply, CreateTokenRequest, GetObjectsReply, GetObjectsRequest, GetRefReply,
-    GetRefRequest, HaveReply, HaveRequest, HelloReply, HelloRequest, StoredObject, UpdateRefReply,
-    UpdateRefRequest, UploadPackReply, UploadPackRequest, upload_pack_request,
+    GetRefRequest, HaveReply, HaveRequest, HelloReply, HelloRequest, ListRunsReply,
+    ListRunsRequest, StoredObject, UpdateRefReply, UpdateRefRequest, UploadPackReply,
+    UploadPackRequest, upload_pack_request,
 };
 use ds_proto::{MAX_BATCH, MAX_MESSAGE, MAX_PACK, PROTOCOL, REPLY_TARGET, bitmap, split_ids};
 use ds_store::index::Location;
@@ -36,6 +37,7 @@ pub struct SyncService {
     storage: Storage,
     cache: Cache,
     auth: Arc<Auth>,
+    pub(crate) summaries: crate::runs::Summaries,
 }
 
 /// The one place a hub error becomes a gRPC status (see `error.rs`).
@@ -99,7 +101,35 @@ impl SyncService {
             storage,
             cache,
             auth,
+            summaries: Default::default(),
         }
+    }
+
+    /// Locations of `ids` (None: not on the hub), refreshing the cache once
+    /// if any is unknown.
+    pub(crate) async fn locate_some(
+        &self,
+        ids: &[ObjectId],
+    ) -> Result<Vec<Option<Location>>, Status> {
+        let mut found = self.cache.get_all(ids.to_vec()).await.map_err(status)?;
+        if found.iter().any(Option::is_none) {
+            self.cache.refresh(&self.storage).await.map_err(status)?;
+            found = self.cache.get_all(ids.to_vec()).await.map_err(status)?;
+        }
+        Ok(found)
+    }
+
+    pub(crate) async fn locate_all(&self, ids: &[ObjectId]) -> Result<Vec<Location>, Status> {
+        self.locate(ids).await
+    }
+
+    /// The stored form of objects at known locations.
+    pub(crate) async fn fetch(
+        &self,
+        ids: &[ObjectId],
+        locs: &[Location],
+    ) -> Result<Vec<StoredObject>, Status> {
+        fetch_window(&self.storage, ids, locs).await
     }
 
     /// Locations of `ids`, refreshing the cache once if any is unknown.
@@ -362,6 +392,42 @@ impl Sync for SyncService {
         Ok(Response::new(UpdateRefReply {
             previous: prev.map(|p| p.0.to_vec()).unwrap_or_default(),
         }))
+    }
+
+    type ListRunsStream = ReceiverStream<Result<ListRunsReply, Status>>;
+
+    async fn list_runs(
+        &self,
+        req: Request<ListRunsRequest>,
+    ) -> Result<Response<Self::ListRunsStream>, Status> {
+        let grant = self.auth.check(&req).await?;
+        let ws = &req.get_ref().workspace;
+        let heads = if ws.is_empty() {
+            self.storage
+                .list_refs()
+                .await
+                .map_err(status)?
+                .into_iter()
+                .filter(|(w, _)| grant.may_use(w))
+                .map(|(_, h)| h)
+                .collect()
+        } else {
+            workspace_ok(ws)?;
+            grant.require(ws)?;
+            match self.storage.get_ref(ws).await.map_err(status)? {
+                Some(h) => vec![h],
+                None => {
+                    return Err(Status::not_found(format!(
+                        "the hub has no workspace {ws:?}"
+                    )));
+                }
+            }
+        };
+        let runs = self.runs_of(heads).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let svc = self.clone();
+        tokio::spawn(async move { svc.send_runs(runs, tx).await });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn create_token(

@@ -30,6 +30,7 @@ use futures::StreamExt;
 
 use crate::exec::{Exit, LineCutter};
 use crate::ledger::{Control, Ledger, STDERR, STDOUT};
+use crate::runs::Runs;
 
 /// Where the workspace appears inside the container.
 pub const HOME_IN_CONTAINER: &str = "/home/ds";
@@ -79,12 +80,14 @@ pub async fn run(
     control: &Control,
     opts: &DockerOptions,
     say: &(dyn Fn(String) + Sync),
+    runs: &Arc<Runs>,
 ) -> Result<Exit, String> {
     let d = engine()?
         .negotiate_version()
         .await
         .map_err(|e| format!("the container engine does not answer: {e}"))?;
     let image = ensure_image(&d, &spec.image, say).await?;
+    runs.set_image_digest(image.clone());
     let name = format!("ds-task-{id}");
     let mut env = vec![
         format!("HOME={HOME_IN_CONTAINER}"),
@@ -129,7 +132,7 @@ pub async fn run(
         "container {name} of image {} ({image})",
         spec.image
     ));
-    let r = supervise(&d, &name, id, ledger, control).await;
+    let r = supervise(&d, &name, id, ledger, control, runs).await;
     remove(&d, &name).await;
     r
 }
@@ -167,10 +170,19 @@ async fn supervise(
     id: &TaskId,
     ledger: &Arc<Ledger>,
     control: &Control,
+    runs: &Arc<Runs>,
 ) -> Result<Exit, String> {
     d.start_container(name, None)
         .await
         .map_err(|e| format!("cannot start container {name}: {e}"))?;
+    // The container's main process, for the CPU time and peak memory of
+    // its runs (a host pid: the engine runs on this machine).
+    if let Ok(i) = d.inspect_container(name, None).await
+        && let Some(pid) = i.state.and_then(|s| s.pid).filter(|p| *p > 0)
+    {
+        runs.set_pid(pid as u32);
+    }
+    let mut tap = runs.tap();
     let mut logs = d.logs(
         name,
         Some(LogsOptions {
@@ -195,7 +207,10 @@ async fn supervise(
     while exit.is_none() || !logs_done {
         tokio::select! {
             l = logs.next(), if !logs_done => match l {
-                Some(Ok(LogOutput::StdOut { message })) => emit(&mut out, STDOUT, &message),
+                Some(Ok(LogOutput::StdOut { message })) => {
+                    tap.feed(&message);
+                    emit(&mut out, STDOUT, &message)
+                }
                 Some(Ok(LogOutput::StdErr { message } | LogOutput::Console { message })) => {
                     emit(&mut err, STDERR, &message)
                 }
@@ -245,6 +260,7 @@ async fn supervise(
         }
     }
     out.finish(|l| ledger.line(id, STDOUT, l));
+    tap.finish();
     err.finish(|l| ledger.line(id, STDERR, l));
     exit.unwrap_or_else(|| Err("no exit status".into()))
 }

@@ -21,6 +21,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 use crate::ledger::{Control, Ledger, STDERR, STDOUT};
+use crate::runs::{Runs, Tap};
 
 /// How a workload ended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -45,6 +46,7 @@ pub fn run(
     home: &Path,
     ledger: &Arc<Ledger>,
     control: &Control,
+    runs: &Arc<Runs>,
 ) -> Result<Exit, String> {
     let mut cmd = Command::new(&spec.command[0]);
     cmd.args(&spec.command[1..])
@@ -66,9 +68,10 @@ pub fn run(
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {:?}: {e}", spec.command[0]))?;
+    runs.set_pid(child.id());
     let readers = [
-        reader(child.stdout.take(), STDOUT, id, ledger),
-        reader(child.stderr.take(), STDERR, id, ledger),
+        reader(child.stdout.take(), STDOUT, id, ledger, Some(runs.tap())),
+        reader(child.stderr.take(), STDERR, id, ledger, None),
     ];
     let exit = wait(&mut child, control);
     // Whatever the workload left running in its group goes with it: it
@@ -113,12 +116,14 @@ fn wait(child: &mut Child, control: &Control) -> Result<Exit, String> {
 }
 
 /// A thread that cuts `pipe` into lines (at most [`MAX_LOG_LINE`] bytes
-/// each; a longer line continues on the next) for the task's log.
+/// each; a longer line continues on the next) for the task's log, and
+/// shows the raw bytes to `tap` (run markers).
 fn reader(
     pipe: Option<impl Read + Send + 'static>,
     stream: u32,
     id: &TaskId,
     ledger: &Arc<Ledger>,
+    mut tap: Option<Tap>,
 ) -> Option<JoinHandle<()>> {
     let mut pipe = pipe?;
     let (id, ledger) = (id.clone(), ledger.clone());
@@ -130,12 +135,20 @@ fn reader(
             loop {
                 match pipe.read(&mut buf) {
                     Ok(0) => break,
-                    Ok(n) => lines.feed(&buf[..n], |l| ledger.line(&id, stream, l)),
+                    Ok(n) => {
+                        if let Some(t) = &mut tap {
+                            t.feed(&buf[..n]);
+                        }
+                        lines.feed(&buf[..n], |l| ledger.line(&id, stream, l))
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(_) => break,
                 }
             }
             lines.finish(|l| ledger.line(&id, stream, l));
+            if let Some(t) = &mut tap {
+                t.finish();
+            }
         })
         .ok()
 }

@@ -27,6 +27,7 @@ mod error;
 pub mod exec;
 pub mod ledger;
 pub mod link;
+pub mod runs;
 pub mod task;
 
 use std::collections::HashMap;

@@ -30,6 +30,7 @@ use crate::Config;
 use crate::error::{IoContext, Result, RunnerError};
 use crate::exec::{self, Exit};
 use crate::ledger::{Control, Ledger, RUNNER};
+use crate::runs::{self, Provenance, Runs};
 
 /// What the hub assigned.
 #[derive(Debug, Clone)]
@@ -112,6 +113,7 @@ fn steps(cx: &Ctx<'_>, control: &Control, done: &mut Done) -> Result<()> {
     let home = task_dir(&cx.cfg.cache, &cx.a.id).join("home");
     std::fs::create_dir_all(&home).at(&home)?;
     let store = Arc::new(Store::open(&store_dir, Access::Read, true)?);
+    let reader = store.clone();
     let executor = if cx.a.spec.executor.is_empty() {
         cx.cfg.executors[0].clone()
     } else {
@@ -148,20 +150,47 @@ fn steps(cx: &Ctx<'_>, control: &Control, done: &mut Done) -> Result<()> {
             "running {:?} ({executor} executor)",
             cx.a.spec.command
         ));
-        if docker {
-            let say = |m: String| cx.say(m);
-            rt.block_on(crate::docker::run(
-                &cx.a.spec,
-                &cx.a.id,
-                &home,
-                cx.ledger,
-                control,
-                &cx.cfg.docker,
-                &say,
-            ))
+        Ok(())
+    });
+    let prov = Provenance {
+        task: cx.a.id.to_string(),
+        runner: cx.cfg.name.to_string(),
+        executor: executor.clone(),
+        image: docker.then(|| cx.a.spec.image.clone()),
+        command: cx.a.spec.command.clone(),
+        repo: (!done.commit.is_empty()).then(|| cx.a.spec.repo.clone()),
+        commit: (!done.commit.is_empty()).then(|| done.commit.clone()),
+        home: if docker {
+            crate::docker::HOME_IN_CONTAINER.to_string()
         } else {
-            exec::run(&cx.a.spec, &cx.a.id, &home, cx.ledger, control)
-        }
+            home.to_string_lossy().into_owned()
+        },
+    };
+    let (runs, found) = Runs::new();
+    let say = |m: String| cx.say(m);
+    // Runs are recorded while the workload runs, each in a snapshot of its
+    // own; the recorder ends when the output does.
+    let (exit, last) = std::thread::scope(|s| {
+        let recorder =
+            s.spawn(|| runs::record(found, &handle, (&reader, &home), &prov, &runs, base, &say));
+        let exit = exit.and_then(|()| {
+            if docker {
+                rt.block_on(crate::docker::run(
+                    &cx.a.spec,
+                    &cx.a.id,
+                    &home,
+                    cx.ledger,
+                    control,
+                    &cx.cfg.docker,
+                    &say,
+                    &runs,
+                ))
+            } else {
+                exec::run(&cx.a.spec, &cx.a.id, &home, cx.ledger, control, &runs)
+            }
+        });
+        runs.close();
+        (exit, recorder.join().unwrap_or(base))
     });
     match &exit {
         Ok(Exit { code, signal }) => {
@@ -191,10 +220,12 @@ fn steps(cx: &Ctx<'_>, control: &Control, done: &mut Done) -> Result<()> {
             metadata.insert("git_repo".into(), cx.a.spec.repo.clone());
             metadata.insert("git_commit".into(), done.commit.clone());
         }
+        let files = runs::pending_files(&reader, &home, last, &prov, &runs, &say);
         match handle.snapshot(CommitOptions {
             message: format!("task {}: {}", cx.a.id, cx.a.spec.command.join(" ")),
             metadata,
             source: Vec::new(),
+            runs: files,
         }) {
             Ok(c) => Some(c.id),
             Err(e) => {

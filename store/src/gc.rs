@@ -2,7 +2,8 @@
 //!
 //! Reachability starts at every ref and follows snapshot parents, directory
 //! trees and file manifests down to chunk ids (chunks themselves are not
-//! read). If any reachable node cannot be read, gc stops before deleting
+//! read; run records are kept with the snapshots that carry them). If any
+//! reachable node cannot be read, gc stops before deleting
 //! anything: it cannot know what that node would have kept alive.
 //!
 //! Order of operations keeps every step crash-safe: live objects of mostly
@@ -59,6 +60,7 @@ pub fn reachable(store: &Store) -> Result<HashSet<ObjectId>> {
         }
         let s = store.load_snapshot(&id)?;
         snaps.extend(s.parents.iter().copied());
+        seen.extend(s.runs.iter().copied());
         mark_dir(store, &s.root, &mut seen)?;
     }
     Ok(seen)

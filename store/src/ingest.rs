@@ -46,6 +46,8 @@ pub struct SnapshotOptions {
     pub metadata: BTreeMap<String, String>,
     /// Read every file even when the stat cache says it is unchanged.
     pub no_cache: bool,
+    /// Runs this snapshot records.
+    pub runs: Vec<ds_format::run::Run>,
 }
 
 /// What a snapshot did.
@@ -151,6 +153,7 @@ pub fn snapshot(
             bytes: ing.bytes.load(Ordering::Relaxed),
         },
         time_ns: Some(started),
+        runs: opts.runs.clone(),
     })?;
     let Ingest {
         writer: w,

@@ -32,6 +32,7 @@ pub mod progress;
 pub mod refs;
 pub mod resolve;
 pub mod restore;
+pub mod runs;
 mod store;
 pub mod txn;
 pub mod verify;

@@ -1,6 +1,7 @@
 //! Naming snapshots on the command line: a full id, a unique hex prefix of at
-//! least 4 digits, a workspace name `W` (its latest snapshot) or `W~N` (N
-//! first-parent steps back from it). A workspace name wins over a hex prefix
+//! least 4 digits, a workspace name `W` (its latest snapshot), `W~N` (N
+//! first-parent steps back from it) or `model:NAME[@V]` (the snapshot of
+//! the run that made that model version). A workspace name wins over a hex prefix
 //! that happens to spell it.
 
 use ds_format::ObjectId;
@@ -10,6 +11,11 @@ use crate::refs::validate_workspace;
 use crate::{Result, Store, StoreError};
 
 pub fn resolve(store: &Store, spec: &str) -> Result<ObjectId> {
+    if let Some(m) = spec.strip_prefix("model:") {
+        // A model version's files are in the snapshot of its run.
+        let all = crate::runs::all(store)?;
+        return Ok(crate::runs::find_model(&all, m)?.3.snapshot);
+    }
     if let Some((ws, n)) = spec.rsplit_once('~') {
         let steps: usize = n
             .parse()

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use ds_format::run::Run;
 use ds_format::snapshot::{Snapshot, SnapshotStats};
 use ds_format::tree::DirRef;
 use ds_format::{ObjectId, ObjectKind};
@@ -85,6 +86,9 @@ pub struct NewSnapshot {
     pub stats: SnapshotStats,
     /// When it was taken; `None`: now.
     pub time_ns: Option<i64>,
+    /// Runs this snapshot records (it is their "after" snapshot). Their
+    /// workspace, "before" snapshot and time are filled in here.
+    pub runs: Vec<Run>,
 }
 
 /// Objects being added to a store.
@@ -122,12 +126,46 @@ impl<'a> Transaction<'a> {
         self.session.writer()
     }
 
-    /// Encodes and queues the snapshot object; returns its id and value.
+    /// Encodes and queues the snapshot object and the run records it
+    /// carries (runs first: children before parents); returns its id and
+    /// value.
     pub fn put_snapshot(&self, s: NewSnapshot) -> Result<(ObjectId, Snapshot)> {
+        let time_ns = s.time_ns.unwrap_or_else(now_ns);
+        if s.runs.len() as u64 > ds_format::snapshot::MAX_RUNS {
+            return Err(crate::StoreError::BadInput(format!(
+                "{} runs in one snapshot; at most {}",
+                s.runs.len(),
+                ds_format::snapshot::MAX_RUNS
+            )));
+        }
+        let mut runs = Vec::with_capacity(s.runs.len());
+        for mut r in s.runs {
+            r.workspace = s.workspace.clone();
+            r.before = s.parent;
+            if r.recorded_ns == 0 {
+                r.recorded_ns = time_ns;
+            }
+            if r.environment.host.is_none() {
+                r.environment.host = Some(hostname()).filter(|h| !h.is_empty());
+            }
+            let bytes = r.encode();
+            if bytes.len() > ds_format::run::MAX_RUN {
+                return Err(crate::StoreError::Internal(format!(
+                    "run {:?} is a record of {} bytes, over the 1 MiB limit",
+                    r.name,
+                    bytes.len()
+                )));
+            }
+            let id = ObjectKind::Run.hash(&bytes);
+            self.writer()
+                .put(ObjectKind::Run, id, Payload::Owned(bytes))?;
+            runs.push(id);
+        }
         let snap = Snapshot {
             root: s.root,
             parents: s.parent.into_iter().collect(),
-            time_ns: s.time_ns.unwrap_or_else(now_ns),
+            runs,
+            time_ns,
             workspace: s.workspace,
             source: s.source,
             hostname: hostname(),

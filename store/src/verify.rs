@@ -100,6 +100,11 @@ pub fn verify(store: &Store, progress: &Progress) -> Result<VerifyReport> {
             match store.load_snapshot(&id) {
                 Ok(s) => {
                     next = s.parents.first().copied();
+                    for r in &s.runs {
+                        if let Err(e) = store.load_run(r) {
+                            w.problem(r, e, &format!("{label} (run)"));
+                        }
+                    }
                     w.dir(&s.root.root, s.root.height, &label, "")?;
                 }
                 Err(e) => w.problem(&id, e, &label),

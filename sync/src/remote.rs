@@ -6,7 +6,8 @@ use ds_format::{ObjectId, PackId};
 use ds_proto::v1::sync_client::SyncClient;
 use ds_proto::v1::{
     CreateTokenRequest, GetObjectsReply, GetObjectsRequest, GetRefRequest, HaveRequest,
-    HelloRequest, PackHeader, UpdateRefRequest, UploadPackRequest, upload_pack_request,
+    HelloRequest, ListRunsRequest, PackHeader, UpdateRefRequest, UploadPackRequest,
+    upload_pack_request,
 };
 use ds_proto::{MAX_MESSAGE, PROTOCOL, UPLOAD_PIECE, bit, join_ids};
 use tonic::metadata::{Ascii, MetadataValue};
@@ -219,5 +220,45 @@ impl Remote {
             .into_inner();
         self.round_trips += 1;
         Ok(r.token)
+    }
+
+    /// The runs in `workspace`'s history on the hub (None: every workspace
+    /// the token may read), newest first. Each record is decoded and its
+    /// id recomputed here: the hub is trusted for nothing.
+    pub async fn list_runs(
+        &mut self,
+        workspace: Option<&str>,
+    ) -> Result<Vec<ds_store::runs::Listed>> {
+        let mut s = self
+            .client
+            .list_runs(ListRunsRequest {
+                workspace: workspace.unwrap_or_default().into(),
+            })
+            .await
+            .map_err(|st| match (st.code(), workspace) {
+                (tonic::Code::NotFound, Some(w)) => SyncError::NoWorkspace {
+                    workspace: w.to_string(),
+                    side: crate::Side::Hub,
+                },
+                _ => st.into(),
+            })?
+            .into_inner();
+        self.round_trips += 1;
+        let mut out = Vec::new();
+        while let Some(batch) = s.message().await? {
+            for e in batch.runs {
+                let snapshot = ObjectId::from_slice(&e.snapshot)
+                    .ok_or_else(|| SyncError::Protocol("a run entry without a snapshot".into()))?;
+                let run = ds_format::run::Run::decode(&e.run)
+                    .map_err(|x| SyncError::Protocol(format!("a run record: {x}")))?;
+                out.push(ds_store::runs::Listed {
+                    id: ds_format::ObjectKind::Run.hash(&e.run),
+                    snapshot,
+                    snapshot_time_ns: e.snapshot_time_ns,
+                    run,
+                });
+            }
+        }
+        Ok(out)
     }
 }

@@ -60,11 +60,24 @@ pub(super) fn snapshot(store_path: &Path, a: SnapshotArgs) -> Result<ExitCode> {
     for (k, v) in a.meta {
         metadata.insert(k, v);
     }
+    // Runs the directory's workloads wrote to .ds/runs/ since the last
+    // snapshot are recorded with this one.
+    let parent = match store.refs().get(&a.workspace)? {
+        Some(h) => Some(store.load_snapshot(&h)?),
+        None => None,
+    };
+    let home = std::fs::canonicalize(&a.path).unwrap_or_else(|_| a.path.clone());
+    let (runs, run_warnings) =
+        ds_store::runs::pending(&store, &a.path, parent.as_ref(), &home.to_string_lossy())?;
+    for w in &run_warnings {
+        eprintln!("ds: warning: {w}");
+    }
     let opts = SnapshotOptions {
         workspace: a.workspace,
         message: a.message,
         metadata,
         no_cache: a.no_cache,
+        runs,
     };
     let t = Instant::now();
     let bar = Bar::new("snapshot");
@@ -95,6 +108,13 @@ pub(super) fn snapshot(store_path: &Path, a: SnapshotArgs) -> Result<ExitCode> {
             String::from_utf8_lossy(&s.source),
             s.workspace
         );
+        if !s.runs.is_empty() {
+            println!(
+                "  {} runs recorded from {}",
+                s.runs.len(),
+                ds_store::runs::RUNS_DIR
+            );
+        }
         println!(
             "  {} files ({}), {} read, {} unchanged; {} added in {} objects; {:.2}s",
             s.stats.files,

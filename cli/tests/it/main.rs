@@ -8,6 +8,7 @@ mod damage;
 mod malicious;
 mod mount;
 mod regressions;
+mod runs;
 mod sync;
 mod tasks;
 

@@ -50,6 +50,7 @@ fn craft(store: &Path, ws: &str, entries: Vec<Entry>) -> ObjectId {
         message: String::new(),
         metadata: Default::default(),
         stats: Default::default(),
+        runs: Vec::new(),
     };
     let sb = snap.encode();
     let sid = ObjectKind::Snapshot.hash(&sb);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::sync::{Hub, start_hub_with};
 use crate::*;
 
-struct Runner {
+pub(crate) struct Runner {
     child: Child,
     cache: PathBuf,
     log: Arc<Mutex<String>>,
@@ -30,7 +30,7 @@ impl Runner {
         }
         st
     }
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
     fn kill9(&mut self) {
@@ -59,7 +59,7 @@ fn unmount_tasks(cache: &Path) {
     }
 }
 
-fn runner_token(hub: &Hub, name: &str) -> String {
+pub(crate) fn runner_token(hub: &Hub, name: &str) -> String {
     let t = tempfile::tempdir().unwrap();
     let out = ok(ds(t.path()).args([
         "token", "--runner", name, "--hub", &hub.url, "--token", &hub.admin,
@@ -67,7 +67,13 @@ fn runner_token(hub: &Hub, name: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-fn spawn_runner(hub: &Hub, token: &str, name: &str, cache: &Path, extra: &[&str]) -> Runner {
+pub(crate) fn spawn_runner(
+    hub: &Hub,
+    token: &str,
+    name: &str,
+    cache: &Path,
+    extra: &[&str],
+) -> Runner {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ds"));
     c.args([
         "runner", "--hub", &hub.url, "--token", token, "--name", name, "--cache",
@@ -96,7 +102,13 @@ fn spawn_runner(hub: &Hub, token: &str, name: &str, cache: &Path, extra: &[&str]
 }
 
 /// Starts a runner and waits until it is connected.
-fn start_runner(hub: &Hub, token: &str, name: &str, cache: &Path, extra: &[&str]) -> Runner {
+pub(crate) fn start_runner(
+    hub: &Hub,
+    token: &str,
+    name: &str,
+    cache: &Path,
+    extra: &[&str],
+) -> Runner {
     let mut r = spawn_runner(hub, token, name, cache, extra);
     wait_until(&format!("runner {name} connects"), 60, || {
         if let Ok(Some(st)) = r.child.try_wait() {
@@ -107,7 +119,7 @@ fn start_runner(hub: &Hub, token: &str, name: &str, cache: &Path, extra: &[&str]
     r
 }
 
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
         assert!(
@@ -118,13 +130,13 @@ fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn client(store: &Path, hub: &Hub, token: &str, args: &[&str]) -> Command {
+pub(crate) fn client(store: &Path, hub: &Hub, token: &str, args: &[&str]) -> Command {
     let mut c = ds(store);
     c.args(args).env("DS_HUB", &hub.url).env("DS_TOKEN", token);
     c
 }
 
-fn show(store: &Path, hub: &Hub, token: &str, id: &str) -> serde_json::Value {
+pub(crate) fn show(store: &Path, hub: &Hub, token: &str, id: &str) -> serde_json::Value {
     json(&ok(&mut client(
         store,
         hub,
@@ -133,7 +145,13 @@ fn show(store: &Path, hub: &Hub, token: &str, id: &str) -> serde_json::Value {
     )))
 }
 
-fn wait_state(store: &Path, hub: &Hub, token: &str, id: &str, want: &[&str]) -> serde_json::Value {
+pub(crate) fn wait_state(
+    store: &Path,
+    hub: &Hub,
+    token: &str,
+    id: &str,
+    want: &[&str],
+) -> serde_json::Value {
     let mut last = serde_json::Value::Null;
     wait_until(&format!("task {id} is {want:?} (last: {last})"), 90, || {
         last = show(store, hub, token, id);
@@ -142,25 +160,32 @@ fn wait_state(store: &Path, hub: &Hub, token: &str, id: &str, want: &[&str]) -> 
     last
 }
 
-fn detach(store: &Path, hub: &Hub, token: &str, ws: &str, cmd: &[&str], extra: &[&str]) -> String {
+pub(crate) fn detach(
+    store: &Path,
+    hub: &Hub,
+    token: &str,
+    ws: &str,
+    cmd: &[&str],
+    extra: &[&str],
+) -> String {
     let mut c = client(store, hub, token, &["run", "-d", "--json", "-w", ws]);
     c.args(extra).arg("--").args(cmd);
     let v = json(&ok(&mut c));
     v["task"].as_str().unwrap().to_string()
 }
 
-fn text(o: &Output) -> (String, String) {
+pub(crate) fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
 }
 
-fn logs(store: &Path, hub: &Hub, token: &str, id: &str) -> String {
+pub(crate) fn logs(store: &Path, hub: &Hub, token: &str, id: &str) -> String {
     text(&ok(&mut client(store, hub, token, &["logs", id]))).0
 }
 
-fn hub(t: &Path, lease: &str) -> Hub {
+pub(crate) fn hub(t: &Path, lease: &str) -> Hub {
     start_hub_with(&t.join("hub"), None, &[], &["--lease", lease])
 }
 
@@ -624,7 +649,7 @@ fn a_workspace_that_moved_meanwhile_keeps_the_tasks_snapshot_under_its_id() {
 
 /// The test image on the container engine scripts/test.sh starts
 /// (scripts/podman.sh), or a loud skip (`None`) when run outside it.
-fn container_engine() -> Option<String> {
+pub(crate) fn container_engine() -> Option<String> {
     match (std::env::var("DOCKER_HOST"), std::env::var("DS_TEST_IMAGE")) {
         (Ok(h), Ok(i)) if !h.is_empty() && !i.is_empty() => Some(i),
         _ => {

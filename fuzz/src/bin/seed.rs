@@ -35,6 +35,7 @@ impl Out {
             "dir_node" => ds_fuzz::dir_node(bytes),
             "file_node" => ds_fuzz::file_node(bytes),
             "snapshot" => ds_fuzz::snapshot(bytes),
+            "run" => ds_fuzz::run(bytes),
             "pack_trailer" => ds_fuzz::pack_trailer(bytes),
             "store_config" => ds_fuzz::store_config(bytes),
             "codec" => ds_fuzz::codec(bytes),
@@ -236,6 +237,7 @@ fn snapshots(o: &mut Out) {
         message: String::new(),
         metadata: BTreeMap::new(),
         stats: SnapshotStats::default(),
+        runs: vec![],
     };
     put("minimal", &minimal);
     put(
@@ -263,6 +265,7 @@ fn snapshots(o: &mut Out) {
                 symlinks: 128,
                 bytes: 1 << 40,
             },
+            runs: vec![id(6), id(7)],
         },
     );
     put(
@@ -285,6 +288,7 @@ fn snapshots(o: &mut Out) {
                 symlinks: 2,
                 bytes: 123_456_789,
             },
+            runs: vec![],
         },
     );
 }

@@ -111,6 +111,12 @@ impl Store {
         )?)
     }
 
+    pub fn load_run(&self, id: &ObjectId) -> Result<ds_format::run::Run> {
+        Ok(ds_format::run::Run::decode(
+            &self.read_object(id, ObjectKind::Run)?,
+        )?)
+    }
+
     pub fn load_dir_node(&self, id: &ObjectId) -> Result<DirNode> {
         Ok(DirNode::decode(
             &self.read_object(id, ObjectKind::DirNode)?,

@@ -47,6 +47,8 @@ pub struct CommitOptions {
     pub metadata: BTreeMap<String, String>,
     /// Recorded as the snapshot's source (the mountpoint).
     pub source: Vec<u8>,
+    /// Runs this snapshot records.
+    pub runs: Vec<ds_format::run::Run>,
 }
 
 /// What a snapshot of a mount did.
@@ -172,6 +174,7 @@ impl Vfs {
             metadata: opts.metadata.clone(),
             stats,
             time_ns: Some(now_ns()),
+            runs: opts.runs.clone(),
         })?;
         let Ctx {
             writer: pw,

@@ -21,6 +21,7 @@ fn empty_snapshot(parent: Option<ds_store::format::ObjectId>) -> NewSnapshot {
             ..Default::default()
         },
         time_ns: None,
+        runs: Vec::new(),
     }
 }
 

@@ -20,6 +20,10 @@ use ds_store::verify::VerifyReport;
 use ds_store::writer::WriteStats;
 use serde::Serialize;
 
+mod runs;
+
+pub use runs::*;
+
 use super::lossy;
 use crate::fmt;
 
@@ -58,6 +62,7 @@ pub fn snapshot_json<'a>(j: &SnapshotJson<'a>) -> SnapshotTakenJson<'a> {
         packs_written: j.written.packs,
         seconds: j.seconds,
         warnings: j.warnings,
+        runs: s.runs.clone(),
         live_mount: None,
     }
 }
@@ -84,6 +89,7 @@ pub fn live_snapshot_json(c: &Committed) -> SnapshotTakenJson<'_> {
         packs_written: c.packs_written,
         seconds: c.seconds,
         warnings: &[],
+        runs: c.runs.clone(),
         live_mount: Some(true),
     }
 }
@@ -110,6 +116,8 @@ pub struct SnapshotTakenJson<'a> {
     packs_written: u64,
     seconds: f64,
     warnings: &'a [String],
+    /// Ids of the run records this snapshot carries.
+    runs: Vec<ObjectId>,
     /// Present (true) only for a snapshot of a live read-write mount.
     #[serde(skip_serializing_if = "Option::is_none")]
     live_mount: Option<bool>,
@@ -132,6 +140,8 @@ pub(super) struct SnapshotInfoJson<'a> {
     symlinks: u64,
     bytes: u64,
     root: String,
+    /// Ids of the run records this snapshot carries.
+    runs: &'a [ObjectId],
 }
 
 impl<'a> SnapshotInfoJson<'a> {
@@ -151,6 +161,7 @@ impl<'a> SnapshotInfoJson<'a> {
             symlinks: s.stats.symlinks,
             bytes: s.stats.bytes,
             root: s.root.root.to_hex(),
+            runs: &s.runs,
         }
     }
 }
@@ -191,7 +202,7 @@ impl EntryJson {
 
 /// `ds diff --json`.
 #[derive(Debug, Serialize)]
-pub(super) struct DiffJson {
+pub(crate) struct DiffJson {
     from: String,
     to: String,
     changes: Vec<ChangeJson>,
@@ -213,7 +224,7 @@ struct ChangeJson {
 }
 
 impl DiffJson {
-    pub(super) fn new(from: &ObjectId, to: &ObjectId, changes: &[Change], total: u64) -> Self {
+    pub(crate) fn new(from: &ObjectId, to: &ObjectId, changes: &[Change], total: u64) -> Self {
         DiffJson {
             from: from.to_hex(),
             to: to.to_hex(),

@@ -91,6 +91,9 @@ def main() -> int:
         hub_list, p = timed([ds, "runs", "w", "--json"], henv)
         got = len(json.loads(p.stdout))
         results["task_runs_listed"] = got
+        results["list_chain_hub_s"] = hub_list
+        hub_list2, _ = timed([ds, "runs", "w", "--json"], henv)
+        results["list_chain_hub_again_s"] = hub_list2
 
         # Listing many runs: 4,000 run files per directory snapshot.
         lw = os.path.join(tmp, "listing")
@@ -130,6 +133,8 @@ def main() -> int:
         (f"task of {a.runs} runs (snapshot+record each)", results["task_with_runs_s"], "s"),
         ("the same workload without markers", results["task_plain_s"], "s"),
         ("per run (goal <= 50 ms)", results["per_run_ms"], "ms"),
+        (f"ds runs of those {results['task_runs_listed']} (a chain of snapshots), hub", results["list_chain_hub_s"], "s"),
+        ("  again (snapshot summaries cached)", results["list_chain_hub_again_s"], "s"),
         (f"ds runs of {a.list} runs, local store (goal <= 1 s)", results["list_local_s"], "s"),
         (f"ds runs of {a.list} runs, through the hub", results["list_hub_s"], "s"),
         ("  again (snapshot summaries cached)", results["list_hub_again_s"], "s"),

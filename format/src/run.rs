@@ -29,9 +29,11 @@ use crate::{FormatError, ObjectId, Result};
 
 const TAG: u8 = b'R';
 const VERSION: u8 = 1;
-/// The largest encoded run record, and the largest metadata document a
-/// workload may hand over for one run.
+/// The largest encoded run record.
 pub const MAX_RUN: usize = 1 << 20;
+/// The largest metadata document a workload may hand over for one run:
+/// room is left for what the runner adds (provenance) within [`MAX_RUN`].
+pub const MAX_META: usize = 960 << 10;
 /// At most this many parameters, metrics, labels, inputs or outputs each.
 pub const MAX_ENTRIES: usize = 4096;
 /// The longest key, label value or path.
@@ -239,11 +241,11 @@ impl RunMeta {
     /// also accepts `metrics`, `inputs`, `outputs`, `workload_file`).
     /// Err: not a JSON object, too big, or a field of the wrong shape.
     pub fn parse(name: &str, json: &[u8]) -> Result<RunMeta, String> {
-        if json.len() > MAX_RUN {
+        if json.len() > MAX_META {
             return Err(format!(
                 "run metadata of {} bytes is over the {} byte limit",
                 json.len(),
-                MAX_RUN
+                MAX_META
             ));
         }
         let v: Value =
@@ -469,7 +471,7 @@ mod tests {
         assert_eq!(m.extra["novel"], serde_json::json!([1]));
         assert!(RunMeta::parse("x", b"[1]").is_err());
         assert!(RunMeta::parse("x", br#"{"labels": 3}"#).is_err());
-        assert!(RunMeta::parse("x", &vec![b' '; MAX_RUN + 1]).is_err());
+        assert!(RunMeta::parse("x", &vec![b' '; MAX_META + 1]).is_err());
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub enum Op {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
-    Ok(Committed),
+    Ok(Box<Committed>),
     Error(String),
 }
 
@@ -187,7 +187,7 @@ pub fn request_snapshot(
         .read_line(&mut reply)
         .map_err(|e| fail(format!("reading the reply: {e}")))?;
     match serde_json::from_str::<Reply>(&reply) {
-        Ok(Reply::Ok(c)) => Ok(c),
+        Ok(Reply::Ok(c)) => Ok(*c),
         Ok(Reply::Error(e)) => Err(MountError::Refused(format!(
             "snapshot of the mount failed: {e}"
         ))),
@@ -208,7 +208,7 @@ pub(crate) fn serve_one(
     BufReader::new(conn.take(MAX_REQUEST)).read_line(&mut line)?;
     let reply = match parse(&line) {
         Ok(op) => match answer(op) {
-            Ok(c) => Reply::Ok(c),
+            Ok(c) => Reply::Ok(Box::new(c)),
             Err(e) => Reply::Error(e.to_string()),
         },
         Err(e) => Reply::Error(e.to_string()),

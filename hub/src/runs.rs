@@ -133,7 +133,7 @@ impl SyncService {
                 level.extend(s.parents.iter().copied());
             }
         }
-        found.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+        found.sort_by_key(|f| std::cmp::Reverse((f.0, f.1)));
         Ok(found
             .into_iter()
             .map(|(t, _, snap, run)| (snap, t, run))

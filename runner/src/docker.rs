@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -28,9 +27,8 @@ use ds_proto::TaskId;
 use ds_proto::runner::TaskSpec;
 use futures::StreamExt;
 
-use crate::exec::{Exit, LineCutter};
-use crate::ledger::{Control, Ledger, STDERR, STDOUT};
-use crate::runs::Runs;
+use crate::exec::{Exit, Io, LineCutter};
+use crate::ledger::{STDERR, STDOUT};
 
 /// Where the workspace appears inside the container.
 pub const HOME_IN_CONTAINER: &str = "/home/ds";
@@ -76,18 +74,16 @@ pub async fn run(
     spec: &TaskSpec,
     id: &TaskId,
     home: &Path,
-    ledger: &Arc<Ledger>,
-    control: &Control,
+    io: Io<'_>,
     opts: &DockerOptions,
     say: &(dyn Fn(String) + Sync),
-    runs: &Arc<Runs>,
 ) -> Result<Exit, String> {
     let d = engine()?
         .negotiate_version()
         .await
         .map_err(|e| format!("the container engine does not answer: {e}"))?;
     let image = ensure_image(&d, &spec.image, say).await?;
-    runs.set_image_digest(image.clone());
+    io.runs.set_image_digest(image.clone());
     let name = format!("ds-task-{id}");
     let mut env = vec![
         format!("HOME={HOME_IN_CONTAINER}"),
@@ -132,7 +128,7 @@ pub async fn run(
         "container {name} of image {} ({image})",
         spec.image
     ));
-    let r = supervise(&d, &name, id, ledger, control, runs).await;
+    let r = supervise(&d, &name, id, io).await;
     remove(&d, &name).await;
     r
 }
@@ -164,14 +160,12 @@ async fn ensure_image(
         .map_err(|e| format!("unknown image {image:?}: {e}"))
 }
 
-async fn supervise(
-    d: &Docker,
-    name: &str,
-    id: &TaskId,
-    ledger: &Arc<Ledger>,
-    control: &Control,
-    runs: &Arc<Runs>,
-) -> Result<Exit, String> {
+async fn supervise(d: &Docker, name: &str, id: &TaskId, io: Io<'_>) -> Result<Exit, String> {
+    let Io {
+        ledger,
+        control,
+        runs,
+    } = io;
     d.start_container(name, None)
         .await
         .map_err(|e| format!("cannot start container {name}: {e}"))?;

@@ -30,6 +30,15 @@ pub struct Exit {
     pub signal: Option<i32>,
 }
 
+/// Where a running workload's output and state go, shared by both
+/// executors: the task's log, its cancel/drop flags, run detection.
+#[derive(Debug, Clone, Copy)]
+pub struct Io<'a> {
+    pub ledger: &'a Arc<Ledger>,
+    pub control: &'a Control,
+    pub runs: &'a Arc<Runs>,
+}
+
 /// Variables passed through from the runner's own environment; everything
 /// else is dropped.
 const PASS_ENV: &[&str] = &[
@@ -40,14 +49,12 @@ const PASS_ENV: &[&str] = &[
 /// the grace period, SIGKILL) or dropped (SIGKILL at once). Its output goes
 /// to `ledger` as it comes. Err: it could not be started (the message says
 /// why, e.g. no such command).
-pub fn run(
-    spec: &TaskSpec,
-    id: &TaskId,
-    home: &Path,
-    ledger: &Arc<Ledger>,
-    control: &Control,
-    runs: &Arc<Runs>,
-) -> Result<Exit, String> {
+pub fn run(spec: &TaskSpec, id: &TaskId, home: &Path, io: Io<'_>) -> Result<Exit, String> {
+    let Io {
+        ledger,
+        control,
+        runs,
+    } = io;
     let mut cmd = Command::new(&spec.command[0]);
     cmd.args(&spec.command[1..])
         .current_dir(home)

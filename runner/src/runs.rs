@@ -6,7 +6,7 @@
 //! (pretty-printed over many lines). [`Scanner`] reads the raw byte stream,
 //! before it is cut into log lines, so a marker split across reads, pipe
 //! buffers or a container engine's 16 KiB frames is found whole. A body
-//! over [`MAX_RUN`] is skipped to its end marker without being held (a
+//! over [`MAX_META`] is skipped to its end marker without being held (a
 //! warning on the task's log); nothing a workload prints can stop the task.
 //!
 //! Each run found is handed to the recorder thread ([`record`]), which
@@ -20,7 +20,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use ds_format::ObjectId;
-use ds_format::run::{MAX_RUN, Origin, Run, RunMeta};
+use ds_format::run::{MAX_META, MAX_RUN, Origin, Run, RunMeta};
 use ds_fuse::MountHandle;
 use ds_store::Store;
 use ds_store::vfs::CommitOptions;
@@ -177,7 +177,7 @@ impl Scanner {
                     if let Some(end) = end {
                         let body = if *dropped > 0 {
                             Err(format!(
-                                "run metadata of {} bytes is over the {MAX_RUN} byte limit",
+                                "run metadata of {} bytes is over the {MAX_META} byte limit",
                                 *dropped + end
                             ))
                         } else {
@@ -194,7 +194,7 @@ impl Scanner {
                         continue;
                     }
                     let keep = close.len() - 1;
-                    if *dropped > 0 || self.buf.len() > MAX_RUN + keep {
+                    if *dropped > 0 || self.buf.len() > MAX_META + keep {
                         let cut = self.buf.len().saturating_sub(keep);
                         *dropped += cut;
                         self.buf.drain(..cut);
@@ -401,7 +401,8 @@ pub fn pending_files(
 }
 
 /// Records every run found until the task's output ends: a snapshot of
-/// the mount per run. Returns the last snapshot made (or `last` as given).
+/// the mount per run. Returns the last snapshot made (or `last` as given)
+/// and the runs whose snapshot failed, for the task's final snapshot.
 pub fn record(
     rx: Receiver<Detected>,
     handle: &MountHandle,
@@ -410,8 +411,9 @@ pub fn record(
     runs: &Runs,
     mut last: Option<ObjectId>,
     say: &dyn Fn(String),
-) -> Option<ObjectId> {
+) -> (Option<ObjectId>, Vec<Run>) {
     let (store, home_path) = ctx;
+    let mut carried: Vec<Run> = Vec::new();
     for d in rx {
         let label = match d.origin {
             Origin::Dotscience => "Dotscience run",
@@ -437,14 +439,22 @@ pub fn record(
             say(format!("warning: {label} {:?}: {w}", d.name));
         }
         prov.stamp(&mut run, runs);
-        let mut all = pending_files(store, home_path, last, prov, runs, say);
+        if run.encode().len() > MAX_RUN {
+            say(format!(
+                "warning: {label} {:?} not recorded: its record is over {MAX_RUN} bytes",
+                d.name
+            ));
+            continue;
+        }
+        let mut all = std::mem::take(&mut carried);
+        all.extend(pending_files(store, home_path, last, prov, runs, say));
         all.push(run);
         let message = format!("run {}", d.name);
         match handle.snapshot(CommitOptions {
             message,
             metadata: prov.metadata(),
             source: Vec::new(),
-            runs: all,
+            runs: all.clone(),
         }) {
             Ok(c) => {
                 say(format!(
@@ -455,13 +465,20 @@ pub fn record(
                 ));
                 last = Some(c.id);
             }
-            Err(e) => say(format!(
-                "warning: {label} {:?}: its snapshot failed: {e}; it will be in the final one",
-                d.name
-            )),
+            Err(e) => {
+                say(format!(
+                    "warning: {label} {:?}: its snapshot failed: {e}; it goes with the next one",
+                    d.name
+                ));
+                // Files already picked are picked again from `last`.
+                carried = all
+                    .into_iter()
+                    .filter(|r| r.origin != Some(Origin::File))
+                    .collect();
+            }
         }
     }
-    last
+    (last, carried)
 }
 
 #[cfg(test)]
@@ -510,7 +527,7 @@ mod tests {
         s.feed(b"[[DS-RUN:big]]", &mut out);
         for c in big.chunks(64 << 10) {
             s.feed(c, &mut out);
-            assert!(s.buf.len() <= MAX_RUN + (64 << 10), "held {}", s.buf.len());
+            assert!(s.buf.len() <= MAX_META + (64 << 10), "held {}", s.buf.len());
         }
         s.feed(b"[[/DS-RUN:big]][[DS-RUN:ok]]{}[[/DS-RUN:ok]]", &mut out);
         assert_eq!(out.len(), 2);

@@ -144,14 +144,13 @@ fn steps(cx: &Ctx<'_>, control: &Control, done: &mut Done) -> Result<()> {
         Ok(())
     } else {
         checkout(cx, &home).map(|c| done.commit = c)
-    }
-    .and_then(|()| {
+    };
+    if exit.is_ok() {
         cx.say(format!(
             "running {:?} ({executor} executor)",
             cx.a.spec.command
         ));
-        Ok(())
-    });
+    }
     let prov = Provenance {
         task: cx.a.id.to_string(),
         runner: cx.cfg.name.to_string(),
@@ -170,27 +169,30 @@ fn steps(cx: &Ctx<'_>, control: &Control, done: &mut Done) -> Result<()> {
     let say = |m: String| cx.say(m);
     // Runs are recorded while the workload runs, each in a snapshot of its
     // own; the recorder ends when the output does.
-    let (exit, last) = std::thread::scope(|s| {
+    let (exit, (last, carried)) = std::thread::scope(|s| {
         let recorder =
             s.spawn(|| runs::record(found, &handle, (&reader, &home), &prov, &runs, base, &say));
+        let io = exec::Io {
+            ledger: cx.ledger,
+            control,
+            runs: &runs,
+        };
         let exit = exit.and_then(|()| {
             if docker {
                 rt.block_on(crate::docker::run(
                     &cx.a.spec,
                     &cx.a.id,
                     &home,
-                    cx.ledger,
-                    control,
+                    io,
                     &cx.cfg.docker,
                     &say,
-                    &runs,
                 ))
             } else {
-                exec::run(&cx.a.spec, &cx.a.id, &home, cx.ledger, control, &runs)
+                exec::run(&cx.a.spec, &cx.a.id, &home, io)
             }
         });
         runs.close();
-        (exit, recorder.join().unwrap_or(base))
+        (exit, recorder.join().unwrap_or((base, Vec::new())))
     });
     match &exit {
         Ok(Exit { code, signal }) => {
@@ -220,7 +222,10 @@ fn steps(cx: &Ctx<'_>, control: &Control, done: &mut Done) -> Result<()> {
             metadata.insert("git_repo".into(), cx.a.spec.repo.clone());
             metadata.insert("git_commit".into(), done.commit.clone());
         }
-        let files = runs::pending_files(&reader, &home, last, &prov, &runs, &say);
+        let mut files = carried;
+        files.extend(runs::pending_files(
+            &reader, &home, last, &prov, &runs, &say,
+        ));
         match handle.snapshot(CommitOptions {
             message: format!("task {}: {}", cx.a.id, cx.a.spec.command.join(" ")),
             metadata,

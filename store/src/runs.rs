@@ -16,7 +16,7 @@ use std::path::Path;
 
 use ds_format::ObjectId;
 use ds_format::manifest::FileRef;
-use ds_format::run::{MAX_RUN, Origin, Run, RunMeta};
+use ds_format::run::{MAX_META, Origin, Run, RunMeta};
 use ds_format::snapshot::Snapshot;
 use ds_format::tree::{DirRef, EntryData};
 
@@ -64,7 +64,7 @@ pub fn history(store: &Store, head: ObjectId) -> Result<Vec<Listed>> {
         }
         todo.extend(snap.parents);
     }
-    found.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    found.sort_by_key(|f| std::cmp::Reverse((f.0, f.1)));
     Ok(found.into_iter().map(|(_, _, l)| l).collect())
 }
 
@@ -80,7 +80,7 @@ pub fn all(store: &Store) -> Result<Vec<Listed>> {
             }
         }
     }
-    out.sort_by(|a, b| b.snapshot_time_ns.cmp(&a.snapshot_time_ns));
+    out.sort_by_key(|l| std::cmp::Reverse(l.snapshot_time_ns));
     Ok(out)
 }
 
@@ -221,16 +221,16 @@ pub fn pending(
             continue;
         }
         let show = format!("{RUNS_DIR}/{}", name.to_string_lossy());
-        if meta.len() > MAX_RUN as u64 {
+        if meta.len() > MAX_META as u64 {
             warnings.push(format!(
-                "{show}: {} bytes of run metadata is over the {MAX_RUN} byte limit; not recorded",
+                "{show}: {} bytes of run metadata is over the {MAX_META} byte limit; not recorded",
                 meta.len()
             ));
             continue;
         }
         let mut bytes = Vec::new();
         if let Err(err) =
-            fs::File::open(&path).and_then(|f| f.take(MAX_RUN as u64 + 1).read_to_end(&mut bytes))
+            fs::File::open(&path).and_then(|f| f.take(MAX_META as u64 + 1).read_to_end(&mut bytes))
         {
             warnings.push(format!("{show}: cannot read: {err}"));
             continue;

@@ -122,7 +122,7 @@ def main() -> int:
         hub_s2, _ = timed([ds, "runs", "l", "--json"], dict(lenv, DS_HUB=url, DS_TOKEN=admin))
         results["list_hub_again_s"] = hub_s2
         subprocess.run(["sync"], check=True)
-        floor, _ = timed(["sh", "-c", f"cat {lw}/.ds/runs/*.json > /dev/null"], env)
+        floor, _ = timed(["sh", "-c", f"find {lw}/.ds/runs -name '*.json' -exec cat {{}} + > /dev/null"], env)
         results["floor_cat_s"] = floor
         results["runs_listed"] = a.list
     finally:

@@ -27,7 +27,7 @@ use crate::cmd::json::{
     CodeJson, DiffJson, EdgeJson, ModelJson, ModelShowJson, ModelVersionJson, NodeJson,
     ProvenanceJson, RunFileJson, RunJson, RunShowJson, RunsDiffJson, ValueDiffJson,
 };
-use crate::cmd::print_json;
+use crate::cmd::{print_json, print_json_direct};
 use crate::open::open;
 use crate::sync::{HubArgs, runtime, target};
 
@@ -186,7 +186,7 @@ impl Source {
             .collect()
     }
 
-    fn show(&self, l: &Listed) -> RunShowJson {
+    fn show<'a>(&self, l: &'a Listed) -> RunShowJson<'a> {
         let r = &l.run;
         let workload_content = r
             .code
@@ -247,7 +247,7 @@ pub fn list(store_path: &Path, a: RunsArgs) -> Result<ExitCode> {
     }
     if a.hub.json {
         let v: Vec<RunJson> = runs.iter().map(|l| RunJson::from(*l)).collect();
-        print_json(&v)?;
+        print_json_direct(&v)?;
     } else {
         print_table(&runs);
     }
@@ -341,12 +341,12 @@ pub fn show(store_path: &Path, a: RunShowArgs) -> Result<ExitCode> {
         println!("  task:       {t}");
     }
     println!("  recorded:   {}", r.time);
-    for (what, m) in [("parameter", &r.parameters), ("metric", &r.metrics)] {
+    for (what, m) in [("parameter", r.parameters), ("metric", r.metrics)] {
         for (k, v) in m {
             println!("  {what:<10}  {k} = {}", cell(v));
         }
     }
-    for (k, v) in &r.labels {
+    for (k, v) in r.labels {
         println!("  label       {k} = {v}");
     }
     for (what, files) in [("input", &j.inputs), ("output", &j.outputs)] {

@@ -19,6 +19,7 @@ use ds_proto::runner::{
 use ds_sync::tasks::Tasks;
 
 use crate::cmd::json::{RunnerJson, TaskJson};
+use crate::cmd::print_json;
 use crate::sync::{HubArgs, runtime, target, terminated};
 
 #[derive(Debug, Args)]
@@ -180,13 +181,6 @@ async fn client(store: &Path, a: &HubArgs) -> Result<Tasks> {
     ds_sync::tasks::connect(&url, &token, a.ca_cert.as_deref())
         .await
         .with_context(|| format!("connecting to {url}"))
-}
-
-fn print_json(v: &impl serde::Serialize) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, v)?;
-    writeln!(out)?;
-    Ok(())
 }
 
 fn show(t: &TaskInfo) {

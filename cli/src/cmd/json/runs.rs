@@ -16,56 +16,57 @@ use serde_json::Value;
 
 use crate::fmt;
 
-/// One run, as `ds runs --json` lists it.
+/// One run, as `ds runs --json` lists it (borrowed from the listing:
+/// a list of 100,000 runs is printed without copying them).
 #[derive(Debug, Clone, Serialize)]
-pub struct RunJson {
+pub struct RunJson<'a> {
     /// The record's content id (what `ds run show` takes, or a prefix).
     pub id: ObjectId,
     /// The id the workload gave it (marker id, Dotscience uuid, file name).
-    pub name: String,
-    pub workspace: String,
+    pub name: &'a str,
+    pub workspace: &'a str,
     /// The snapshot taken at the run (its outputs are in it).
     pub snapshot: ObjectId,
     /// The workspace's snapshot before it.
     pub before: Option<ObjectId>,
-    pub task: Option<String>,
+    pub task: Option<&'a str>,
     /// ds, dotscience or file.
     pub origin: Option<Origin>,
     /// When it was recorded (RFC 3339, UTC).
     pub time: String,
     pub recorded_ns: i64,
-    pub start: Option<String>,
-    pub end: Option<String>,
-    pub description: Option<String>,
-    pub error: Option<String>,
-    pub parameters: BTreeMap<String, Value>,
-    pub metrics: BTreeMap<String, Value>,
-    pub labels: BTreeMap<String, String>,
+    pub start: Option<&'a str>,
+    pub end: Option<&'a str>,
+    pub description: Option<&'a str>,
+    pub error: Option<&'a str>,
+    pub parameters: &'a BTreeMap<String, Value>,
+    pub metrics: &'a BTreeMap<String, Value>,
+    pub labels: &'a BTreeMap<String, String>,
     /// The model this run is a version of (label `model`).
-    pub model: Option<String>,
+    pub model: Option<&'a str>,
 }
 
-impl From<&Listed> for RunJson {
-    fn from(l: &Listed) -> RunJson {
+impl<'a> From<&'a Listed> for RunJson<'a> {
+    fn from(l: &'a Listed) -> RunJson<'a> {
         let r = &l.run;
         RunJson {
             id: l.id,
-            name: r.name.clone(),
-            workspace: r.workspace.clone(),
+            name: &r.name,
+            workspace: &r.workspace,
             snapshot: l.snapshot,
             before: r.before,
-            task: r.task.clone(),
+            task: r.task.as_deref(),
             origin: r.origin,
             time: fmt::time(r.recorded_ns),
             recorded_ns: r.recorded_ns,
-            start: r.start.clone(),
-            end: r.end.clone(),
-            description: r.description.clone(),
-            error: r.error.clone(),
-            parameters: r.parameters.clone(),
-            metrics: r.metrics.clone(),
-            labels: r.labels.clone(),
-            model: r.model().map(str::to_string),
+            start: r.start.as_deref(),
+            end: r.end.as_deref(),
+            description: r.description.as_deref(),
+            error: r.error.as_deref(),
+            parameters: &r.parameters,
+            metrics: &r.metrics,
+            labels: &r.labels,
+            model: r.model(),
         }
     }
 }
@@ -92,9 +93,9 @@ pub struct CodeJson {
 
 /// `ds run show --json`: a run with its provenance.
 #[derive(Debug, Clone, Serialize)]
-pub struct RunShowJson {
+pub struct RunShowJson<'a> {
     #[serde(flatten)]
-    pub run: RunJson,
+    pub run: RunJson<'a>,
     pub inputs: Vec<RunFileJson>,
     pub outputs: Vec<RunFileJson>,
     pub datasets: Vec<DatasetUse>,
@@ -115,9 +116,9 @@ pub struct ValueDiffJson {
 
 /// `ds runs diff A B --json`.
 #[derive(Debug, Serialize)]
-pub struct RunsDiffJson {
-    pub a: RunJson,
-    pub b: RunJson,
+pub struct RunsDiffJson<'a> {
+    pub a: RunJson<'a>,
+    pub b: RunJson<'a>,
     /// Only the keys whose values differ.
     pub parameters: Vec<ValueDiffJson>,
     pub metrics: Vec<ValueDiffJson>,
@@ -151,13 +152,13 @@ pub struct ModelJson {
 /// `ds model show NAME[@V] --json`: one version with its files, its run,
 /// and the runs and datasets that made its inputs.
 #[derive(Debug, Serialize)]
-pub struct ModelShowJson {
+pub struct ModelShowJson<'a> {
     pub name: String,
     pub version: u32,
     pub versions: u32,
     pub files: Vec<RunFileJson>,
     pub metrics: BTreeMap<String, Value>,
-    pub run: RunShowJson,
+    pub run: RunShowJson<'a>,
     pub provenance: ProvenanceJson,
 }
 

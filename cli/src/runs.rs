@@ -493,10 +493,11 @@ pub fn list_models(store_path: &Path, a: ModelsArgs) -> Result<ExitCode> {
     } else {
         for m in &all {
             let last = m.versions.last().expect("a model has a version");
+            let n = m.versions.len();
             println!(
-                "{:<24} {} versions, latest {} (run {}, {})",
+                "{:<24} {n} version{}, latest {} (run {}, {})",
                 m.name,
-                m.versions.len(),
+                if n == 1 { "" } else { "s" },
                 last.version,
                 last.run.short(),
                 last.time

@@ -78,8 +78,13 @@ pub(super) fn log(store: &Store, a: LogArgs) -> Result<ExitCode> {
         print_json(&list)?;
     } else {
         for (i, (id, s)) in out.iter().enumerate() {
+            let runs = match s.runs.len() {
+                0 => String::new(),
+                1 => " [1 run]".to_string(),
+                n => format!(" [{n} runs]"),
+            };
             println!(
-                "{}  {}~{i}  {}  {} files, {}  {}",
+                "{}  {}~{i}  {}  {} files, {}  {}{runs}",
                 id.short(),
                 a.workspace,
                 fmt::time(s.time_ns),

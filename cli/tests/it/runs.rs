@@ -466,3 +466,62 @@ fn a_container_workload_records_its_runs_with_its_image() {
         .collect();
     assert_eq!(outs, ["model.txt", "nowhere"], "{nbs:#}");
 }
+
+#[test]
+fn runs_pushed_through_one_hub_on_s3_are_listed_by_another_hub_on_the_bucket() {
+    let Some(ep) = s3_endpoint() else {
+        return;
+    };
+    let bucket = s3_bucket(&ep, &format!("ds-runs-{}", std::process::id()));
+    let env = s3_env(&ep);
+    let t = tempfile::tempdir().unwrap();
+    let url = format!("s3://{bucket}/ds");
+    let h1 = crate::sync::start_hub_with(&t.path().join("h1"), Some(&url), &env, &[]);
+    let h2 = crate::sync::start_hub_with(&t.path().join("h2"), Some(&url), &env, &[]);
+    let me = t.path().join("me");
+    let work = t.path().join("work");
+    std::fs::create_dir_all(work.join(".ds/runs")).unwrap();
+    for i in 0..3 {
+        std::fs::write(
+            work.join(format!(".ds/runs/r{i}.json")),
+            format!("{{\"parameters\":{{\"i\":{i}}},\"labels\":{{\"model\":\"m\"}}}}"),
+        )
+        .unwrap();
+        ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "w"]));
+    }
+    ok(&mut client(&me, &h1, &h1.admin, &["push", "w"]));
+    let local = json(&ok(ds(&me).args(["runs", "w", "--json"])));
+    assert_eq!(local.as_array().unwrap().len(), 3);
+    let remote = json(&ok(&mut client(
+        &me,
+        &h2,
+        &h2.admin,
+        &["runs", "w", "--json"],
+    )));
+    assert_eq!(remote, local);
+    let models = json(&ok(&mut client(&me, &h2, &h2.admin, &["models", "--json"])));
+    assert_eq!(models[0]["versions"].as_array().unwrap().len(), 3);
+    // A token limited to another workspace sees none of them.
+    let limited = String::from_utf8(
+        ok(&mut client(
+            &me,
+            &h1,
+            &h1.admin,
+            &["token", "--workspace", "other"],
+        ))
+        .stdout,
+    )
+    .unwrap();
+    let o = client(&me, &h2, limited.trim(), &["runs", "w", "--json"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("may not use workspace"));
+    let all = json(&ok(&mut client(
+        &me,
+        &h2,
+        limited.trim(),
+        &["runs", "--json"],
+    )));
+    assert_eq!(all, serde_json::json!([]));
+}

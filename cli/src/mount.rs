@@ -108,6 +108,17 @@ pub fn mount(store_path: &Path, a: MountArgs) -> Result<ExitCode> {
     if is_mounted(&mp) {
         bail!("{} is already a mountpoint", mp.display());
     }
+    // A mount over (or inside) the store would serve the store to itself:
+    // the kernel waits on the daemon, which waits on the kernel.
+    if let Ok(store) = fs::canonicalize(store_path)
+        && (mp.starts_with(&store) || store.starts_with(&mp))
+    {
+        bail!(
+            "{} overlaps the store at {}; mount somewhere outside the store",
+            mp.display(),
+            store.display()
+        );
+    }
     if a.background && std::env::var_os(READY_ENV).is_none() {
         return background(store_path, &mp);
     }
@@ -310,6 +321,15 @@ pub fn umount(store_path: &Path, a: UmountArgs) -> Result<ExitCode> {
     let mp = fs::canonicalize(&a.mountpoint).unwrap_or(a.mountpoint.clone());
     if !is_mounted(&mp) {
         bail!("{} is not mounted", mp.display());
+    }
+    if !ds_fuse::is_ds_mount(&mp) {
+        let what = ds_fuse::mount_source(&mp)
+            .map(|(t, s)| format!("a {t} mount of {s}"))
+            .unwrap_or_default();
+        bail!(
+            "{} is {what}, not a ds mount; unmount it with its own tool (umount, fusermount3 -u)",
+            mp.display()
+        );
     }
     let pid = control::find(store_path, &mp).and_then(|m| m.pid);
     let out = Command::new("fusermount3").arg("-u").arg(&mp).output();

@@ -514,7 +514,7 @@ impl Filesystem for DsFs {
             s.files + s.dirs + s.symlinks + (1 << 20),
             1 << 20,
             bsize as u32,
-            ds_store::format::tree::MAX_NAME as u32,
+            ds_store::vfs::NAME_MAX as u32,
             bsize as u32,
         );
     }

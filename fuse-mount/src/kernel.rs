@@ -52,6 +52,30 @@ pub fn mount_device(path: &Path) -> Option<String> {
     })
 }
 
+/// The filesystem type and source of the mount at `path` (mountinfo's
+/// fields after ` - `), e.g. `("fuse", "ds:w")`. None: not a mountpoint.
+pub fn mount_source(path: &Path) -> Option<(String, String)> {
+    let want = path.as_os_str().as_bytes();
+    let info = std::fs::read("/proc/self/mountinfo").ok()?;
+    info.split(|c| *c == b'\n').rev().find_map(|line| {
+        let mp = line.split(|c| *c == b' ').nth(4)?;
+        if unescape(mp) != want {
+            return None;
+        }
+        let sep = line.windows(3).position(|w| w == b" - ")?;
+        let mut f = line[sep + 3..].split(|c| *c == b' ');
+        let fstype = String::from_utf8_lossy(f.next()?).into_owned();
+        let source = String::from_utf8_lossy(&unescape(f.next()?)).into_owned();
+        Some((fstype, source))
+    })
+}
+
+/// Whether the mount at `path` is one ds made: a FUSE mount whose source
+/// is `ds:<workspace or snapshot>` (what [`MountOptions::fsname`] sets).
+pub fn is_ds_mount(path: &Path) -> bool {
+    mount_source(path).is_some_and(|(t, s)| t.starts_with("fuse") && s.starts_with("ds:"))
+}
+
 /// Sets the kernel read-ahead of the FUSE mount at `mountpoint` to `kib`
 /// KiB. The kernel starts a FUSE mount at 128 KiB and lets the daemon only
 /// lower it at init; every read-ahead window is one request through the
@@ -99,6 +123,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ds-not-a-mount-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         assert_eq!(mount_device(&dir), None);
+        assert_eq!(mount_source(&dir), None);
+        assert!(!is_ds_mount(&dir));
+        let (fstype, _) = mount_source(Path::new("/")).expect("/ is a mount");
+        assert!(!fstype.is_empty());
+        assert!(!is_ds_mount(Path::new("/")));
         std::fs::remove_dir(&dir).unwrap();
     }
 }

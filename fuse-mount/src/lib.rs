@@ -26,4 +26,4 @@ pub use daemon::{Config, MountHandle, Mounted, Source};
 pub use error::MountError;
 pub use fs::{DsFs, MountOptions};
 pub use fuser::SessionUnmounter;
-pub use kernel::{mount, mount_device, set_readahead};
+pub use kernel::{is_ds_mount, mount, mount_device, mount_source, set_readahead};

@@ -539,3 +539,67 @@ fn permissions_and_ownership_with_allow_other() {
     let _ = OsStrExt::as_bytes(mp.as_os_str());
     m.umount();
 }
+
+/// Found by tests outside the project: a mount that accepted a 256-byte
+/// name made a snapshot restore could not write back; a mount over the
+/// store deadlocked; `ds umount` unmounted mounts that were not ds's.
+#[test]
+fn mounts_keep_names_restorable_stay_off_the_store_and_umount_only_their_own() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = init_with(tmp.path(), "w", |p| fs::write(p.join("a"), b"a").unwrap());
+    for over in [store.clone(), store.join("refs")] {
+        let o = ds(&store)
+            .args(["mount", "--rw", "w"])
+            .arg(&over)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{over:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("overlaps the store"),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let mp = tmp.path().join("rw");
+    let m = Mount::start(&store, &["--rw", "w"], &mp);
+    let err = fs::write(mp.join("n".repeat(256)), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(36), "ENAMETOOLONG: {err}");
+    fs::write(mp.join("n".repeat(255)), b"x").unwrap();
+    ok(ds(&store).args(["snapshot", "-w", "w"]).arg(&mp));
+    m.umount();
+    ok(ds(&store)
+        .args(["restore", "w"])
+        .arg(tmp.path().join("back")));
+    assert_eq!(
+        fs::read(tmp.path().join("back").join("n".repeat(255))).unwrap(),
+        b"x"
+    );
+
+    // Someone else's mount (a tmpfs, as root) is not ds's to unmount.
+    let other = tmp.path().join("other");
+    fs::create_dir(&other).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "ds-test-tmpfs"])
+        .arg(&other)
+        .stderr(Stdio::null())
+        .status();
+    if !matches!(st, Ok(s) if s.success()) {
+        eprintln!(
+            "\n*** SKIPPED part: mounting a tmpfs needs root; ds umount's refusal not tested ***\n"
+        );
+        return;
+    }
+    let o = ds(&store).arg("umount").arg(&other).output().unwrap();
+    let still = is_mounted(&other);
+    let _ = Command::new("umount").arg(&other).status();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(still, "ds umount left a tmpfs alone");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not a ds mount"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

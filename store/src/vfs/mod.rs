@@ -43,6 +43,12 @@ use ds_format::snapshot::SnapshotStats;
 use ds_format::tree::DirRef;
 
 pub use cache::{ChunkCache, ChunkList, ChunkPos};
+
+/// The longest name a mount resolves or creates: what the filesystems ds
+/// restores onto accept (ext4, xfs, btrfs: 255 bytes). Snapshots could
+/// hold longer names (`tree::MAX_NAME`), and a mount that let one in made
+/// a snapshot that `ds restore` cannot write back.
+pub const NAME_MAX: usize = 255;
 pub use commit::{CommitOptions, CommitReport, Target};
 pub use io::ReadPlan;
 pub use ranges::RangeSet;
@@ -424,7 +430,7 @@ impl Vfs {
     /// can store is ENAMETOOLONG, as POSIX asks of every call that resolves
     /// it (not ENOENT).
     fn child(&mut self, parent: u64, name: &[u8]) -> VResult<Option<u64>> {
-        if name.len() > ds_format::tree::MAX_NAME {
+        if name.len() > NAME_MAX {
             return Err(VfsError::errno(libc::ENAMETOOLONG));
         }
         Ok(self.children(parent)?.get(name).copied())

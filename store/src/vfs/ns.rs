@@ -14,7 +14,7 @@ fn err(e: i32) -> VfsError {
 }
 
 fn check_name(name: &[u8]) -> VResult<()> {
-    if name.len() > ds_format::tree::MAX_NAME {
+    if name.len() > super::NAME_MAX {
         return Err(err(libc::ENAMETOOLONG));
     }
     validate_name(name).map_err(|_| err(libc::EINVAL))

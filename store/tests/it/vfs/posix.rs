@@ -28,7 +28,8 @@ fn posix_corners_unlink_open_rename_over_sparse_truncate() {
     assert_eq!(v.lookup(text, b"a.txt").unwrap_err().errno, libc::ENOENT);
     // A name longer than any ds stores is ENAMETOOLONG wherever it is
     // resolved, not ENOENT (found by pjdfstest).
-    let long = vec![b'x'; ds_store::format::tree::MAX_NAME + 1];
+    // Longer than 255 bytes: what restore could not write back.
+    let long = vec![b'x'; ds_store::vfs::NAME_MAX + 1];
     for e in [
         v.lookup(text, &long).map(|_| ()),
         v.unlink(text, &long),
@@ -38,6 +39,10 @@ fn posix_corners_unlink_open_rename_over_sparse_truncate() {
     ] {
         assert_eq!(e.unwrap_err().errno, libc::ENAMETOOLONG);
     }
+    let longest = vec![b'y'; ds_store::vfs::NAME_MAX];
+    let (_, fh) = v.create(text, &longest, 0o644, 0, 0).unwrap();
+    v.release(fh);
+    v.unlink(text, &longest).unwrap();
     // Hard links: unsupported (EPERM), but a taken name is EEXIST first.
     let b = resolve_path(&mut v, "text/b.txt");
     assert_eq!(v.link(b, text, b"b.txt").unwrap_err().errno, libc::EEXIST);

@@ -113,7 +113,8 @@ def main() -> int:
         results["record_list_runs_s"] = time.perf_counter() - t
         local, p = timed([ds, "runs", "l", "--json"], lenv)
         assert len(json.loads(p.stdout)) == a.list, "every run listed"
-        results["list_local_s"] = local
+        results["list_local_first_s"] = local
+        results["list_local_s"] = min(timed([ds, "runs", "l", "--json"], lenv)[0] for _ in range(3))
         subprocess.run([ds, "push", "l"], env=dict(lenv, DS_HUB=url, DS_TOKEN=admin),
                        check=True, capture_output=True)
         hub_s, p = timed([ds, "runs", "l", "--json"], dict(lenv, DS_HUB=url, DS_TOKEN=admin))
@@ -135,7 +136,8 @@ def main() -> int:
         ("per run (goal <= 50 ms)", results["per_run_ms"], "ms"),
         (f"ds runs of those {results['task_runs_listed']} (a chain of snapshots), hub", results["list_chain_hub_s"], "s"),
         ("  again (snapshot summaries cached)", results["list_chain_hub_again_s"], "s"),
-        (f"ds runs of {a.list} runs, local store (goal <= 1 s)", results["list_local_s"], "s"),
+        (f"ds runs of {a.list} runs, local store, first (goal <= 1 s)", results["list_local_first_s"], "s"),
+        ("  best of 3 more", results["list_local_s"], "s"),
         (f"ds runs of {a.list} runs, through the hub", results["list_hub_s"], "s"),
         ("  again (snapshot summaries cached)", results["list_hub_again_s"], "s"),
         (f"floor: cat {a.list} run files", results["floor_cat_s"], "s"),

@@ -61,18 +61,28 @@ pub fn history(store: &Store, head: ObjectId) -> Result<Vec<Listed>> {
         todo.extend(snap.parents);
     }
     found.sort_by_key(|f| std::cmp::Reverse((f.0, f.1)));
-    // The records are independent reads: on every core.
-    found
-        .par_iter()
-        .map(|&(t, _, snapshot, id)| {
-            Ok(Listed {
-                id,
-                snapshot,
-                snapshot_time_ns: t,
-                run: store.load_run(&id)?,
-            })
+    // Records lie side by side in packs: read in batches (one read per
+    // run of neighbours), on every core.
+    let batches: Vec<Vec<Listed>> = found
+        .par_chunks(2048)
+        .map(|batch| {
+            let ids: Vec<ObjectId> = batch.iter().map(|f| f.3).collect();
+            let raws = store.read_objects(&ids, ds_format::ObjectKind::Run)?;
+            batch
+                .iter()
+                .zip(raws)
+                .map(|(&(t, _, snapshot, id), raw)| {
+                    Ok(Listed {
+                        id,
+                        snapshot,
+                        snapshot_time_ns: t,
+                        run: Run::decode(&raw)?,
+                    })
+                })
+                .collect()
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok(batches.into_iter().flatten().collect())
 }
 
 /// The runs of every workspace in the store, newest first; a run reached

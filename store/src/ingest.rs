@@ -14,7 +14,9 @@
 //! independent files (their content deduplicates). A file that changes while
 //! being read is read again (up to three times) and otherwise stored as last
 //! read, with a warning, and kept out of the stat cache. Unreadable entries
-//! are skipped with a warning; the snapshot still completes.
+//! are skipped with a warning; the snapshot still completes — except a
+//! path too long for the kernel (a tree deeper than PATH_MAX), which fails
+//! the snapshot, since skipping it would drop a whole subtree silently.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, Metadata};
@@ -178,6 +180,22 @@ pub fn snapshot(
     })
 }
 
+/// A path the kernel refuses as too long (deeper than PATH_MAX): skipping
+/// it would drop its whole subtree while reporting success, so the
+/// snapshot fails instead, saying why.
+fn too_deep(path: &Path, e: &io::Error) -> Option<StoreError> {
+    (e.raw_os_error() == Some(libc::ENAMETOOLONG)).then(|| {
+        StoreError::BadInput(format!(
+            "{}…: deeper than the system's path limit ({} bytes); ds cannot snapshot \
+             this tree yet (nothing was recorded)",
+            String::from_utf8_lossy(
+                &path.as_os_str().as_bytes()[..200.min(path.as_os_str().len())]
+            ),
+            libc::PATH_MAX
+        ))
+    })
+}
+
 /// An I/O problem with one entry: reported and skipped, not fatal.
 type EntryResult<T> = Result<std::result::Result<T, io::Error>>;
 
@@ -229,6 +247,9 @@ impl Ingest<'_> {
                 return Ok(None);
             }
             Err(e) => {
+                if let Some(fatal) = too_deep(path, &e) {
+                    return Err(fatal);
+                }
                 self.warn(path, format!("{e}; skipped"));
                 return Ok(None);
             }
@@ -240,6 +261,9 @@ impl Ingest<'_> {
             let rd = match fs::read_dir(path) {
                 Ok(rd) => rd,
                 Err(e) => {
+                    if let Some(fatal) = too_deep(path, &e) {
+                        return Err(fatal);
+                    }
                     self.warn(path, format!("{e}; directory skipped"));
                     return Ok(None);
                 }
@@ -255,6 +279,9 @@ impl Ingest<'_> {
                     EntryData::File(f)
                 }
                 Err(e) => {
+                    if let Some(fatal) = too_deep(path, &e) {
+                        return Err(fatal);
+                    }
                     self.warn(path, format!("{e}; file skipped"));
                     return Ok(None);
                 }
@@ -266,6 +293,9 @@ impl Ingest<'_> {
                     EntryData::Symlink(t.into_os_string().as_bytes().to_vec())
                 }
                 Err(e) => {
+                    if let Some(fatal) = too_deep(path, &e) {
+                        return Err(fatal);
+                    }
                     self.warn(path, format!("{e}; symlink skipped"));
                     return Ok(None);
                 }

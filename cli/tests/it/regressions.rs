@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::path::Path;
+use std::process::Command;
 
 use crate::*;
 
@@ -114,4 +115,43 @@ fn a_workspace_named_logs_mounts_in_background_snapshots_and_unmounts() {
             "{ws}: logs in its dirty layer: {in_layer:?}"
         );
     }
+}
+
+/// Found by a test outside the project: a tree deeper than PATH_MAX was
+/// snapshotted with exit 0 and a warning, everything below the limit's
+/// depth silently missing. Until the walk is relative to directory
+/// handles, such a snapshot fails, names the limit, and records nothing.
+#[test]
+fn a_tree_deeper_than_path_max_fails_the_snapshot_instead_of_dropping_data() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("s");
+    let src = t.path().join("deep");
+    std::fs::create_dir(&src).unwrap();
+    // Relative mkdir + chdir: no absolute path is ever that long.
+    let st = Command::new("python3")
+        .arg("-c")
+        .arg("import os\nfor _ in range(1000):\n    os.mkdir('abcd'); os.chdir('abcd')\nopen('f', 'w').write('bottom')")
+        .current_dir(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = ds(&store)
+        .arg("snapshot")
+        .arg(&src)
+        .args(["-w", "w"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("deeper than the system's path limit"), "{err}");
+    let refs = ds(&store).args(["workspaces", "--json"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&refs.stdout).contains("\"w\""),
+        "no snapshot was recorded"
+    );
 }

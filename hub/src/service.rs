@@ -219,6 +219,8 @@ impl Sync for SyncService {
             max_message: MAX_MESSAGE as u64,
             max_batch: MAX_BATCH as u32,
             max_pack: MAX_PACK,
+            max_object_plain: ds_format::check::MAX_PLAIN_OBJECT,
+            max_plain_per_byte: ds_format::check::MAX_RATIO,
             hub_version: env!("CARGO_PKG_VERSION").into(),
         }))
     }

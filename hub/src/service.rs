@@ -328,6 +328,15 @@ impl Sync for SyncService {
     ) -> Result<Response<Self::GetObjectsStream>, Status> {
         self.auth.check(&req).await?;
         let ids = ids_of(&req.get_ref().ids)?;
+        // Bounded work per byte requested: each object once per request
+        // (clients never ask twice; ds_sync treats a repeat as a protocol
+        // error), or 32 bytes of request would buy a whole object each.
+        let mut distinct = std::collections::HashSet::with_capacity(ids.len());
+        if let Some(dup) = ids.iter().find(|i| !distinct.insert(**i)) {
+            return Err(Status::invalid_argument(format!(
+                "object {dup} is asked for more than once in one request"
+            )));
+        }
         let locs = self.locate(&ids).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let storage = self.storage.clone();

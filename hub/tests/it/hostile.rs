@@ -339,4 +339,16 @@ async fn hostile_clients_are_refused_and_nothing_changes() {
         Code::NotFound,
         "no object",
     );
+    // One id asked for many times would be sent as many times (a 2 MiB
+    // request streamed 7.4 GiB): refused.
+    let one: Vec<u8> = entries[0].id.0.to_vec();
+    expect(
+        c.get_objects(GetObjectsRequest {
+            ids: one.repeat(1000),
+        })
+        .await
+        .map(|_| ()),
+        Code::InvalidArgument,
+        "more than once",
+    );
 }

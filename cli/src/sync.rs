@@ -430,7 +430,25 @@ pub fn token(store: &Path, a: TokenArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Raises this process's open-file soft limit to its hard limit: every
+/// client connection is a descriptor, and the common soft limit of 1,024
+/// let a thousand idle connections lock out an honest `ds push`.
+pub(crate) fn raise_open_files(who: &str) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => eprintln!("ds {who}: open files limit raised from {soft} to {hard}"),
+            Err(e) => {
+                eprintln!("ds {who}: warning: cannot raise the open files limit ({soft}): {e}")
+            }
+        },
+        Ok(_) => {}
+        Err(e) => eprintln!("ds {who}: warning: cannot read the open files limit: {e}"),
+    }
+}
+
 pub fn hub(a: HubServeArgs) -> Result<ExitCode> {
+    raise_open_files("hub");
     let data = a
         .data
         .unwrap_or_else(|| crate::data_home().join("ds").join("hub"));

@@ -155,3 +155,42 @@ fn a_tree_deeper_than_path_max_fails_the_snapshot_instead_of_dropping_data() {
         "no snapshot was recorded"
     );
 }
+
+/// Found by a test outside the project: with the common soft limit of
+/// 1,024 open files, a thousand idle connections locked an honest push
+/// out. The hub raises its soft limit to the hard limit at start.
+#[test]
+fn the_hub_raises_its_open_files_limit_to_the_hard_limit() {
+    use std::io::BufRead;
+    let t = tempfile::tempdir().unwrap();
+    let mut hub = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -Sn 256 && exec \"$0\" hub --listen 127.0.0.1:0 --data \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_ds"))
+        .arg(t.path().join("hub"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    for line in std::io::BufReader::new(hub.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        said.push_str(&line);
+        said.push('\n');
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    let text = fs::read_to_string(format!("/proc/{}/limits", hub.id())).unwrap();
+    let _ = hub.kill();
+    let _ = hub.wait();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(f[3], f[4], "soft limit raised to the hard limit: {line}");
+    assert!(
+        said.contains("open files limit raised from 256 to"),
+        "{said}"
+    );
+}

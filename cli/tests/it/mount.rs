@@ -603,3 +603,56 @@ fn mounts_keep_names_restorable_stay_off_the_store_and_umount_only_their_own() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// Runners pull into a store their mounts use: a pull while a read-only
+/// mount of an older snapshot is open works, and the mount keeps reading
+/// exactly what it served before.
+#[test]
+fn a_pull_into_a_store_with_an_open_mount_leaves_the_mount_reading() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = crate::sync::start_hub(&tmp.path().join("hub"), None, &[]);
+    let with_hub = |store: &Path, args: &[&str]| {
+        let mut c = ds(store);
+        c.args(args)
+            .args(["--hub", &hub.url, "--token", &hub.admin]);
+        c
+    };
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let work = tmp.path().join("work");
+    sample_tree(&work);
+    ok(ds(&a).arg("snapshot").arg(&work).args(["-w", "w"]));
+    ok(&mut with_hub(&a, &["push", "w"]));
+    ok(&mut with_hub(&b, &["clone", "w"]));
+    let first = String::from_utf8(ok(ds(&b).args(["log", "w", "--json"])).stdout).unwrap();
+    let first_id = serde_json::from_str::<serde_json::Value>(&first).unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mp = tmp.path().join("ro");
+    let m = Mount::start(&b, &[&first_id], &mp);
+    let model = "src/nested/deeper/model.bin";
+    let before = fs::read(mp.join(model)).unwrap();
+    // The workspace moves on elsewhere; b pulls while its mount is open.
+    fs::write(work.join(model), noise(2 << 20, 99)).unwrap();
+    fs::write(work.join("new.txt"), b"new").unwrap();
+    ok(ds(&a).arg("snapshot").arg(&work).args(["-w", "w"]));
+    ok(&mut with_hub(&a, &["push", "w"]));
+    ok(&mut with_hub(&b, &["pull", "w"]));
+    assert_eq!(ok(ds(&b).args(["cat", "w", "new.txt"])).stdout, b"new");
+    // The mount still serves the old snapshot, whole and verified.
+    assert_eq!(fs::read(mp.join(model)).unwrap(), before);
+    assert!(!mp.join("new.txt").exists());
+    assert_same_tree_content(&mp, &work, "README.md");
+    m.umount();
+    ok(ds(&b).arg("verify"));
+}
+
+fn assert_same_tree_content(a: &Path, b: &Path, file: &str) {
+    assert_eq!(
+        fs::read(a.join(file)).unwrap(),
+        fs::read(b.join(file)).unwrap()
+    );
+}

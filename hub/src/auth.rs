@@ -86,6 +86,13 @@ pub fn token_hash(token: &str) -> String {
         .collect()
 }
 
+/// The hash of a request's bearer token (what limits are kept per), if it
+/// carries one.
+pub fn bearer_hash<T>(req: &tonic::Request<T>) -> Option<String> {
+    let v = req.metadata().get("authorization")?.to_str().ok()?;
+    Some(token_hash(v.strip_prefix("Bearer ")?.trim()))
+}
+
 /// Checks tokens against the grants in the bucket.
 #[derive(Debug)]
 pub struct Auth {

@@ -15,6 +15,7 @@ pub mod cache;
 pub mod conformance;
 pub mod docs;
 pub mod error;
+pub mod limits;
 mod runs;
 pub mod server;
 pub mod service;

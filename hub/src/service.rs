@@ -38,6 +38,7 @@ pub struct SyncService {
     cache: Cache,
     auth: Arc<Auth>,
     pub(crate) summaries: crate::runs::Summaries,
+    uploads: Arc<crate::limits::Uploads>,
 }
 
 /// The one place a hub error becomes a gRPC status (see `error.rs`).
@@ -102,6 +103,7 @@ impl SyncService {
             cache,
             auth,
             summaries: Default::default(),
+            uploads: Default::default(),
         }
     }
 
@@ -146,6 +148,17 @@ impl SyncService {
             })
             .collect()
     }
+}
+
+/// The next message of an upload; an upload that sends nothing for
+/// [`crate::limits::UPLOAD_IDLE`] is dropped.
+async fn next_part(
+    s: &mut Streaming<UploadPackRequest>,
+) -> Result<Option<UploadPackRequest>, Status> {
+    let idle = crate::limits::UPLOAD_IDLE;
+    tokio::time::timeout(idle, s.message()).await.map_err(|_| {
+        Status::deadline_exceeded(format!("the upload sent nothing for {} s", idle.as_secs()))
+    })?
 }
 
 /// Reads one window of objects from the bucket, coalescing nearby ranges of
@@ -258,8 +271,9 @@ impl Sync for SyncService {
         req: Request<Streaming<UploadPackRequest>>,
     ) -> Result<Response<UploadPackReply>, Status> {
         self.auth.check(&req).await?;
+        let caller = crate::auth::bearer_hash(&req).unwrap_or_default();
         let mut stream = req.into_inner();
-        let header = match stream.message().await?.and_then(|m| m.part) {
+        let header = match next_part(&mut stream).await?.and_then(|m| m.part) {
             Some(upload_pack_request::Part::Header(h)) => h,
             _ => {
                 return Err(Status::invalid_argument(
@@ -275,8 +289,10 @@ impl Sync for SyncService {
                 header.size
             )));
         }
-        let mut data = Vec::with_capacity(header.size as usize);
-        while let Some(m) = stream.message().await? {
+        // Room for it before a byte of it is read (see limits.rs).
+        let _admitted = self.uploads.admit(&caller, header.size).await?;
+        let mut data = Vec::with_capacity((header.size as usize).min(8 << 20));
+        while let Some(m) = next_part(&mut stream).await? {
             match m.part {
                 Some(upload_pack_request::Part::Data(d)) => {
                     if (data.len() + d.len()) as u64 > header.size {

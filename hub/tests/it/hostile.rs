@@ -352,3 +352,75 @@ async fn hostile_clients_are_refused_and_nothing_changes() {
         "more than once",
     );
 }
+
+/// Uploads that announce a pack and then stall used to be buffered without
+/// limit (2,000 of them took the hub to 4 GiB). A token gets a bounded
+/// number of uploads in flight; past it the refusal names the limit, and
+/// other tokens are not affected.
+#[tokio::test]
+async fn stalled_uploads_of_one_token_hit_its_limit_and_spare_the_others() {
+    let hub = start_hub().await;
+    let mut stalled = Vec::new();
+    let open = |c: Client| {
+        let (tx, rx) = tokio::sync::mpsc::channel::<UploadPackRequest>(4);
+        let mut c = c;
+        let call = tokio::spawn(async move {
+            c.upload_pack(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .map(|_| ())
+        });
+        (tx, call)
+    };
+    let header = |n: u8| UploadPackRequest {
+        part: Some(Part::Header(PackHeader {
+            id: vec![n; 32],
+            size: 1 << 20,
+        })),
+    };
+    for n in 0..ds_hub::limits::UPLOADS_PER_TOKEN as u8 {
+        let (tx, call) = open(client(hub.addr, &hub.admin).await);
+        tx.send(header(n)).await.unwrap();
+        tx.send(UploadPackRequest {
+            part: Some(Part::Data(vec![0; 4096])),
+        })
+        .await
+        .unwrap();
+        stalled.push((tx, call));
+    }
+    // Let the hub admit them all (each waits for the rest of its pack).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut c = client(hub.addr, &hub.admin).await;
+    expect(
+        upload(&mut c, &PackId([99; 32]), 1 << 20, vec![]).await,
+        Code::ResourceExhausted,
+        "uploads_per_token",
+    );
+    // Another token still uploads (and is refused only for its bad pack).
+    let mut admin = client(hub.addr, &hub.admin).await;
+    let limited = admin
+        .create_token(ds_proto::v1::CreateTokenRequest {
+            workspaces: vec!["w".into()],
+            comment: String::new(),
+            runner: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut other = client(hub.addr, &limited).await;
+    expect(
+        upload(&mut other, &PackId([98; 32]), 10, vec![vec![0; 10]]).await,
+        Code::InvalidArgument,
+        "",
+    );
+    // Ending the stalled uploads gives the token its share back.
+    for (tx, call) in stalled {
+        drop(tx);
+        assert!(call.await.unwrap().is_err(), "a truncated pack is refused");
+    }
+    expect(
+        upload(&mut c, &PackId([97; 32]), 10, vec![vec![0; 10]]).await,
+        Code::InvalidArgument,
+        "",
+    );
+}

@@ -15,6 +15,11 @@
 //! - an upload that sends nothing for [`UPLOAD_IDLE`] is dropped.
 //!
 //! Buffers grow as data arrives instead of being reserved from the header.
+//!
+//! Downloads: a token may have [`DOWNLOADS_PER_TOKEN`] `GetObjects`
+//! streams open; a stream whose client takes no reply for
+//! [`DOWNLOAD_STALL`] is dropped (flow control pauses it meanwhile, with
+//! at most a read window and two replies held).
 
 // gRPC handlers and their helpers return tonic::Status, which is large by design.
 #![allow(clippy::result_large_err)]
@@ -140,6 +145,56 @@ impl Uploads {
     }
 }
 
+/// Downloads (`GetObjects` streams) one token may have open at once: each
+/// holds up to a read window and two replies (~24 MiB) while its client
+/// is slow.
+pub const DOWNLOADS_PER_TOKEN: usize = 16;
+/// How long a download may wait for its client to take the next reply.
+pub const DOWNLOAD_STALL: Duration = Duration::from_secs(60);
+
+/// Open downloads per token.
+#[derive(Debug, Default)]
+pub struct Downloads {
+    open: Mutex<HashMap<String, usize>>,
+}
+
+/// One open download; closed when dropped.
+#[derive(Debug)]
+pub struct Open {
+    downloads: Arc<Downloads>,
+    token: String,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let mut m = self.downloads.open.lock().expect("not poisoned");
+        if let Some(n) = m.get_mut(&self.token) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.token);
+            }
+        }
+    }
+}
+
+impl Downloads {
+    pub fn open(self: &Arc<Self>, token: &str) -> Result<Open, Status> {
+        let mut m = self.open.lock().expect("not poisoned");
+        let n = m.entry(token.to_string()).or_default();
+        if *n >= DOWNLOADS_PER_TOKEN {
+            return Err(Status::resource_exhausted(format!(
+                "limit downloads_per_token: this token already has {DOWNLOADS_PER_TOKEN} \
+                 GetObjects streams open"
+            )));
+        }
+        *n += 1;
+        Ok(Open {
+            downloads: self.clone(),
+            token: token.to_string(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +222,22 @@ mod tests {
         assert!(u.tokens.lock().unwrap().is_empty(), "every share returned");
         assert_eq!(u.global.available_permits() as u64, UPLOAD_BYTES / UNIT);
         u.admit("a", 1).await.unwrap();
+    }
+
+    #[test]
+    fn downloads_per_token_are_counted_and_given_back() {
+        let d = Arc::new(Downloads::default());
+        let open: Vec<Open> = (0..DOWNLOADS_PER_TOKEN)
+            .map(|_| d.open("a").unwrap())
+            .collect();
+        let e = d.open("a").unwrap_err();
+        assert!(
+            e.message().contains("downloads_per_token"),
+            "{}",
+            e.message()
+        );
+        d.open("b").unwrap();
+        drop(open);
+        assert!(d.open.lock().unwrap().is_empty());
     }
 }

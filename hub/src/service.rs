@@ -39,6 +39,7 @@ pub struct SyncService {
     auth: Arc<Auth>,
     pub(crate) summaries: crate::runs::Summaries,
     uploads: Arc<crate::limits::Uploads>,
+    downloads: Arc<crate::limits::Downloads>,
 }
 
 /// The one place a hub error becomes a gRPC status (see `error.rs`).
@@ -104,6 +105,7 @@ impl SyncService {
             auth,
             summaries: Default::default(),
             uploads: Default::default(),
+            downloads: Default::default(),
         }
     }
 
@@ -353,10 +355,22 @@ impl Sync for SyncService {
                 "object {dup} is asked for more than once in one request"
             )));
         }
+        let open = self
+            .downloads
+            .open(&crate::auth::bearer_hash(&req).unwrap_or_default())?;
         let locs = self.locate(&ids).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let storage = self.storage.clone();
+        // A client that takes no reply for DOWNLOAD_STALL loses the stream.
+        let send = move |tx: tokio::sync::mpsc::Sender<Result<GetObjectsReply, Status>>,
+                         r: Result<GetObjectsReply, Status>| async move {
+            matches!(
+                tokio::time::timeout(crate::limits::DOWNLOAD_STALL, tx.send(r)).await,
+                Ok(Ok(()))
+            )
+        };
         tokio::spawn(async move {
+            let _open = open;
             let mut start = 0;
             while start < ids.len() {
                 let mut end = start;
@@ -368,7 +382,7 @@ impl Sync for SyncService {
                 let objs = match fetch_window(&storage, &ids[start..end], &locs[start..end]).await {
                     Ok(o) => o,
                     Err(e) => {
-                        let _ = tx.send(Err(e)).await;
+                        send(tx, Err(e)).await;
                         return;
                     }
                 };
@@ -378,13 +392,13 @@ impl Sync for SyncService {
                     size += o.data.len() + 64;
                     reply.objects.push(o);
                     if size >= REPLY_TARGET {
-                        if tx.send(Ok(std::mem::take(&mut reply))).await.is_err() {
+                        if !send(tx.clone(), Ok(std::mem::take(&mut reply))).await {
                             return;
                         }
                         size = 0;
                     }
                 }
-                if !reply.objects.is_empty() && tx.send(Ok(reply)).await.is_err() {
+                if !reply.objects.is_empty() && !send(tx.clone(), Ok(reply)).await {
                     return;
                 }
                 start = end;

@@ -75,7 +75,9 @@ pub fn run(spec: &TaskSpec, id: &TaskId, home: &Path, io: Io<'_>) -> Result<Exit
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {:?}: {e}", spec.command[0]))?;
-    runs.set_pid(child.id());
+    // Its own process group (process_group(0)): stopped while a run it
+    // announced is recorded.
+    runs.set_pausable_group(child.id());
     let readers = [
         reader(child.stdout.take(), STDOUT, id, ledger, Some(runs.tap())),
         reader(child.stderr.take(), STDERR, id, ledger, None),

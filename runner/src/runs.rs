@@ -226,6 +226,11 @@ pub struct Runs {
     tx: Mutex<Option<Sender<Detected>>>,
     pid: AtomicU32,
     image_digest: Mutex<Option<String>>,
+    /// The workload is a process group the runner may stop while a run is
+    /// recorded (the process executor; not containers).
+    pausable: std::sync::atomic::AtomicBool,
+    /// Runs found and not yet recorded while the workload is stopped.
+    pending: std::sync::atomic::AtomicUsize,
 }
 
 impl Runs {
@@ -251,6 +256,40 @@ impl Runs {
         self.pid.store(pid, Ordering::Relaxed);
     }
 
+    /// The workload is process group `pgid`, which may be stopped
+    /// (SIGSTOP) from the moment a run's end marker is read until the
+    /// run's snapshot is taken, so the snapshot holds the files as they
+    /// were when the run was announced, not as the workload went on to
+    /// change them.
+    pub fn set_pausable_group(&self, pgid: u32) {
+        self.set_pid(pgid);
+        self.pausable.store(true, Ordering::Relaxed);
+    }
+
+    fn signal_group(&self, sig: nix::sys::signal::Signal) {
+        let pid = self.pid.load(Ordering::Relaxed);
+        if pid != 0 {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), sig);
+        }
+    }
+
+    /// A run was found: stop the workload until it is recorded.
+    fn hold(&self) {
+        if self.pausable.load(Ordering::Relaxed) {
+            self.pending.fetch_add(1, Ordering::SeqCst);
+            self.signal_group(nix::sys::signal::Signal::SIGSTOP);
+        }
+    }
+
+    /// A run found was recorded (or refused): let the workload go on once
+    /// none is pending.
+    fn release(&self) {
+        if self.pausable.load(Ordering::Relaxed) && self.pending.fetch_sub(1, Ordering::SeqCst) == 1
+        {
+            self.signal_group(nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+
     pub fn set_image_digest(&self, d: String) {
         *self.image_digest.lock().expect("not poisoned") = Some(d);
     }
@@ -263,7 +302,10 @@ impl Runs {
 
     fn send(&self, d: Detected) {
         if let Some(tx) = &*self.tx.lock().expect("not poisoned") {
-            let _ = tx.send(d);
+            self.hold();
+            if tx.send(d).is_err() {
+                self.release();
+            }
         }
     }
 
@@ -412,9 +454,28 @@ pub fn record(
     mut last: Option<ObjectId>,
     say: &dyn Fn(String),
 ) -> (Option<ObjectId>, Vec<Run>) {
-    let (store, home_path) = ctx;
     let mut carried: Vec<Run> = Vec::new();
     for d in rx {
+        last = record_one(d, handle, ctx, prov, runs, last, &mut carried, say);
+        runs.release();
+    }
+    (last, carried)
+}
+
+/// Records one run found (see [`record`]); returns the newest snapshot.
+#[allow(clippy::too_many_arguments)]
+fn record_one(
+    d: Detected,
+    handle: &MountHandle,
+    ctx: (&Store, &std::path::Path),
+    prov: &Provenance,
+    runs: &Runs,
+    mut last: Option<ObjectId>,
+    carried: &mut Vec<Run>,
+    say: &dyn Fn(String),
+) -> Option<ObjectId> {
+    let (store, home_path) = ctx;
+    {
         let label = match d.origin {
             Origin::Dotscience => "Dotscience run",
             _ => "run",
@@ -423,14 +484,14 @@ pub fn record(
             Ok(b) => b,
             Err(why) => {
                 say(format!("warning: {label} {:?} not recorded: {why}", d.name));
-                continue;
+                return last;
             }
         };
         let meta = match RunMeta::parse(&d.name, &body) {
             Ok(m) => m,
             Err(why) => {
                 say(format!("warning: {label} {:?} not recorded: {why}", d.name));
-                continue;
+                return last;
             }
         };
         let mut run = Run::from_meta(meta, d.origin);
@@ -444,9 +505,9 @@ pub fn record(
                 "warning: {label} {:?} not recorded: its record is over {MAX_RUN} bytes",
                 d.name
             ));
-            continue;
+            return last;
         }
-        let mut all = std::mem::take(&mut carried);
+        let mut all = std::mem::take(carried);
         all.extend(pending_files(store, home_path, last, prov, runs, say));
         all.push(run);
         let message = format!("run {}", d.name);
@@ -471,14 +532,14 @@ pub fn record(
                     d.name
                 ));
                 // Files already picked are picked again from `last`.
-                carried = all
+                *carried = all
                     .into_iter()
                     .filter(|r| r.origin != Some(Origin::File))
                     .collect();
             }
         }
     }
-    (last, carried)
+    last
 }
 
 #[cfg(test)]

@@ -460,7 +460,17 @@ fn diff(
     Ok(ExitCode::SUCCESS)
 }
 
-fn version_json(version: u32, l: &Listed) -> ModelVersionJson {
+/// The files of model `name` in run `l` (see `Run::models`).
+fn model_files(l: &Listed, name: &str) -> Vec<String> {
+    l.run
+        .models()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, f)| f)
+        .unwrap_or_default()
+}
+
+fn version_json(name: &str, version: u32, l: &Listed) -> ModelVersionJson {
     ModelVersionJson {
         version,
         run: l.id,
@@ -469,7 +479,7 @@ fn version_json(version: u32, l: &Listed) -> ModelVersionJson {
         time: crate::fmt::time(l.run.recorded_ns),
         parameters: l.run.parameters.clone(),
         metrics: l.run.metrics.clone(),
-        files: l.run.outputs.clone(),
+        files: model_files(l, name),
     }
 }
 
@@ -478,18 +488,21 @@ pub fn list_models(store_path: &Path, a: ModelsArgs) -> Result<ExitCode> {
     let all: Vec<ModelJson> = runs::models(&src.runs)
         .into_iter()
         .map(|(name, v)| ModelJson {
-            name,
             versions: v
                 .iter()
                 .enumerate()
-                .map(|(i, l)| version_json(i as u32 + 1, l))
+                .map(|(i, l)| version_json(&name, i as u32 + 1, l))
                 .collect(),
+            name,
         })
         .collect();
     if a.hub.json {
         print_json(&all)?;
     } else if all.is_empty() {
-        eprintln!("no models (a run labelled model=NAME makes a version of NAME)");
+        eprintln!(
+            "no models (a run labelled model=NAME, or Dotscience's artefact:NAME, makes a \
+             version of NAME)"
+        );
     } else {
         for m in &all {
             let last = m.versions.last().expect("a model has a version");
@@ -519,7 +532,7 @@ pub fn model(store_path: &Path, a: ModelArgs) -> Result<ExitCode> {
         name: name.clone(),
         version,
         versions,
-        files: src.files(&l.snapshot, &l.run.outputs),
+        files: src.files(&l.snapshot, &model_files(l, &name)),
         metrics: l.run.metrics.clone(),
         run: src.show(l),
         provenance: graph(&src, Start::Run(l)),

@@ -133,13 +133,52 @@ impl Run {
         crate::ObjectKind::Run.hash(&self.encode())
     }
 
-    /// The model this run made a version of, if its labels name one.
+    /// The model this run made a version of, if its labels name one (the
+    /// first, when it names several: see [`Self::models`]).
     pub fn model(&self) -> Option<&str> {
-        self.labels
+        self.models().into_iter().next().map(|(n, _)| n)
+    }
+
+    /// Every model this run made a version of, with that model's files:
+    /// the label `model=NAME` (files: the run's outputs), and Dotscience's
+    /// `artefact:NAME` labels, whose value is JSON naming the model's
+    /// files (`{"type":"tensorflow-model","files":{"model":"path",…}}`,
+    /// what `ds.model()` in its library writes; files: those paths).
+    pub fn models(&self) -> Vec<(&str, Vec<String>)> {
+        let mut out = Vec::new();
+        if let Some(m) = self
+            .labels
             .get("model")
             .or_else(|| self.labels.get("ds.model"))
-            .map(String::as_str)
             .filter(|m| !m.is_empty())
+        {
+            out.push((m.as_str(), self.outputs.clone()));
+        }
+        for (k, v) in &self.labels {
+            let Some(name) = k.strip_prefix("artefact:").filter(|n| !n.is_empty()) else {
+                continue;
+            };
+            let files = serde_json::from_str::<Value>(v)
+                .ok()
+                .and_then(|j| {
+                    j.get("files")?.as_object().map(|f| {
+                        let mut p: Vec<String> = f
+                            .values()
+                            .filter_map(|p| p.as_str())
+                            .filter_map(|p| workspace_path(p, "/", ""))
+                            .filter(|p| !p.is_empty())
+                            .collect();
+                        p.sort();
+                        p.dedup();
+                        p
+                    })
+                })
+                .unwrap_or_else(|| self.outputs.clone());
+            if !out.iter().any(|(n, _)| *n == name) {
+                out.push((name, files));
+            }
+        }
+        out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Run> {
@@ -412,6 +451,17 @@ mod tests {
         let b = r.encode();
         assert_eq!(Run::decode(&b).unwrap(), r);
         assert_eq!(r.model(), Some("m"));
+        r.labels.insert(
+            "artefact:net".into(),
+            r#"{"files":{"classes":"c.json","model":"net/saved"},"type":"tensorflow-model"}"#
+                .into(),
+        );
+        r.labels.insert("artefact:odd".into(), "not json".into());
+        r.outputs = vec!["o".into()];
+        let ms = r.models();
+        assert_eq!(ms[0], ("m", vec!["o".to_string()]));
+        assert!(ms.contains(&("net", vec!["c.json".to_string(), "net/saved".to_string()])));
+        assert!(ms.contains(&("odd", vec!["o".to_string()])));
         // Same value, other spelling: refused.
         let mut spaced = b[..2].to_vec();
         let v: Value = serde_json::from_slice(&b[2..]).unwrap();

@@ -130,11 +130,12 @@ pub fn find<'a>(runs: &'a [Listed], spec: &str) -> Result<&'a Listed> {
 }
 
 /// Every model among `runs`: name → its runs, oldest (version 1) first.
-/// A model is the line of runs whose label `model` names it.
+/// A model is the line of runs whose labels name it (`model=NAME`, or
+/// Dotscience's `artefact:NAME`; see `Run::models`).
 pub fn models(runs: &[Listed]) -> BTreeMap<String, Vec<&Listed>> {
     let mut m: BTreeMap<String, Vec<&Listed>> = BTreeMap::new();
     for l in runs {
-        if let Some(name) = l.run.model() {
+        for (name, _) in l.run.models() {
             m.entry(name.to_string()).or_default().push(l);
         }
     }

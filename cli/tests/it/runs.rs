@@ -337,8 +337,25 @@ fn a_snapshot_of_a_directory_records_new_run_files_once() {
         .args(["-w", "w", "--json"]));
     assert_eq!(json(&o)["runs"].as_array().unwrap().len(), 1);
     assert!(String::from_utf8_lossy(&o.stderr).contains("bad.json: run metadata is not JSON"));
-    let runs = json(&ok(ds(&store).args(["runs", "w", "--json"])));
-    assert_eq!(runs.as_array().unwrap().len(), 2);
+    // A Dotscience artefact label: the model `net`, its files named in it.
+    std::fs::write(
+        work.join(".ds/runs/c.json"),
+        br#"{"labels":{"artefact:net":"{\"files\":{\"model\":\"out.bin\"},\"type\":\"tensorflow-model\"}"}}"#,
+    )
+    .unwrap();
+    ok(ds(&store).arg("snapshot").arg(&work).args(["-w", "w"]));
+    let models = json(&ok(ds(&store).args(["models", "--json"])));
+    assert_eq!(models[0]["name"], "net", "{models:#}");
+    assert_eq!(
+        models[0]["versions"][0]["files"],
+        serde_json::json!(["out.bin"])
+    );
+    let m = json(&ok(ds(&store).args(["model", "show", "net", "--json"])));
+    assert!(m["files"][0]["content"].is_string(), "{m:#}");
+    std::fs::remove_file(work.join(".ds/runs/c.json")).unwrap();
+    let all = json(&ok(ds(&store).args(["runs", "w", "--json"])));
+    assert_eq!(all.as_array().unwrap().len(), 3);
+    let runs = serde_json::Value::Array(all.as_array().unwrap()[1..].to_vec());
     assert_eq!(runs[0]["parameters"]["p"], 2);
     assert_eq!(runs[1]["parameters"]["p"], 1);
     assert_eq!(runs[1]["task"], serde_json::Value::Null);
@@ -356,7 +373,7 @@ fn a_snapshot_of_a_directory_records_new_run_files_once() {
     // gc keeps run records; verify checks them.
     ok(ds(&store).arg("gc"));
     ok(ds(&store).arg("verify"));
-    assert_eq!(json(&ok(ds(&store).args(["runs", "w", "--json"]))), runs);
+    assert_eq!(json(&ok(ds(&store).args(["runs", "w", "--json"]))), all);
 }
 
 #[test]

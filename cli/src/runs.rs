@@ -613,20 +613,17 @@ enum Start<'a> {
 type Outputs = HashMap<ObjectId, Vec<Option<ObjectId>>>;
 
 /// The producer of `content`: the latest run before `before_ns` that
-/// output it (`outputs` memoizes each run's output contents).
+/// output it. `makers` are the runs with outputs, newest first; `outputs`
+/// memoizes each run's output contents.
 fn producer<'a>(
-    src: &'a Source,
+    src: &Source,
+    makers: &[&'a Listed],
     outputs: &mut Outputs,
     content: ObjectId,
     before_ns: i64,
 ) -> Option<&'a Listed> {
-    let mut cands: Vec<&Listed> = src
-        .runs
-        .iter()
-        .filter(|l| l.run.recorded_ns < before_ns && !l.run.outputs.is_empty())
-        .collect();
-    cands.sort_by_key(|l| std::cmp::Reverse(l.run.recorded_ns));
-    cands.into_iter().find(|l| {
+    let from = makers.partition_point(|l| l.run.recorded_ns >= before_ns);
+    makers[from..].iter().copied().find(|l| {
         outputs
             .entry(l.id)
             .or_insert_with(|| {
@@ -642,12 +639,19 @@ fn producer<'a>(
 
 /// Walks back from `start`: each run's inputs (content as the run saw
 /// it: in its "before" snapshot when there, else its own) to the latest
-/// earlier run that output the same content, and each run's datasets.
+/// earlier run that output the same content, and each run's datasets;
+/// at most 256 runs deep.
 fn graph<'a>(src: &'a Source, start: Start<'a>) -> ProvenanceJson {
     let mut nodes: Vec<NodeJson> = Vec::new();
     let mut edges: Vec<EdgeJson> = Vec::new();
     let mut have: BTreeSet<String> = BTreeSet::new();
     let mut outputs: Outputs = HashMap::new();
+    let mut makers: Vec<&'a Listed> = src
+        .runs
+        .iter()
+        .filter(|l| !l.run.outputs.is_empty())
+        .collect();
+    makers.sort_by_key(|l| std::cmp::Reverse(l.run.recorded_ns));
     let mut node = |nodes: &mut Vec<NodeJson>, n: NodeJson| {
         if have.insert(n.id.clone()) {
             nodes.push(n);
@@ -690,7 +694,7 @@ fn graph<'a>(src: &'a Source, start: Start<'a>) -> ProvenanceJson {
             let n = file_node(&path, Some(content), snapshot);
             let id = n.id.clone();
             node(&mut nodes, n);
-            if let Some(p) = producer(src, &mut outputs, content, i64::MAX) {
+            if let Some(p) = producer(src, &makers, &mut outputs, content, i64::MAX) {
                 edges.push(EdgeJson {
                     from: format!("run:{}", p.id.short()),
                     to: id.clone(),
@@ -732,7 +736,7 @@ fn graph<'a>(src: &'a Source, start: Start<'a>) -> ProvenanceJson {
             let fid = n.id.clone();
             node(&mut nodes, n);
             if let Some(c) = content
-                && let Some(p) = producer(src, &mut outputs, c, l.run.recorded_ns)
+                && let Some(p) = producer(src, &makers, &mut outputs, c, l.run.recorded_ns)
             {
                 edges.push(EdgeJson {
                     from: format!("run:{}", p.id.short()),

@@ -16,7 +16,7 @@
 //! encoding is still canonical, because [`Run::decode`] re-encodes what it
 //! parsed and refuses input that differs.
 //!
-//! [`RunMeta::parse`] reads what a workload wrote (a `[[DS-RUN:…]]` or
+//! [`Run::from_workload`] reads what a workload wrote (a `[[DS-RUN:…]]` or
 //! `[[DOTSCIENCE-RUN:…]]` marker body, or a `.ds/runs/*.json` file); it is
 //! here, beside the decoder, because it is untrusted input too.
 
@@ -201,41 +201,17 @@ impl Run {
 }
 
 impl Run {
-    /// A record of what the workload said; where and how it ran is for
-    /// the caller to add, the workspace and "before" snapshot for the
-    /// transaction that stores it.
-    pub fn from_meta(m: RunMeta, origin: Origin) -> Run {
-        Run {
-            name: m.name,
-            origin: Some(origin),
-            start: m.start,
-            end: m.end,
-            description: m.description,
-            error: m.error,
-            parameters: m.parameters,
-            metrics: m.metrics,
-            labels: m.labels,
-            inputs: m.inputs,
-            outputs: m.outputs,
-            code: Code {
-                workload_file: m.workload_file,
-                ..Code::default()
-            },
-            extra: m.extra,
-            warnings: m.warnings,
-            ..Run::default()
-        }
-    }
-
-    /// Makes declared paths workspace-relative (see [`workspace_path`]);
-    /// a path that leaves the workspace is dropped with a warning.
-    pub fn relativize(&mut self, home: &str, cwd: &str) {
+    /// Makes declared paths workspace-relative (see [`workspace_path`];
+    /// relative ones are taken from the workspace's root, absolute ones
+    /// must lie under `home`); a path that leaves the workspace is
+    /// dropped with a warning.
+    pub fn relativize(&mut self, home: &str) {
         let mut warnings = Vec::new();
         let mut fix = |list: &mut Vec<String>| {
             let mut out: Vec<String> = list
                 .drain(..)
                 .filter_map(|p| {
-                    let r = workspace_path(&p, home, cwd);
+                    let r = workspace_path(&p, home, "");
                     if r.is_none() {
                         warnings.push(format!("{p:?} is outside the workspace"));
                     }
@@ -249,37 +225,21 @@ impl Run {
         fix(&mut self.inputs);
         fix(&mut self.outputs);
         if let Some(w) = self.code.workload_file.take() {
-            self.code.workload_file = workspace_path(&w, home, cwd);
+            self.code.workload_file = workspace_path(&w, home, "");
         }
         self.warnings.extend(warnings);
     }
 }
 
-/// What a workload said about one run, before the runner adds where and
-/// how it ran.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RunMeta {
-    pub name: String,
-    pub start: Option<String>,
-    pub end: Option<String>,
-    pub description: Option<String>,
-    pub error: Option<String>,
-    pub parameters: BTreeMap<String, Value>,
-    pub metrics: BTreeMap<String, Value>,
-    pub labels: BTreeMap<String, String>,
-    pub inputs: Vec<String>,
-    pub outputs: Vec<String>,
-    pub workload_file: Option<String>,
-    pub extra: BTreeMap<String, Value>,
-    pub warnings: Vec<String>,
-}
-
-impl RunMeta {
-    /// Reads one metadata document. Both formats share their field names
-    /// (Dotscience's `summary`, `input`, `output`, `workload-file`; ds
-    /// also accepts `metrics`, `inputs`, `outputs`, `workload_file`).
+impl Run {
+    /// Reads one metadata document a workload wrote, as a record of what
+    /// it said; where and how it ran is for the caller to add, the
+    /// workspace and "before" snapshot for the transaction that stores it.
+    /// Both formats share their field names (Dotscience's `summary`,
+    /// `input`, `output`, `workload-file`; ds also accepts `metrics`,
+    /// `inputs`, `outputs`, `workload_file`).
     /// Err: not a JSON object, too big, or a field of the wrong shape.
-    pub fn parse(name: &str, json: &[u8]) -> Result<RunMeta, String> {
+    pub fn from_workload(name: &str, origin: Origin, json: &[u8]) -> Result<Run, String> {
         if json.len() > MAX_META {
             return Err(format!(
                 "run metadata of {} bytes is over the {} byte limit",
@@ -292,9 +252,10 @@ impl RunMeta {
         let Value::Object(fields) = v else {
             return Err("run metadata is not a JSON object".into());
         };
-        let mut m = RunMeta {
+        let mut m = Run {
             name: bounded(name, "run id")?.to_string(),
-            ..RunMeta::default()
+            origin: Some(origin),
+            ..Run::default()
         };
         for (k, v) in fields {
             match k.as_str() {
@@ -307,7 +268,7 @@ impl RunMeta {
                 "error" => m.error = opt_string(&k, v)?,
                 "start" => m.start = opt_string(&k, v)?,
                 "end" => m.end = opt_string(&k, v)?,
-                "workload-file" | "workload_file" => m.workload_file = opt_string(&k, v)?,
+                "workload-file" | "workload_file" => m.code.workload_file = opt_string(&k, v)?,
                 "parameters" | "params" => m.parameters.extend(map(&k, v)?),
                 "summary" | "metrics" => m.metrics.extend(map(&k, v)?),
                 "labels" => {
@@ -511,17 +472,19 @@ mod tests {
     "workload-file": "train.py",
     "novel": [1]
 }"#;
-        let m = RunMeta::parse("u-1", doc).unwrap();
+        let m = Run::from_workload("u-1", Origin::Dotscience, doc).unwrap();
+        assert_eq!(m.origin, Some(Origin::Dotscience));
         assert_eq!(m.name, "u-1");
         assert_eq!(m.inputs, vec!["data/in.csv"]);
         assert_eq!(m.outputs, vec!["model.pkl"]);
         assert_eq!(m.metrics["acc"], serde_json::json!("0.9"));
         assert_eq!(as_number(&m.metrics["acc"]), Some(0.9));
-        assert_eq!(m.workload_file.as_deref(), Some("train.py"));
+        assert_eq!(m.code.workload_file.as_deref(), Some("train.py"));
         assert_eq!(m.extra["novel"], serde_json::json!([1]));
-        assert!(RunMeta::parse("x", b"[1]").is_err());
-        assert!(RunMeta::parse("x", br#"{"labels": 3}"#).is_err());
-        assert!(RunMeta::parse("x", &vec![b' '; MAX_META + 1]).is_err());
+        let parse = |b: &[u8]| Run::from_workload("x", Origin::Ds, b);
+        assert!(parse(b"[1]").is_err());
+        assert!(parse(br#"{"labels": 3}"#).is_err());
+        assert!(parse(&vec![b' '; MAX_META + 1]).is_err());
     }
 
     #[test]

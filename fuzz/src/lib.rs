@@ -134,10 +134,10 @@ pub fn snapshot(data: &[u8]) {
     assert!(s.metadata.len() as u64 <= ds_format::snapshot::MAX_METADATA);
 }
 
-/// `Run::decode`, and `RunMeta::parse` (what a workload prints) on the
+/// `Run::decode`, and `Run::from_workload` (what a workload prints) on the
 /// same bytes.
 pub fn run(data: &[u8]) {
-    let _ = ds_format::run::RunMeta::parse("fuzz", data);
+    let _ = ds_format::run::Run::from_workload("fuzz", ds_format::run::Origin::Ds, data);
     let Ok(r) = ds_format::run::Run::decode(data) else {
         return;
     };

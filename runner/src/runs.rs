@@ -20,7 +20,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use ds_format::ObjectId;
-use ds_format::run::{MAX_META, MAX_RUN, Origin, Run, RunMeta};
+use ds_format::run::{MAX_META, MAX_RUN, Origin, Run};
 use ds_fuse::MountHandle;
 use ds_store::Store;
 use ds_store::vfs::CommitOptions;
@@ -487,15 +487,14 @@ fn record_one(
                 return last;
             }
         };
-        let meta = match RunMeta::parse(&d.name, &body) {
-            Ok(m) => m,
+        let mut run = match Run::from_workload(&d.name, d.origin, &body) {
+            Ok(r) => r,
             Err(why) => {
                 say(format!("warning: {label} {:?} not recorded: {why}", d.name));
                 return last;
             }
         };
-        let mut run = Run::from_meta(meta, d.origin);
-        run.relativize(&prov.home, "");
+        run.relativize(&prov.home);
         for w in &run.warnings {
             say(format!("warning: {label} {:?}: {w}", d.name));
         }

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use ds_format::ObjectId;
 use ds_format::manifest::FileRef;
-use ds_format::run::{MAX_META, Origin, Run, RunMeta};
+use ds_format::run::{MAX_META, Origin, Run};
 use ds_format::snapshot::Snapshot;
 use ds_format::tree::{DirRef, EntryData};
 use rayon::prelude::*;
@@ -269,10 +269,9 @@ pub fn pending(
             ));
             break;
         }
-        match RunMeta::parse(stem, &bytes) {
-            Ok(m) => {
-                let mut r = Run::from_meta(m, Origin::File);
-                r.relativize(home, "");
+        match Run::from_workload(stem, Origin::File, &bytes) {
+            Ok(mut r) => {
+                r.relativize(home);
                 runs.push(r);
             }
             Err(why) => warnings.push(format!("{show}: {why}; not recorded")),

@@ -5,7 +5,7 @@
 //! `.ds/runs/`, runs travelling with push → clone, models and provenance,
 //! and runs kept when the final push conflicts.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::sync::Hub;
 use crate::tasks::{
@@ -83,6 +83,23 @@ fn workspace(me: &Path, work: &Path, hub: &Hub) {
     ok(&mut client(me, hub, &hub.admin, &["push", "w"]));
 }
 
+/// Workspace `w` of one file, snapshotted in store `T/me` from `T/work`
+/// and pushed to `hub`: (store, work dir).
+fn one_file_workspace(t: &Path, hub: &Hub, name: &str, content: &[u8]) -> (PathBuf, PathBuf) {
+    let (me, work) = (t.join("me"), t.join("work"));
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join(name), content).unwrap();
+    ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "w"]));
+    ok(&mut client(&me, hub, &hub.admin, &["push", "w"]));
+    (me, work)
+}
+
+/// A process-executor runner named r1 with its cache in `T/cache`.
+fn runner_r1(t: &Path, hub: &Hub) -> crate::tasks::Runner {
+    let rt = runner_token(hub, "r1");
+    start_runner(hub, &rt, "r1", &t.join("cache"), &[])
+}
+
 fn by_name<'a>(runs: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     runs.as_array()
         .unwrap()
@@ -143,8 +160,7 @@ fn a_process_workload_records_runs_that_travel_with_push_and_clone() {
     let hub = hub(t.path(), "5");
     let me = t.path().join("me");
     workspace(&me, &t.path().join("work"), &hub);
-    let rt = runner_token(&hub, "r1");
-    let runner = start_runner(&hub, &rt, "r1", &t.path().join("cache"), &[]);
+    let runner = runner_r1(t.path(), &hub);
     let id = detach(&me, &hub, &hub.admin, "w", &["sh", "train.sh"], &[]);
     let done = wait_state(&me, &hub, &hub.admin, &id, &["succeeded", "failed"]);
     let log = all_logs(&me, &hub, &id);
@@ -380,14 +396,8 @@ fn a_snapshot_of_a_directory_records_new_run_files_once() {
 fn runs_of_a_task_whose_push_conflicts_are_kept_under_the_tasks_ref() {
     let t = tempfile::tempdir().unwrap();
     let hub = hub(t.path(), "5");
-    let me = t.path().join("me");
-    let work = t.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::write(work.join("f"), b"one\n").unwrap();
-    ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "w"]));
-    ok(&mut client(&me, &hub, &hub.admin, &["push", "w"]));
-    let rt = runner_token(&hub, "r1");
-    let _r = start_runner(&hub, &rt, "r1", &t.path().join("c"), &[]);
+    let (me, work) = one_file_workspace(t.path(), &hub, "f", b"one\n");
+    let _r = runner_r1(t.path(), &hub);
     let script = "echo started; sleep 2; \
                   echo '[[DS-RUN:late]]{\"metrics\":{\"m\":1}}[[/DS-RUN:late]]'";
     let id = detach(&me, &hub, &hub.admin, "w", &["sh", "-c", script], &[]);
@@ -556,14 +566,8 @@ fn runs_pushed_through_one_hub_on_s3_are_listed_by_another_hub_on_the_bucket() {
 fn each_runs_snapshot_holds_the_output_as_of_its_announcement_or_later() {
     let t = tempfile::tempdir().unwrap();
     let hub = hub(t.path(), "5");
-    let me = t.path().join("me");
-    let work = t.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::write(work.join("m.txt"), b"v0\n").unwrap();
-    ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "w"]));
-    ok(&mut client(&me, &hub, &hub.admin, &["push", "w"]));
-    let rt = runner_token(&hub, "r1");
-    let _r = start_runner(&hub, &rt, "r1", &t.path().join("cache"), &[]);
+    let (me, _) = one_file_workspace(t.path(), &hub, "m.txt", b"v0\n");
+    let _r = runner_r1(t.path(), &hub);
     let script = "i=1; while [ $i -le 8 ]; do echo $i > m.txt; \
                   echo \"[[DS-RUN:r$i]]{\\\"outputs\\\":[\\\"m.txt\\\"]}[[/DS-RUN:r$i]]\"; \
                   i=$((i+1)); done; echo 9 > m.txt";

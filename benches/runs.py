@@ -31,7 +31,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tasks import Proc, ds_bin  # noqa: E402
+from tasks import Proc, ds_bin, start_hub  # noqa: E402
 
 
 def timed(cmd: list[str], env: dict[str, str], **kw) -> tuple[float, subprocess.CompletedProcess]:
@@ -54,10 +54,8 @@ def main() -> int:
     procs: list[Proc] = []
     results: dict[str, float] = {}
     try:
-        hub = Proc([ds, "hub", "--listen", "127.0.0.1:0", "--data", os.path.join(tmp, "hub")], env)
+        hub, url, admin = start_hub(ds, tmp, env)
         procs.append(hub)
-        url = hub.wait_for("listening on").split("listening on ")[1].strip()
-        admin = open(os.path.join(tmp, "hub", "admin.token")).read().strip()
         henv = dict(env, DS_HUB=url, DS_TOKEN=admin)
         work = os.path.join(tmp, "work")
         os.makedirs(work)

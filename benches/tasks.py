@@ -74,6 +74,18 @@ class Proc:
             self.p.kill()
 
 
+def start_hub(ds: str, tmp: str, env: dict[str, str]) -> tuple[Proc, str, str]:
+    """A `ds hub` on loopback with its data under TMP/hub: (process, url, admin token)."""
+    hub = Proc([ds, "hub", "--listen", "127.0.0.1:0", "--data", os.path.join(tmp, "hub")], env)
+    try:
+        url = hub.wait_for("listening on").split("listening on ")[1].strip()
+        admin = open(os.path.join(tmp, "hub", "admin.token")).read().strip()
+    except BaseException:
+        hub.stop()
+        raise
+    return hub, url, admin
+
+
 def first_line_seconds(cmd: list[str], env: dict[str, str]) -> float:
     """Seconds from starting `cmd` to its first stdout line; waits for its end."""
     t = time.perf_counter()
@@ -101,10 +113,8 @@ def main() -> int:
     procs: list[Proc] = []
     results: dict[str, float] = {}
     try:
-        hub = Proc([ds, "hub", "--listen", "127.0.0.1:0", "--data", os.path.join(tmp, "hub")], env)
+        hub, url, admin = start_hub(ds, tmp, env)
         procs.append(hub)
-        url = hub.wait_for("listening on").split("listening on ")[1].strip()
-        admin = open(os.path.join(tmp, "hub", "admin.token")).read().strip()
         env.update(DS_HUB=url, DS_TOKEN=admin)
         work = os.path.join(tmp, "work")
         os.makedirs(work)

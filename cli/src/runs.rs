@@ -126,6 +126,9 @@ pub struct ProvenanceArgs {
 struct Source {
     runs: Vec<Listed>,
     store: Option<Store>,
+    /// Root trees of snapshots already read (a graph looks up many paths
+    /// in each run's snapshot).
+    roots: std::cell::RefCell<HashMap<ObjectId, Option<ds_store::format::tree::DirRef>>>,
 }
 
 fn hub_named(a: &HubArgs) -> bool {
@@ -146,7 +149,11 @@ fn load(store_path: &Path, hub: &HubArgs, ws: Option<&str>) -> Result<Source> {
         } else {
             None
         };
-        return Ok(Source { runs, store });
+        return Ok(Source {
+            runs,
+            store,
+            roots: Default::default(),
+        });
     }
     let store = open(store_path, Access::Read)?;
     let runs = match ws {
@@ -162,14 +169,19 @@ fn load(store_path: &Path, hub: &HubArgs, ws: Option<&str>) -> Result<Source> {
     Ok(Source {
         runs,
         store: Some(store),
+        roots: Default::default(),
     })
 }
 
 impl Source {
     fn file(&self, snapshot: &ObjectId, path: &str) -> Option<FileRef> {
         let s = self.store.as_ref()?;
-        let snap = s.load_snapshot(snapshot).ok()?;
-        runs::content(s, &snap.root, path).ok().flatten()
+        let root = *self
+            .roots
+            .borrow_mut()
+            .entry(*snapshot)
+            .or_insert_with(|| s.load_snapshot(snapshot).ok().map(|snap| snap.root));
+        runs::content(s, &root?, path).ok().flatten()
     }
 
     fn files(&self, snapshot: &ObjectId, paths: &[String]) -> Vec<RunFileJson> {

@@ -13,6 +13,7 @@ mod progress;
 mod runs;
 mod sync;
 mod tasks;
+mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -101,6 +102,12 @@ pub enum Command {
     /// Run a runner: take tasks from a hub and run them (foreground, until
     /// SIGTERM or Ctrl-C)
     Runner(tasks::RunnerArgs),
+    /// Start a hub, a runner and the web UI on this machine, save the hub
+    /// as the default remote, and print the URL (foreground; --background
+    /// returns once ready)
+    Up(up::UpArgs),
+    /// Stop what `ds up --background` started
+    Down(up::DownArgs),
     /// List recorded runs, newest first, with their parameters and metrics
     /// (`ds runs diff A B` compares two)
     Runs(runs::RunsArgs),

@@ -198,6 +198,20 @@ fn save_remotes(store: &Path, r: &Remotes) -> Result<()> {
     Ok(())
 }
 
+/// Saves remote `name` (with its token) and makes it the default.
+pub(crate) fn save_default_remote(store: &Path, name: &str, url: &str, token: &str) -> Result<()> {
+    let mut r = load_remotes(store)?;
+    r.default = Some(name.to_string());
+    r.remotes.insert(
+        name.to_string(),
+        SavedRemote {
+            url: url.to_string(),
+            token: Some(token.to_string()),
+        },
+    );
+    save_remotes(store, &r)
+}
+
 /// (url, token) for a command.
 pub(crate) fn target(store: &Path, a: &HubArgs) -> Result<(String, String)> {
     let remotes = load_remotes(store)?;

@@ -54,6 +54,16 @@ pub struct RunArgs {
     /// Commit (or branch, tag) of --repo
     #[arg(long = "ref", requires = "repo", value_name = "REF")]
     git_ref: Option<String>,
+    /// A TCP port the workload serves (JupyterLab, TensorBoard, a model
+    /// server): the hub relays it at /tasks/<id>/ to whoever holds a
+    /// token for the workspace, though the runner accepts no connections
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    port: Option<u16>,
+    /// Relay paths whole (/tasks/<id>/…) instead of stripping /tasks/<id>:
+    /// for apps given their base URL, e.g. jupyter lab
+    /// --ServerApp.base_url=/tasks/$DS_TASK/
+    #[arg(long, requires = "port")]
+    keep_prefix: bool,
     #[command(flatten)]
     hub: HubArgs,
     /// The command and its arguments, run as is (no shell)
@@ -238,6 +248,8 @@ pub fn run(store: &Path, a: RunArgs) -> Result<ExitCode> {
         repo: a.repo.unwrap_or_default(),
         git_ref: a.git_ref.unwrap_or_default(),
         env: a.env.into_iter().collect(),
+        port: a.port.map(u32::from).unwrap_or(0),
+        keep_prefix: a.keep_prefix,
     };
     runtime()?.block_on(async {
         let mut c = client(store, &a.hub).await?;

@@ -45,6 +45,10 @@ pub enum HubError {
     /// An object in the bucket is not what a hub wrote.
     #[error("{0}")]
     Corrupt(String),
+    /// A runner or task port the request needs cannot be reached (the
+    /// relay answers 502).
+    #[error("{0}")]
+    Unreachable(String),
     /// A bug or a failed task in the hub.
     #[error("{0}")]
     Internal(String),

@@ -15,13 +15,16 @@ pub mod cache;
 pub mod conformance;
 pub mod docs;
 pub mod error;
+mod history;
 pub mod limits;
+pub mod metrics;
 mod runs;
 pub mod server;
 pub mod service;
 pub mod storage;
 pub mod tasks;
 pub mod verify;
+mod web;
 
 pub use error::{HubError, Result};
 

@@ -24,6 +24,7 @@
 // gRPC handlers and their helpers return tonic::Status, which is large by design.
 #![allow(clippy::result_large_err)]
 
+use crate::metrics::METRICS;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -95,12 +96,14 @@ impl Uploads {
             let mut t = self.tokens.lock().expect("not poisoned");
             let u = t.entry(token.to_string()).or_default();
             if u.uploads >= UPLOADS_PER_TOKEN {
+                METRICS.refused("uploads_per_token");
                 return Err(Status::resource_exhausted(format!(
                     "limit uploads_per_token: this token already has {UPLOADS_PER_TOKEN} uploads \
                      in flight"
                 )));
             }
             if u.bytes + bytes > UPLOAD_BYTES_PER_TOKEN {
+                METRICS.refused("upload_bytes_per_token");
                 return Err(Status::resource_exhausted(format!(
                     "limit upload_bytes_per_token: this token already has {} bytes of uploads in \
                      flight; at most {UPLOAD_BYTES_PER_TOKEN}",
@@ -129,6 +132,7 @@ impl Uploads {
         )
         .await
         .map_err(|_| {
+            METRICS.refused("upload_bytes");
             undo(Status::resource_exhausted(format!(
                 "limit upload_bytes: the hub holds {UPLOAD_BYTES} bytes of uploads and had no \
                      room for {bytes} more within {} s; retry",
@@ -182,6 +186,7 @@ impl Downloads {
         let mut m = self.open.lock().expect("not poisoned");
         let n = m.entry(token.to_string()).or_default();
         if *n >= DOWNLOADS_PER_TOKEN {
+            METRICS.refused("downloads_per_token");
             return Err(Status::resource_exhausted(format!(
                 "limit downloads_per_token: this token already has {DOWNLOADS_PER_TOKEN} \
                  GetObjects streams open"

@@ -57,7 +57,7 @@ impl Summaries {
 }
 
 /// The plaintext of fetched objects, each checked against its id.
-fn plaintexts(
+pub(crate) fn plaintexts(
     objs: Vec<StoredObject>,
     kind: ObjectKind,
 ) -> Result<Vec<(ObjectId, Vec<u8>)>, Status> {
@@ -191,5 +191,27 @@ impl SyncService {
                 start = end;
             }
         }
+    }
+}
+
+impl SyncService {
+    /// The records of `runs` (as [`SyncService::runs_of`] lists them), in
+    /// order, each checked against its id.
+    pub(crate) async fn run_records(
+        &self,
+        runs: &[(ObjectId, i64, ObjectId)],
+    ) -> Result<Vec<ds_format::run::Run>, Status> {
+        let ids: Vec<ObjectId> = runs.iter().map(|r| r.2).collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for w in ids.chunks(ds_proto::MAX_BATCH) {
+            let locs = self.locate_all(w).await?;
+            for (id, raw) in plaintexts(self.fetch(w, &locs).await?, ObjectKind::Run)? {
+                out.push(
+                    ds_format::run::Run::decode(&raw)
+                        .map_err(|e| Status::data_loss(format!("run {id}: {e}")))?,
+                );
+            }
+        }
+        Ok(out)
     }
 }

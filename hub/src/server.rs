@@ -9,12 +9,11 @@ use ds_proto::MAX_MESSAGE;
 use ds_proto::runner::tasks_server::TasksServer;
 use ds_proto::v1::sync_server::SyncServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::service::Routes;
 
 use crate::auth::{Auth, Grant, new_token};
 use crate::cache::Cache;
-use crate::error::{HubError, IoContext, Result};
+use crate::error::{IoContext, Result};
 use crate::service::SyncService;
 use crate::storage::Storage;
 use crate::tasks::{TaskHub, TaskOptions, service::TasksService};
@@ -95,33 +94,37 @@ pub async fn run(
         .at(std::path::Path::new(&opts.listen))?;
     let task_hub = TaskHub::new(storage.clone(), auth.clone(), opts.tasks.clone());
     let background = task_hub.start();
-    let tasks = TasksServer::new(TasksService::new(task_hub))
+    let tasks_service = TasksService::new(task_hub.clone());
+    let tasks = TasksServer::new(tasks_service.clone())
         .max_decoding_message_size(ds_proto::MAX_TASK_MESSAGE)
         .max_encoding_message_size(ds_proto::MAX_TASK_MESSAGE);
-    let svc = SyncServer::new(SyncService::new(storage, cache, auth))
+    let sync = SyncService::new(storage, cache, auth.clone());
+    let svc = SyncServer::new(sync.clone())
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    // HTTP/2's default 64 KiB stream window caps a pack upload at a few
-    // windows per round trip; packs are tens of MiB.
-    let mut server = Server::builder()
-        .initial_stream_window_size(ds_proto::STREAM_WINDOW)
-        .initial_connection_window_size(ds_proto::CONNECTION_WINDOW)
-        .tcp_nodelay(true);
-    if let Some((cert, key)) = &opts.tls {
-        let c = std::fs::read(cert).at(cert)?;
-        let k = std::fs::read(key).at(key)?;
-        server = server
-            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(c, k)))
-            .map_err(HubError::Transport)?;
-    }
+    let tls = match &opts.tls {
+        Some((cert, key)) => Some(crate::web::listen::tls_acceptor(cert, key)?),
+        None => None,
+    };
+    let http = crate::web::router(crate::web::Web {
+        sync,
+        tasks: tasks_service,
+        hub: task_hub.clone(),
+        auth,
+        tls: tls.is_some(),
+    });
+    let grpc = Routes::new(svc).add_service(tasks).prepare();
     let scheme = if opts.tls.is_some() { "https" } else { "http" };
-    eprintln!("ds hub: listening on {scheme}://{addr}");
+    eprintln!("ds hub: gRPC, REST API and web UI listening on {scheme}://{addr}");
     ready(addr);
-    let served = server
-        .add_service(svc)
-        .add_service(tasks)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
+    let hub = task_hub.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Runners' streams would keep their connections open through the
+        // drain; ending them sends the runners to reconnect elsewhere.
+        hub.runners().clear();
+    };
+    let served = crate::web::listen::serve(listener, tls, grpc, http, shutdown).await;
     for b in background {
         b.abort();
     }

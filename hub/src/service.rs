@@ -4,6 +4,7 @@
 // gRPC handlers and their helpers return tonic::Status, which is large by design.
 #![allow(clippy::result_large_err)]
 
+use crate::metrics::METRICS;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -50,7 +51,9 @@ pub(crate) fn status(e: HubError) -> Status {
         HubError::Refused(_) | HubError::Format(_) => Status::invalid_argument(m),
         HubError::RefConflict { .. } => Status::failed_precondition(m),
         HubError::Corrupt(_) => Status::data_loss(m),
-        HubError::Storage(_) | HubError::Transport(_) => Status::unavailable(m),
+        HubError::Storage(_) | HubError::Transport(_) | HubError::Unreachable(_) => {
+            Status::unavailable(m)
+        }
         HubError::Rpc(s) => *s,
         HubError::Store(s) => match s {
             S::BadInput(_) | S::BadWorkspace { .. } | S::NoSuchPath(_) => {
@@ -107,6 +110,10 @@ impl SyncService {
             uploads: Default::default(),
             downloads: Default::default(),
         }
+    }
+
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     /// Locations of `ids` (None: not on the hub), refreshing the cache once
@@ -324,7 +331,12 @@ impl Sync for SyncService {
         })
         .await
         .map_err(|e| Status::internal(format!("verification task: {e}")))?;
-        let verified = verified.map_err(status)?;
+        let verified = verified.map_err(|e| {
+            METRICS.inc("ds_packs_refused_total", &[]);
+            status(e)
+        })?;
+        METRICS.inc("ds_packs_verified_total", &[]);
+        METRICS.add("ds_pack_bytes_total", &[], header.size);
         let stored = self
             .storage
             .put_pack(&id, Bytes::from(data), &verified.trailer)

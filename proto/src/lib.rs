@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod ids;
+pub mod json;
 pub use ids::{BadName, RunnerName, TaskId};
 
 #[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::container::LogOutput;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, KillContainerOptions, LogsOptions,
     RemoveContainerOptions, WaitContainerOptions,
@@ -104,8 +104,21 @@ pub async fn run(
         host_config: Some(HostConfig {
             binds: Some(vec![format!("{}:{HOME_IN_CONTAINER}", home.display())]),
             network_mode: (!opts.network.is_empty()).then(|| opts.network.clone()),
+            // The task's port, published on the runner's loopback only (an
+            // ephemeral port the engine picks): the relay's tunnels connect
+            // there, nothing else can.
+            port_bindings: (spec.port != 0).then(|| {
+                HashMap::from([(
+                    format!("{}/tcp", spec.port),
+                    Some(vec![PortBinding {
+                        host_ip: Some("127.0.0.1".into()),
+                        host_port: Some(String::new()),
+                    }]),
+                )])
+            }),
             ..HostConfig::default()
         }),
+        exposed_ports: (spec.port != 0).then(|| vec![format!("{}/tcp", spec.port)]),
         ..ContainerCreateBody::default()
     };
     let create = || {
@@ -160,6 +173,15 @@ async fn ensure_image(
         .map_err(|e| format!("unknown image {image:?}: {e}"))
 }
 
+/// The loopback address the engine published the task's port on.
+fn published(n: Option<bollard::models::NetworkSettings>) -> Option<std::net::SocketAddr> {
+    let ports = n?.ports?;
+    let (_, bindings) = ports.into_iter().next()?;
+    let b = bindings?.into_iter().next()?;
+    let port: u16 = b.host_port?.parse().ok()?;
+    Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
 async fn supervise(d: &Docker, name: &str, id: &TaskId, io: Io<'_>) -> Result<Exit, String> {
     let Io {
         ledger,
@@ -171,10 +193,13 @@ async fn supervise(d: &Docker, name: &str, id: &TaskId, io: Io<'_>) -> Result<Ex
         .map_err(|e| format!("cannot start container {name}: {e}"))?;
     // The container's main process, for the CPU time and peak memory of
     // its runs (a host pid: the engine runs on this machine).
-    if let Ok(i) = d.inspect_container(name, None).await
-        && let Some(pid) = i.state.and_then(|s| s.pid).filter(|p| *p > 0)
-    {
-        runs.set_pid(pid as u32);
+    if let Ok(i) = d.inspect_container(name, None).await {
+        if let Some(pid) = i.state.and_then(|s| s.pid).filter(|p| *p > 0) {
+            runs.set_pid(pid as u32);
+        }
+        if let Some(a) = published(i.network_settings) {
+            control.set_target(a);
+        }
     }
     let mut tap = runs.tap();
     let mut logs = d.logs(

@@ -78,6 +78,12 @@ pub fn run(spec: &TaskSpec, id: &TaskId, home: &Path, io: Io<'_>) -> Result<Exit
     // Its own process group (process_group(0)): stopped while a run it
     // announced is recorded.
     runs.set_pausable_group(child.id());
+    if let Ok(port) = u16::try_from(spec.port)
+        && port != 0
+    {
+        // A child process serves on the runner's own loopback.
+        control.set_target(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
     let readers = [
         reader(child.stdout.take(), STDOUT, id, ledger, Some(runs.tap())),
         reader(child.stderr.take(), STDERR, id, ledger, None),

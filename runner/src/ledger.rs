@@ -36,9 +36,18 @@ pub struct Control {
     cancel: AtomicBool,
     grace_seconds: AtomicU32,
     dropped: AtomicBool,
+    /// Where the task's port (`--port`) is reachable from the runner, once
+    /// its executor knows: the relay's tunnels connect there.
+    target: std::sync::Mutex<Option<std::net::SocketAddr>>,
 }
 
 impl Control {
+    pub fn set_target(&self, a: std::net::SocketAddr) {
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(a);
+    }
+    pub fn target(&self) -> Option<std::net::SocketAddr> {
+        *self.target.lock().unwrap_or_else(|p| p.into_inner())
+    }
     pub fn cancel(&self, grace_seconds: u32) {
         self.grace_seconds.store(grace_seconds, Ordering::Relaxed);
         self.cancel.store(true, Ordering::Relaxed);

@@ -29,6 +29,7 @@ pub mod ledger;
 pub mod link;
 pub mod runs;
 pub mod task;
+mod tunnel;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -187,7 +187,7 @@ impl Link {
                 m = inbound.message() => {
                     heard = Instant::now();
                     match m? {
-                        Some(m) => self.handle(m),
+                        Some(m) => self.handle(m, &client),
                         None => return Err(RunnerError::Protocol("the hub closed the stream".into())),
                     }
                 }
@@ -221,7 +221,7 @@ impl Link {
         }
     }
 
-    fn handle(self: &Arc<Self>, m: HubMessage) {
+    fn handle(self: &Arc<Self>, m: HubMessage, client: &ds_sync::tasks::Tasks) {
         use hub_message::Msg;
         let Some(m) = m.msg else { return };
         match m {
@@ -256,6 +256,7 @@ impl Link {
                     self.ledger.done_acked(&id);
                 }
             }
+            Msg::OpenTunnel(o) => crate::tunnel::open(o, &self.ledger, client.clone()),
         }
     }
 

@@ -114,8 +114,14 @@ fn steps(cx: &Ctx<'_>, control: &Control, done: &mut Done) -> Result<()> {
     std::fs::create_dir_all(&home).at(&home)?;
     let store = Arc::new(Store::open(&store_dir, Access::Read, true)?);
     let reader = store.clone();
+    let offers = |e: &str| cx.cfg.executors.iter().any(|x| x == e);
     let executor = if cx.a.spec.executor.is_empty() {
-        cx.cfg.executors[0].clone()
+        // A task that names no image cannot run in a container.
+        if cx.a.spec.image.is_empty() && offers("process") {
+            "process".to_string()
+        } else {
+            cx.cfg.executors[0].clone()
+        }
     } else {
         cx.a.spec.executor.clone()
     };

@@ -99,6 +99,8 @@ pub fn run(store_path: &Path, cmd: Command) -> Result<ExitCode> {
         Command::Logs(a) => crate::tasks::logs(store_path, a),
         Command::Runners(a) => crate::tasks::runners(store_path, a),
         Command::Runner(a) => crate::tasks::runner(a),
+        Command::Up(a) => crate::up::up(store_path, a),
+        Command::Down(a) => crate::up::down(a),
         Command::Runs(a) => crate::runs::list(store_path, a),
         Command::Models(a) => crate::runs::list_models(store_path, a),
         Command::Model(a) => crate::runs::model(store_path, a),

@@ -11,6 +11,7 @@ mod regressions;
 mod runs;
 mod sync;
 mod tasks;
+mod web;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};

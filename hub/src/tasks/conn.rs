@@ -217,7 +217,10 @@ impl Conn {
         use runner_message::Msg;
         match m {
             Msg::Hello(_) => Err(Status::invalid_argument("a second hello")),
-            Msg::Heartbeat(h) => self.heartbeat(h.running, h.draining).await,
+            Msg::Heartbeat(h) => {
+                crate::metrics::METRICS.inc("ds_runner_heartbeats_total", &[]);
+                self.heartbeat(h.running, h.draining).await
+            }
             Msg::Accepted(_) => Ok(()),
             Msg::Started(s) => self.started(s).await,
             Msg::Logs(b) => self.logs(b).await,
@@ -374,6 +377,7 @@ impl Conn {
             .await
             .map_err(super::to_status)?;
         if let Some((r, true)) = changed {
+            crate::metrics::METRICS.inc("ds_tasks_ended_total", &[("state", r.state.as_str())]);
             self.hub.release(&r).await.map_err(super::to_status)?;
         }
         if let Some(c) = self.hub.runners().get_mut(&self.name) {

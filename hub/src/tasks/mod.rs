@@ -20,6 +20,7 @@ pub mod book;
 pub mod conn;
 pub mod record;
 pub mod service;
+pub(crate) mod tunnel;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -96,6 +97,8 @@ pub struct TaskHub {
     pub(crate) wake: Notify,
     /// "host:pid", shown in `ds runners`.
     pub(crate) hub_name: String,
+    /// Relayed connections waiting for their runner's end.
+    pub(crate) tunnels: tunnel::Tunnels,
 }
 
 impl TaskHub {
@@ -110,6 +113,7 @@ impl TaskHub {
             runners: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             hub_name: format!("{host}:{}", std::process::id()),
+            tunnels: Default::default(),
         })
     }
 

@@ -57,6 +57,15 @@ pub struct Spec {
     pub git_ref: String,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The port the relay reaches (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub port: u32,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_prefix: bool,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl From<TaskSpec> for Spec {
@@ -71,6 +80,8 @@ impl From<TaskSpec> for Spec {
             repo: s.repo,
             git_ref: s.git_ref,
             env: s.env.into_iter().collect(),
+            port: s.port,
+            keep_prefix: s.keep_prefix,
         }
     }
 }
@@ -87,6 +98,8 @@ impl From<&Spec> for TaskSpec {
             repo: s.repo.clone(),
             git_ref: s.git_ref.clone(),
             env: s.env.clone().into_iter().collect(),
+            port: s.port,
+            keep_prefix: s.keep_prefix,
         }
     }
 }

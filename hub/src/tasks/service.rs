@@ -8,7 +8,7 @@ use ds_proto::runner::tasks_server::Tasks;
 use ds_proto::runner::{
     CancelRequest, GetTaskRequest, HubMessage, ListRunnersReply, ListRunnersRequest,
     ListTasksReply, ListTasksRequest, LogsReply, LogsRequest, RunnerMessage, SubmitRequest,
-    TaskInfo,
+    TaskInfo, TunnelFrame,
 };
 use ds_proto::{RunnerName, TaskId};
 use ds_store::refs::validate_workspace;
@@ -96,6 +96,12 @@ fn check_spec(s: &Spec) -> Result<(), Status> {
     if s.repo.is_empty() != s.git_ref.is_empty() {
         return bad("--repo and --ref go together".into());
     }
+    if s.port > u32::from(u16::MAX) {
+        return bad(format!("port {} is not a TCP port (1..=65535)", s.port));
+    }
+    if s.keep_prefix && s.port == 0 {
+        return bad("--keep-prefix needs --port".into());
+    }
     Ok(())
 }
 
@@ -116,6 +122,21 @@ impl Tasks for TasksService {
         };
         let name = RunnerName::new(name).map_err(|e| Status::internal(e.to_string()))?;
         let rx = self.hub.connect(name, req.into_inner()).await?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type TunnelStream = ReceiverStream<Result<TunnelFrame, Status>>;
+
+    async fn tunnel(
+        &self,
+        req: Request<Streaming<TunnelFrame>>,
+    ) -> Result<Response<Self::TunnelStream>, Status> {
+        let g = self.hub.auth.check(&req).await?;
+        let Some(name) = g.runner.as_deref() else {
+            return Err(Status::permission_denied("only a runner token may open a tunnel"));
+        };
+        let name = RunnerName::new(name).map_err(|e| Status::internal(e.to_string()))?;
+        let rx = self.hub.tunnels.accept(&name, req.into_inner()).await?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -157,6 +178,7 @@ impl Tasks for TasksService {
         };
         self.hub.book.create(&rec).await.map_err(to_status)?;
         self.hub.book.enqueue(&id, false).await.map_err(to_status)?;
+        crate::metrics::METRICS.inc("ds_tasks_submitted_total", &[]);
         self.hub.wake.notify_one();
         Ok(Response::new(rec.info()))
     }

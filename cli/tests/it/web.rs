@@ -1,0 +1,497 @@
+//! The hub's HTTP side through real `ds hub`, `ds runner` and `ds up`
+//! processes, with curl as the plain HTTP client: the REST API and its
+//! tokens, cookies and CSRF rule, pagination, `/metrics` (parsed as
+//! Prometheus text), the UI's files, and the relay to a task's port
+//! (HTTP and a websocket-style upgrade) with its refusals.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::sync::Hub;
+use crate::tasks::{client, detach, hub, runner_token, start_runner, wait_state, wait_until};
+use crate::*;
+
+/// One HTTP exchange.
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+fn curl(url: &str, args: &[&str]) -> Reply {
+    let t = tempfile::tempdir().unwrap();
+    let (b, h) = (t.path().join("body"), t.path().join("headers"));
+    let out = Command::new("curl")
+        .args(["-sS", "--path-as-is", "--max-time", "30", "-o"])
+        .arg(&b)
+        .arg("-D")
+        .arg(&h)
+        .args(["-w", "%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl (scripts/lib.sh installs it)");
+    let status = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    Reply {
+        status,
+        headers: std::fs::read_to_string(&h).unwrap_or_default(),
+        body: String::from_utf8_lossy(&std::fs::read(&b).unwrap_or_default()).into_owned(),
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Authorization: Bearer {token}")
+}
+
+fn get(hub: &Hub, path: &str, token: &str) -> Reply {
+    curl(&format!("{}{path}", hub.url), &["-H", &bearer(token)])
+}
+
+fn push(t: &Path, hub: &Hub, ws: &str, content: &[u8]) {
+    let me = t.join(format!("me-{ws}"));
+    let work = t.join(format!("work-{ws}"));
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("f.txt"), content).unwrap();
+    ok(ds(&me).arg("snapshot").arg(&work).args(["-w", ws]));
+    ok(ds(&me).args(["push", ws, "--hub", &hub.url, "--token", &hub.admin]));
+}
+
+/// Checks Prometheus text format line by line: every sample belongs to a
+/// family announced by `# TYPE`, names and labels are well formed, values
+/// parse. Returns (name with labels, value) of every sample.
+fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
+    let mut typed = std::collections::HashSet::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut p = rest.split(' ');
+            let name = p.next().unwrap();
+            let kind = p.next().unwrap();
+            assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind), "{line}");
+            typed.insert(name.to_string());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample {line:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        assert!(typed.contains(name), "sample {line:?} before its # TYPE");
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line:?}");
+                for kv in labels[1..labels.len() - 1].split("\",") {
+                    let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("{line:?}"));
+                    assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line:?}");
+                    assert!(v.starts_with('"'), "{line:?}");
+                }
+            }
+        }
+        let v: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        samples.push((series.to_string(), v));
+    }
+    samples
+}
+
+#[test]
+fn the_rest_api_answers_with_the_grpc_tokens_and_pages_its_lists() {
+    let t = tempfile::tempdir().unwrap();
+    let hub = hub(t.path(), "10");
+    for (ws, c) in [("alpha", "a"), ("beta", "b"), ("gamma", "c")] {
+        push(t.path(), &hub, ws, c.as_bytes());
+    }
+    push(t.path(), &hub, "alpha", b"a2");
+
+    // The issue's shape: an array of {name, snapshot}.
+    let r = get(&hub, "/api/v1/workspaces", &hub.admin);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ws = r.json();
+    let names: Vec<&str> = ws.as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["alpha", "beta", "gamma"]);
+    assert_eq!(ws[0]["snapshot"].as_str().unwrap().len(), 64);
+
+    // No token, a wrong one, a malformed header: 401 and a JSON error.
+    for args in [vec![], vec!["-H", "Authorization: Bearer ds_wrong"], vec!["-H", "Authorization: Basic eA=="]] {
+        let r = curl(&format!("{}/api/v1/workspaces", hub.url), &args);
+        assert_eq!(r.status, 401, "{args:?}: {}", r.body);
+        assert_eq!(r.json()["error"]["code"], "unauthenticated", "{}", r.body);
+        assert!(!r.json()["error"]["message"].as_str().unwrap().is_empty());
+    }
+
+    // A token limited to beta sees only beta, and not alpha's history.
+    let me = t.path().join("me-beta");
+    let limited = String::from_utf8(
+        ok(ds(&me).args(["token", "-w", "beta", "--hub", &hub.url, "--token", &hub.admin])).stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let r = get(&hub, "/api/v1/workspaces", &limited);
+    let names: Vec<String> = r.json().as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["beta"]);
+    assert_eq!(get(&hub, "/api/v1/workspaces/alpha/snapshots", &limited).status, 404);
+    assert_eq!(get(&hub, "/api/v1/workspaces/..%2Fx/snapshots", &hub.admin).status, 400);
+
+    // Pages: two, then the rest through the Link header.
+    let r = get(&hub, "/api/v1/workspaces?limit=2", &hub.admin);
+    assert_eq!(r.json().as_array().unwrap().len(), 2);
+    let link = r.header("link").expect("a Link header to the next page");
+    let next = link.trim_start_matches('<').split('>').next().unwrap();
+    let r2 = get(&hub, next, &hub.admin);
+    assert_eq!(r2.json()[0]["name"], "gamma");
+    assert!(r2.header("link").is_none());
+    assert_eq!(get(&hub, "/api/v1/workspaces?limit=0", &hub.admin).status, 400);
+
+    // Snapshots newest first, with parents; paged by snapshot id.
+    let r = get(&hub, "/api/v1/workspaces/alpha/snapshots?limit=1", &hub.admin);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let first = r.json()[0].clone();
+    assert_eq!(first["workspace"], "alpha");
+    assert_eq!(first["parents"].as_array().unwrap().len(), 1);
+    let r = get(
+        &hub,
+        &format!("/api/v1/workspaces/alpha/snapshots?after={}", first["id"].as_str().unwrap()),
+        &hub.admin,
+    );
+    assert_eq!(r.json()[0]["id"], first["parents"][0]);
+    assert_eq!(r.json().as_array().unwrap().len(), 1);
+
+    // Login: a cookie that scripts cannot read and other sites do not send.
+    let jar = t.path().join("jar");
+    let jar_s = jar.to_str().unwrap();
+    let r = curl(
+        &format!("{}/api/v1/login", hub.url),
+        &["-c", jar_s, "-H", "Content-Type: application/json", "-d", &format!("{{\"token\":\"{}\"}}", hub.admin)],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let cookie = r.header("set-cookie").unwrap();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
+    let r = curl(&format!("{}/api/v1/workspaces", hub.url), &["-b", jar_s]);
+    assert_eq!(r.status, 200);
+    // A cookie-authenticated change without the CSRF header is refused.
+    let submit = r#"{"workspace":"beta","command":["true"]}"#;
+    let r = curl(
+        &format!("{}/api/v1/tasks", hub.url),
+        &["-b", jar_s, "-H", "Content-Type: application/json", "-d", submit],
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("X-DS-Request"), "{}", r.body);
+    let r = curl(
+        &format!("{}/api/v1/tasks", hub.url),
+        &["-b", jar_s, "-H", "X-DS-Request: 1", "-H", "Content-Type: application/json", "-d", submit],
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let task = r.json()["id"].as_str().unwrap().to_string();
+    let r = get(&hub, &format!("/api/v1/tasks/{task}"), &hub.admin);
+    assert_eq!(r.json()["state"], "queued");
+    // The limited token submits to its own workspace only.
+    let r = curl(
+        &format!("{}/api/v1/tasks", hub.url),
+        &["-H", &bearer(&limited), "-H", "Content-Type: application/json", "-d", r#"{"workspace":"alpha","command":["true"]}"#],
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(get(&hub, &format!("/api/v1/tasks/{task}"), &limited).status, 200);
+    // Oversized and malformed bodies get a clear refusal.
+    let big = format!(r#"{{"workspace":"beta","command":["{}"]}}"#, "x".repeat(2 << 20));
+    let big_file = t.path().join("big.json");
+    std::fs::write(&big_file, big).unwrap();
+    let r = curl(
+        &format!("{}/api/v1/tasks", hub.url),
+        &["-H", &bearer(&hub.admin), "-H", "Content-Type: application/json", "--data-binary", &format!("@{}", big_file.display())],
+    );
+    assert_eq!(r.status, 413, "{}", r.body);
+    let r = curl(
+        &format!("{}/api/v1/tasks", hub.url),
+        &["-H", &bearer(&hub.admin), "-H", "Content-Type: application/json", "-d", "{\"workspace\":"],
+    );
+    assert_eq!(r.status / 100, 4, "{}", r.body);
+    let r = curl(&format!("{}/api/v1/logout", hub.url), &["-b", jar_s, "-c", jar_s, "-X", "POST", "-H", "X-DS-Request: 1"]);
+    assert_eq!(r.status, 204);
+    assert_eq!(curl(&format!("{}/api/v1/workspaces", hub.url), &["-b", jar_s]).status, 401);
+
+    // The UI and the API's description.
+    let r = curl(&format!("{}/", hub.url), &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("/ui/app.js"));
+    assert!(r.header("content-security-policy").unwrap().contains("script-src 'self'"));
+    let r = curl(&format!("{}/api/v1/openapi.json", hub.url), &[]);
+    assert!(r.json()["paths"]["/api/v1/workspaces"].is_object());
+
+    // gRPC still works on the same address (the pushes above), and
+    // /metrics speaks Prometheus text with ds_ series that counted them.
+    let r = curl(&format!("{}/metrics", hub.url), &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    let samples = parse_prometheus(&r.body);
+    assert!(samples.iter().all(|(s, _)| s.starts_with("ds_")));
+    let value = |series: &str| samples.iter().find(|(s, _)| s == series).map(|s| s.1);
+    assert!(value("ds_packs_verified_total").unwrap() >= 4.0, "{}", r.body);
+    assert!(value("ds_tasks_submitted_total").unwrap() >= 1.0);
+    assert!(value("ds_http_requests_total{surface=\"api\",code=\"401\"}").unwrap() >= 3.0, "{}", r.body);
+    assert!(value("ds_request_bytes_total{surface=\"grpc\"}").unwrap() > 0.0);
+    assert!(samples.iter().any(|(s, _)| s.starts_with("ds_grpc_requests_total{method=\"/ds.sync.v1.Sync/UploadPack\"}")), "{}", r.body);
+}
+
+/// A server for the relay tests: answers GET with the request line and
+/// headers it received, and an `Upgrade: echo` request with 101 and then
+/// echoes bytes back (what a websocket needs of the relay).
+const SERVER: &str = r#"
+import socket, sys, threading
+def handle(c):
+    f = c.makefile("rb")
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        b = f.readline()
+        if not b: return
+        head += b
+    if b"upgrade: echo" in head.lower():
+        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        while True:
+            d = f.read1(65536)
+            if not d: break
+            c.sendall(d)
+    else:
+        body = head
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nSet-Cookie: ds_session=evil\r\nSet-Cookie: app=1\r\nConnection: close\r\n\r\n" % len(body) + body)
+    c.close()
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(64)
+print("serving", flush=True)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=handle, args=(c,), daemon=True).start()
+"#;
+
+/// Speaks the echo upgrade through the relay with a raw socket.
+const UPGRADE_CLIENT: &str = r#"
+import socket, sys
+host, port = sys.argv[1].split(":")
+s = socket.create_connection((host, int(port)), timeout=20)
+s.sendall(("GET /tasks/%s/ws HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n" % (sys.argv[2], sys.argv[1], sys.argv[3])).encode())
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(1)
+assert head.startswith(b"HTTP/1.1 101"), head
+for msg in [b"hello", b"x" * 200000]:
+    s.sendall(msg)
+    got = b""
+    while len(got) < len(msg):
+        got += s.recv(65536)
+    assert got == msg, (len(got), len(msg))
+print("echoed")
+"#;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn the_relay_reaches_a_tasks_port_with_a_token_and_never_forwards_the_hubs_credentials() {
+    let t = tempfile::tempdir().unwrap();
+    let hub = hub(t.path(), "10");
+    let token = runner_token(&hub, "r1");
+    let _r = start_runner(&hub, &token, "r1", &t.path().join("cache"), &[]);
+    let me = t.path().join("me");
+    let work = t.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("srv.py"), SERVER).unwrap();
+    ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "web"]));
+    ok(ds(&me).args(["push", "web", "--hub", &hub.url, "--token", &hub.admin]));
+
+    let port = free_port().to_string();
+    // The issue's shape, with a server that shows what it was sent.
+    let id = detach(&me, &hub, &hub.admin, "web", &["python3", "srv.py", &port], &["--port", &port, "--executor", "process"]);
+    wait_state(&me, &hub, &hub.admin, &id, &["running"]);
+    let mut r = get(&hub, &format!("/tasks/{id}/some/path?q=1"), &hub.admin);
+    wait_until("the task serves through the relay", 60, || {
+        r = get(&hub, &format!("/tasks/{id}/some/path?q=1"), &hub.admin);
+        r.status == 200
+    });
+    // The prefix is stripped, the query kept, the hub's token not passed.
+    assert!(r.body.starts_with("GET /some/path?q=1 HTTP/1.1"), "{}", r.body);
+    assert!(!r.body.to_lowercase().contains("authorization"), "{}", r.body);
+    assert!(!r.body.contains(&hub.admin));
+    assert!(r.body.to_lowercase().contains(&format!("x-forwarded-prefix: /tasks/{id}")), "{}", r.body);
+    // The task may not set the hub's session cookie; its own cookies pass.
+    let cookies: Vec<&str> = r.headers.lines().filter(|l| l.to_lowercase().starts_with("set-cookie")).collect();
+    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    assert!(cookies[0].contains("app=1"));
+    // The session cookie works for the relay too, and is not forwarded.
+    let jar = t.path().join("jar");
+    let jar_s = jar.to_str().unwrap();
+    curl(
+        &format!("{}/api/v1/login", hub.url),
+        &["-c", jar_s, "-H", "Content-Type: application/json", "-d", &format!("{{\"token\":\"{}\"}}", hub.admin)],
+    );
+    let r = curl(&format!("{}/tasks/{id}/", hub.url), &["-b", jar_s, "-H", "Cookie: app=7"]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.body.contains("ds_session") && !r.body.contains(&hub.admin), "{}", r.body);
+
+    // Upgrades (what a websocket needs) go both ways, large messages too.
+    let out = ok(Command::new("python3")
+        .arg("-c")
+        .arg(UPGRADE_CLIENT)
+        .arg(hub.url.trim_start_matches("http://"))
+        .arg(&id)
+        .arg(&hub.admin));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("echoed"));
+
+    // Refusals: no token, a wrong one, another workspace's token, an
+    // unknown task, a path that tries to climb out to the hub's API.
+    assert_eq!(curl(&format!("{}/tasks/{id}/", hub.url), &[]).status, 401);
+    assert_eq!(get(&hub, &format!("/tasks/{id}/"), "ds_wrong").status, 401);
+    let other = String::from_utf8(
+        ok(ds(&me).args(["token", "-w", "elsewhere", "--hub", &hub.url, "--token", &hub.admin])).stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    assert_eq!(get(&hub, &format!("/tasks/{id}/"), &other).status, 404);
+    assert_eq!(get(&hub, "/tasks/t0000000000000000000000/", &hub.admin).status, 404);
+    assert_eq!(get(&hub, "/tasks/nonsense/", &hub.admin).status, 404);
+    let r = get(&hub, &format!("/tasks/{id}/../../api/v1/workspaces"), &hub.admin);
+    assert!(r.body.starts_with("GET /../../api/v1/workspaces"), "stays inside the task: {}", r.body);
+    let r = curl(&format!("{}/metrics", hub.url), &[]);
+    assert!(r.body.contains("ds_relay_connections_total"), "{}", r.body);
+
+    // A finished task's URL says so.
+    ok(&mut client(&me, &hub, &hub.admin, &["task", "cancel", &id]));
+    wait_state(&me, &hub, &hub.admin, &id, &["cancelled", "failed", "succeeded"]);
+    let r = get(&hub, &format!("/tasks/{id}/"), &hub.admin);
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "failed_precondition");
+}
+
+#[test]
+fn ds_up_starts_everything_and_ds_run_works_right_after_it() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let data = t.path().join("up");
+    let port = free_port();
+    let up = |args: &[&str]| {
+        let mut c = ds(&store);
+        c.args(args)
+            .env_remove("DS_HUB")
+            .env_remove("DS_TOKEN")
+            .env("XDG_DATA_HOME", t.path().join("xdg"));
+        c
+    };
+    let out = ok(up(&["up", "--background", "--executor", "process", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data")
+        .arg(&data));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains(&format!("http://127.0.0.1:{port}/")), "{said}");
+    assert!(said.contains("admin.token"), "{said}");
+    struct Down<'a>(&'a Path, &'a Path);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            let _ = ds(self.0).arg("down").arg("--data").arg(self.1).status();
+        }
+    }
+    let _down = Down(&store, &data);
+    // A second `ds up` on the same data refuses.
+    let again = up(&["up", "--background", "--data"]).arg(&data).output().unwrap();
+    assert!(!again.status.success());
+
+    let out = ok(&mut up(&["run", "-w", "demo", "--executor", "process", "--", "echo", "hi"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hi"), "{out:?}");
+    let admin = std::fs::read_to_string(data.join("hub/admin.token")).unwrap();
+    let r = curl(
+        &format!("http://127.0.0.1:{port}/api/v1/workspaces"),
+        &["-H", &bearer(admin.trim())],
+    );
+    assert_eq!(r.json()[0]["name"], "demo", "{}", r.body);
+    assert_eq!(curl(&format!("http://127.0.0.1:{port}/"), &[]).status, 200);
+
+    let out = ok(up(&["down", "--data"]).arg(&data));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stopped"));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the hub is gone");
+    let out = ok(up(&["down", "--data"]).arg(&data));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to stop"));
+}
+
+/// Debian's chromium and chromedriver, when installed. scripts/test.sh
+/// installs them and sets DS_TEST_REQUIRE_BROWSER=1: then their absence
+/// fails the test instead of skipping it.
+fn browser() -> bool {
+    let have = |c: &str| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success());
+    let found = have("chromium") && have("chromedriver");
+    if !found && std::env::var_os("DS_TEST_REQUIRE_BROWSER").is_some() {
+        panic!("DS_TEST_REQUIRE_BROWSER is set but chromium or chromedriver is missing");
+    }
+    found
+}
+
+#[test]
+fn the_web_ui_works_in_a_real_browser() {
+    if !browser() {
+        eprintln!("skipped: no chromium/chromedriver (scripts/test.sh installs them)");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let hub = hub(t.path(), "10");
+    let token = runner_token(&hub, "r1");
+    let _r = start_runner(&hub, &token, "r1", &t.path().join("cache"), &["--capacity", "2"]);
+    let me = t.path().join("me");
+    let work = t.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("srv.py"), SERVER).unwrap();
+    std::fs::write(work.join("raw.csv"), b"a,b\n1,2\n").unwrap();
+    std::fs::write(
+        work.join("train.sh"),
+        "set -e\nfor lr in 0.1 0.01; do\n  echo \"model $lr\" > model.txt\n  \
+         printf '[[DS-RUN:train-%s]]{\"parameters\":{\"lr\":%s},\"metrics\":{\"accuracy\":0.%s},\"inputs\":[\"raw.csv\"],\"outputs\":[\"model.txt\"]}[[/DS-RUN:train-%s]]\\n' $lr $lr ${#lr}9 $lr\n\
+         done\n",
+    )
+    .unwrap();
+    ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "ui"]));
+    ok(ds(&me).args(["push", "ui", "--hub", &hub.url, "--token", &hub.admin]));
+    let train = detach(&me, &hub, &hub.admin, "ui", &["sh", "train.sh"], &["--executor", "process"]);
+    let done = wait_state(&me, &hub, &hub.admin, &train, &["succeeded", "failed"]);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let port = free_port().to_string();
+    let serve = detach(&me, &hub, &hub.admin, "ui", &["python3", "srv.py", &port], &["--port", &port, "--executor", "process"]);
+    wait_state(&me, &hub, &hub.admin, &serve, &["running"]);
+    wait_until("the task serves through the relay", 60, || {
+        get(&hub, &format!("/tasks/{serve}/"), &hub.admin).status == 200
+    });
+    let limited = String::from_utf8(
+        ok(ds(&me).args(["token", "-w", "elsewhere", "--hub", &hub.url, "--token", &hub.admin])).stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let shots = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| t.path().to_path_buf())
+        .join("ui-screenshots");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/ui.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args([&hub.url, &hub.admin, "ui", &serve, &limited])
+        .arg(&shots)
+        .output()
+        .unwrap();
+    let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the browser test failed:\n{o}\n{e}");
+    assert!(o.contains("all checks passed"), "{o}\n{e}");
+    eprintln!("screenshots in {}", shots.display());
+}

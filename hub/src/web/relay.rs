@@ -1,0 +1,196 @@
+//! The HTTP relay: `/tasks/<id>/…` on the hub reaches the port a running
+//! task serves (`ds run --port N`), through a tunnel its runner opens
+//! ([`crate::tasks::tunnel`]), so a runner behind NAT serves JupyterLab.
+//!
+//! Each browser request gets its own tunnel and an HTTP/1.1 connection
+//! over it; upgrades (websockets: a Jupyter kernel) are relayed as raw
+//! bytes once both ends agree. The hub authenticates the caller (a bearer
+//! token or the session cookie) and never forwards its credentials: the
+//! `Authorization` header and the hub's session cookie are removed from
+//! what the task sees, and a task cannot set the hub's cookie. By default
+//! the prefix `/tasks/<id>` is stripped, so a plain server sees `/`; a
+//! task submitted with `keep_prefix` sees the full path (apps told their
+//! base URL, like `jupyter lab --ServerApp.base_url=/tasks/$DS_TASK/`).
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::any;
+use ds_proto::TaskId;
+use http::{HeaderValue, Request, StatusCode, header};
+use hyper_util::rt::TokioIo;
+
+use super::{ApiError, COOKIE, Web};
+use crate::tasks::record::State as TaskState;
+
+pub(crate) fn routes() -> axum::Router<Web> {
+    axum::Router::new()
+        .route(
+            "/tasks/{id}",
+            any(|Path(id): Path<String>| async move { Redirect::permanent(&format!("/tasks/{id}/")) }),
+        )
+        .route("/tasks/{id}/", any(relay_root))
+        .route("/tasks/{id}/{*rest}", any(relay_path))
+}
+
+async fn relay_root(
+    State(web): State<Web>,
+    Path(id): Path<String>,
+    req: Request<Body>,
+) -> Response {
+    relay(web, id, String::new(), req).await.unwrap_or_else(|e| e.into_response())
+}
+
+async fn relay_path(
+    State(web): State<Web>,
+    Path((id, rest)): Path<(String, String)>,
+    req: Request<Body>,
+) -> Response {
+    relay(web, id, rest, req).await.unwrap_or_else(|e| e.into_response())
+}
+
+/// Headers that describe one hop, not the request (RFC 9110 §7.6.1);
+/// `connection` and `upgrade` are put back for an upgrade.
+const HOP: &[header::HeaderName] = &[
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// The `Cookie` header without the hub's session cookie.
+fn without_session(v: &str) -> Option<String> {
+    let kept: Vec<&str> = v
+        .split(';')
+        .map(str::trim)
+        .filter(|kv| !kv.is_empty() && kv.split_once('=').map(|p| p.0) != Some(COOKIE))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
+}
+
+async fn relay(web: Web, id: String, rest: String, mut req: Request<Body>) -> Result<Response, ApiError> {
+    let c = web.caller_for_relay(req.headers()).await?;
+    let unknown = || ApiError::not_found(format!("no task {id}"));
+    let tid = TaskId::new(&id).map_err(|_| unknown())?;
+    let rec = match web.hub.book.load(&tid).await? {
+        Some(r) if c.grant.may_use(&r.spec.workspace) => r,
+        _ => return Err(unknown()),
+    };
+    if rec.spec.port == 0 {
+        return Err(ApiError::not_found(format!(
+            "task {id} serves no port (submit it with `ds run --port N`)"
+        )));
+    }
+    if rec.state != TaskState::Running {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "failed_precondition",
+            format!(
+                "task {id} is {}: only a running task's port is relayed",
+                rec.state.as_str()
+            ),
+        ));
+    }
+    let io = web.hub.open_tunnel(&rec).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| bad_gateway(&id, e))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+
+    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let path = if rec.spec.keep_prefix {
+        req.uri().path().to_string()
+    } else {
+        format!("/{rest}")
+    };
+    let upgrade = req.headers().get(header::UPGRADE).cloned();
+    let host = req.headers().get(header::HOST).cloned();
+    let proto = if web.tls { "https" } else { "http" };
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let server_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+
+    let (parts, body) = req.into_parts();
+    let mut fwd = Request::builder()
+        .method(parts.method.clone())
+        .uri(format!("{path}{query}"))
+        .body(body)
+        .map_err(|e| ApiError::bad_request(format!("cannot relay this request: {e}")))?;
+    let h = fwd.headers_mut();
+    for (k, v) in &parts.headers {
+        if HOP.contains(k) || k == header::AUTHORIZATION || k == header::COOKIE {
+            continue;
+        }
+        h.append(k, v.clone());
+    }
+    for v in parts.headers.get_all(header::COOKIE) {
+        if let Some(kept) = v.to_str().ok().and_then(without_session)
+            && let Ok(v) = HeaderValue::from_str(&kept)
+        {
+            h.append(header::COOKIE, v);
+        }
+    }
+    if let Some(u) = &upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, u.clone());
+    }
+    if let Some(host) = host {
+        h.insert("x-forwarded-host", host);
+    }
+    h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    if let Ok(p) = HeaderValue::from_str(&format!("/tasks/{id}")) {
+        h.insert("x-forwarded-prefix", p);
+    }
+    if let Some(ip) = peer.and_then(|p| HeaderValue::from_str(&p).ok()) {
+        h.insert("x-forwarded-for", ip);
+    }
+
+    let mut resp = sender
+        .send_request(fwd)
+        .await
+        .map_err(|e| bad_gateway(&id, e))?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(server_side) = server_side
+    {
+        let task_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            if let (Ok(a), Ok(b)) = (server_side.await, task_side.await) {
+                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b))
+                    .await;
+            }
+        });
+    }
+    let (mut parts, body) = resp.into_parts();
+    // The task may not set (or clear) the hub's session cookie.
+    let cookies: Vec<HeaderValue> = parts
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.split_once('='))
+                .is_none_or(|(k, _)| k.trim() != COOKIE)
+        })
+        .cloned()
+        .collect();
+    parts.headers.remove(header::SET_COOKIE);
+    for c in cookies {
+        parts.headers.append(header::SET_COOKIE, c);
+    }
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+fn bad_gateway(id: &str, e: hyper::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "bad_gateway",
+        format!("task {id}: the relayed connection failed: {e}"),
+    )
+}

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job on embedded defaults: build ds, make a sample workspace,
 # snapshot it, change it, snapshot again, diff, restore and verify; then
-# start a hub, push the workspace to it and clone it into a second store;
-# then start a runner and run a task in the workspace with `ds run`.
+# then `ds up` (a hub with the web UI and a runner), push the workspace to
+# it and clone it into a second store, and `ds run` a task that records a
+# run, shown by `ds runs` and the REST API the web UI uses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -43,43 +44,37 @@ dd if=/dev/urandom of="$work/models/checkpoint.bin" bs=1M count=1 seek=20 conv=n
 "$DS" restore demo~1 "$demo/restored"
 "$DS" verify
 
-# Sync: a hub on loopback (storage in its data dir), push, clone elsewhere.
+# The platform on this machine: `ds up` starts a hub (storage in its data
+# directory; it serves gRPC, the REST API and the web UI on one address) and
+# a runner, and saves the hub as this store's default remote.
 set +x
-"$DS" hub --listen 127.0.0.1:0 --data "$demo/hub" 2> "$demo/hub.log" &
-hub_pid=$!
-runner_pid=""
-trap 'kill $runner_pid $hub_pid 2>/dev/null || true; wait $runner_pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do grep -q "listening on" "$demo/hub.log" 2>/dev/null && break; sleep 0.1; done
-url=$(grep -o "http://[0-9.:]*" "$demo/hub.log")
-export DS_TOKEN="$(cat "$demo/hub/admin.token")"
+"$DS" up --background --listen 127.0.0.1:0 --data "$demo/up" --executor process | tee "$demo/up.txt"
+trap '"$DS" down --data "$demo/up" || true' EXIT
+url=$(grep -o "http://[0-9.:]*" "$demo/up.txt" | head -1)
+export DS_TOKEN="$(cat "$demo/up/hub/admin.token")"
 set -x
-"$DS" push demo --hub "$url" --json
+"$DS" push demo --json
 DS_STORE="$demo/clone" "$DS" clone demo --hub "$url"
 DS_STORE="$demo/clone" "$DS" log demo
 DS_STORE="$demo/clone" "$DS" verify
 
-# Tasks: a runner (it connects out to the hub), then `ds run` in the
-# workspace: the runner pulls it, mounts it as the workload's home, runs
-# the command, snapshots what it wrote and pushes it back.
-runner_token=$("$DS" token --runner demo-runner --hub "$url")
-set +x
-"$DS" runner --hub "$url" --token "$runner_token" --name demo-runner \
-    --cache "$demo/runner" 2> "$demo/runner.log" &
-runner_pid=$!
-for _ in $(seq 1 100); do grep -q "connected to" "$demo/runner.log" 2>/dev/null && break; sleep 0.1; done
-set -x
-# The workload records a run by printing its metadata between markers;
-# the runner snapshots the workspace at that moment with the run attached.
-"$DS" run -w demo --hub "$url" -- sh -c 'wc -l data/rows.csv; echo "accuracy 0.93" > models/metrics.txt
+# A task: the runner pulls the workspace, mounts it as the workload's home,
+# runs the command, snapshots what it wrote and pushes it back. The
+# workload records a run by printing its metadata between markers; the
+# runner snapshots the workspace at that moment with the run attached.
+"$DS" run -w demo --executor process -- sh -c 'wc -l data/rows.csv; echo "accuracy 0.93" > models/metrics.txt
 echo "[[DS-RUN:demo-1]]{\"parameters\":{\"rows\":1000},\"metrics\":{\"accuracy\":0.93},\"inputs\":[\"data/rows.csv\"],\"outputs\":[\"models/metrics.txt\"],\"labels\":{\"model\":\"demo-model\"}}[[/DS-RUN:demo-1]]"'
-"$DS" tasks --hub "$url"
-"$DS" runners --hub "$url"
-"$DS" runs demo --hub "$url"
+"$DS" tasks
+"$DS" runners
+"$DS" runs demo
 DS_STORE="$demo/clone" "$DS" pull demo --hub "$url"
 DS_STORE="$demo/clone" "$DS" cat demo models/metrics.txt
 DS_STORE="$demo/clone" "$DS" runs demo
 DS_STORE="$demo/clone" "$DS" models
 DS_STORE="$demo/clone" "$DS" provenance model:demo-model
+# The same run through the REST API the web UI uses.
+curl -sS -H "Authorization: Bearer $DS_TOKEN" "$url/api/v1/workspaces/demo/runs" | head -c 300; echo
 set +x
-kill -TERM "$runner_pid"; wait "$runner_pid" || true; runner_pid=""
-echo "ds demo: store, workspace, restored copy, hub, clone and runner cache are in $demo"
+echo "ds demo: the run in the web UI: $url/#/w/demo/runs (log in with the token in $demo/up/hub/admin.token)"
+echo "ds demo: store, workspace, restored copy, clone and ds up's data are in $demo; ds up stops now"
+echo "ds demo: to keep the platform running, start it yourself: ds up"

@@ -30,6 +30,10 @@ ds_install_system_packages() {
     command -v podman >/dev/null || need+=(podman)
     command -v runc >/dev/null || need+=(runc)
     [ -x /bin/busybox ] || need+=(busybox-static)
+    # The web UI's browser test: Debian's headless chromium, driven through
+    # chromedriver's WebDriver protocol (no downloads at test time).
+    command -v chromium >/dev/null || need+=(chromium)
+    command -v chromedriver >/dev/null || need+=(chromium-driver)
     if [ ${#need[@]} -gt 0 ]; then
         echo "ds: installing system packages: ${need[*]}" >&2
         local sudo=""

@@ -117,7 +117,9 @@ def click(css):
 
 
 def typ(css, value):
-    call("POST", s(f"/element/{find(css)}/value"), {"text": value})
+    el = find(css)
+    call("POST", s(f"/element/{el}/clear"), {})
+    call("POST", s(f"/element/{el}/value"), {"text": value})
 
 
 def script(js, *args):

@@ -483,6 +483,7 @@ fn the_web_ui_works_in_a_real_browser() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| t.path().to_path_buf())
         .join("ui-screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/ui.py");
     let out = Command::new("python3")
         .arg(&script)

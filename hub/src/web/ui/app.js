@@ -23,8 +23,7 @@ function h(tag, attrs, ...kids) {
 }
 
 function show(...nodes) {
-  const m = main();
-  m.replaceChildren(...nodes);
+  main().replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined));
 }
 
 class ApiError extends Error {

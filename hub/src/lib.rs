@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod browse;
 pub mod cache;
 pub mod conformance;
 pub mod docs;

@@ -16,6 +16,7 @@ struct Reply {
     status: u16,
     headers: String,
     body: String,
+    raw: Vec<u8>,
 }
 
 impl Reply {
@@ -45,10 +46,12 @@ fn curl(url: &str, args: &[&str]) -> Reply {
         .output()
         .expect("curl (scripts/lib.sh installs it)");
     let status = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    let raw = std::fs::read(&b).unwrap_or_default();
     Reply {
         status,
         headers: std::fs::read_to_string(&h).unwrap_or_default(),
-        body: String::from_utf8_lossy(&std::fs::read(&b).unwrap_or_default()).into_owned(),
+        body: String::from_utf8_lossy(&raw).into_owned(),
+        raw,
     }
 }
 
@@ -495,4 +498,107 @@ fn the_web_ui_works_in_a_real_browser() {
     assert!(out.status.success(), "the browser test failed:\n{o}\n{e}");
     assert!(o.contains("all checks passed"), "{o}\n{e}");
     eprintln!("screenshots in {}", shots.display());
+}
+
+#[test]
+fn the_rest_api_browses_and_streams_files_of_any_snapshot_and_diffs_two() {
+    let t = tempfile::tempdir().unwrap();
+    let hub = hub(t.path(), "10");
+    let me = t.path().join("me");
+    let work = t.path().join("work");
+    sample_tree(&work);
+    ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "tree"]));
+    std::fs::write(work.join("README.md"), b"# changed\n").unwrap();
+    std::fs::write(work.join("src/new.txt"), b"new\n").unwrap();
+    std::fs::remove_file(work.join("empty")).unwrap();
+    ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "tree"]));
+    ok(ds(&me).args(["push", "tree", "--hub", &hub.url, "--token", &hub.admin]));
+    let base = "/api/v1/workspaces/tree/snapshots";
+
+    let head = get(&hub, &format!("{base}/head"), &hub.admin).json();
+    let first = head["parents"][0].as_str().unwrap().to_string();
+    let top = get(&hub, &format!("{base}/head/tree"), &hub.admin).json();
+    let names: Vec<&str> = top.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"src") && names.contains(&"README.md") && !names.contains(&"empty"), "{names:?}");
+    let link = top.as_array().unwrap().iter().find(|e| e["name"] == "link-to-train").unwrap();
+    assert_eq!(link["kind"], "symlink");
+    assert_eq!(link["target"], "src/train.py");
+    let deeper = get(&hub, &format!("{base}/head/tree?path=src/nested/deeper"), &hub.admin).json();
+    assert_eq!(deeper[0]["name"], "model.bin");
+    // Pages of a directory keep its path in the next link.
+    let r = get(&hub, &format!("{base}/head/tree?path=src&limit=1"), &hub.admin);
+    let next = r.header("link").unwrap();
+    assert!(next.contains("path=src"), "{next}");
+
+    // A multi-chunk file, whole and by ranges that cross chunk boundaries.
+    let model = std::fs::read(work.join("src/nested/deeper/model.bin")).unwrap();
+    let t2 = tempfile::tempdir().unwrap();
+    let out = t2.path().join("model.bin");
+    let st = Command::new("curl")
+        .args(["-sS", "-f", "-o"])
+        .arg(&out)
+        .args(["-H", &bearer(&hub.admin)])
+        .arg(format!("{}{base}/head/files/src/nested/deeper/model.bin?download=true", hub.url))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(std::fs::read(&out).unwrap() == model, "the download is the file, byte for byte");
+    for (a, b) in [(0u64, 0u64), (100_000, 1_500_000), (model.len() as u64 - 10, model.len() as u64 - 1)] {
+        let r = curl(
+            &format!("{}{base}/head/files/src/nested/deeper/model.bin", hub.url),
+            &["-H", &bearer(&hub.admin), "-H", &format!("Range: bytes={a}-{b}"), "-o", "/dev/null"],
+        );
+        assert_eq!(r.status, 206);
+        assert_eq!(r.header("content-range").unwrap(), format!("bytes {a}-{b}/{}", model.len()));
+        assert_eq!(r.header("content-length").unwrap(), (b - a + 1).to_string());
+    }
+    let r = curl(
+        &format!("{}{base}/head/files/src/nested/deeper/model.bin", hub.url),
+        &["-H", &bearer(&hub.admin), "-H", "Range: bytes=2000000-2000009"],
+    );
+    assert_eq!(r.raw, &model[2_000_000..2_000_010]);
+    let r = get(&hub, &format!("{base}/head/files/README.md"), &hub.admin);
+    assert_eq!(r.body, "# changed\n");
+    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    assert_eq!(r.header("x-content-type-options").unwrap(), "nosniff");
+    // The first snapshot still serves its own version.
+    assert_eq!(get(&hub, &format!("{base}/{first}/files/README.md"), &hub.admin).body, "# hello\n");
+
+    // Bad input: an unsatisfiable range, a path that climbs, a NUL, a
+    // directory as a file, a missing file, a bad snapshot id.
+    let r = curl(
+        &format!("{}{base}/head/files/README.md", hub.url),
+        &["-H", &bearer(&hub.admin), "-H", "Range: bytes=50-60"],
+    );
+    assert_eq!(r.status, 416);
+    assert_eq!(get(&hub, &format!("{base}/head/files/src/../README.md"), &hub.admin).status, 400);
+    assert_eq!(get(&hub, &format!("{base}/head/files/a%00b"), &hub.admin).status, 400);
+    assert_eq!(get(&hub, &format!("{base}/head/files/src"), &hub.admin).status, 400);
+    assert_eq!(get(&hub, &format!("{base}/head/files/nope"), &hub.admin).status, 404);
+    assert_eq!(get(&hub, &format!("{base}/zzzz/tree"), &hub.admin).status, 400);
+    assert_eq!(get(&hub, &format!("{base}/{}/tree", "0".repeat(64)), &hub.admin).status, 404);
+    assert_eq!(curl(&format!("{}{base}/head/files/README.md", hub.url), &[]).status, 401);
+
+    // The diff: by default head against its parent; from/to explicit too.
+    let d = get(&hub, "/api/v1/workspaces/tree/diff", &hub.admin).json();
+    let changes: Vec<(String, String)> = d
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["path"].as_str().unwrap().to_string(), c["change"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("README.md".to_string(), "modified".to_string()),
+            ("empty".into(), "removed".into()),
+            ("src/new.txt".into(), "added".into()),
+        ]
+    );
+    let d2 = get(&hub, &format!("/api/v1/workspaces/tree/diff?from={first}&to=head&limit=1"), &hub.admin);
+    assert_eq!(d2.json().as_array().unwrap().len(), 1);
+    let next = d2.header("link").unwrap();
+    assert!(next.contains(&format!("from={first}")), "{next}");
+    let next = next.trim_start_matches('<').split('>').next().unwrap();
+    assert_eq!(get(&hub, next, &hub.admin).json()[0]["path"], "empty");
 }

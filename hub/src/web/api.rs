@@ -54,15 +54,15 @@ pub(crate) fn routes() -> axum::Router<Web> {
 
 /// `?limit=&after=` of every list.
 #[derive(Debug, Deserialize)]
-struct Page {
-    limit: Option<usize>,
-    after: Option<String>,
+pub(crate) struct Page {
+    pub limit: Option<usize>,
+    pub after: Option<String>,
 }
 
 const DEFAULT_PAGE: usize = 100;
 
 impl Page {
-    fn limit(&self) -> ApiResult<usize> {
+    pub fn limit(&self) -> ApiResult<usize> {
         match self.limit {
             None => Ok(DEFAULT_PAGE),
             Some(n) if (1..=crate::history::MAX_PAGE).contains(&n) => Ok(n),
@@ -75,12 +75,14 @@ impl Page {
 }
 
 /// A page of `items` as a JSON array, with a `Link` to the next page
-/// when `next` (the last item's key) is given.
-fn page<T: Serialize>(path: &str, items: Vec<T>, next: Option<String>, limit: usize) -> Response {
+/// when `next` (the last item's key) is given. `path` may carry the
+/// list's other query parameters (already encoded).
+pub(crate) fn page<T: Serialize>(path: &str, items: Vec<T>, next: Option<String>, limit: usize) -> Response {
     let mut r = Json(items).into_response();
     if let Some(after) = next {
+        let join = if path.contains('?') { '&' } else { '?' };
         let link = format!(
-            "<{path}?after={}&limit={limit}>; rel=\"next\"",
+            "<{path}{join}after={}&limit={limit}>; rel=\"next\"",
             percent(&after)
         );
         if let Ok(v) = HeaderValue::from_str(&link) {
@@ -91,7 +93,7 @@ fn page<T: Serialize>(path: &str, items: Vec<T>, next: Option<String>, limit: us
 }
 
 /// Percent-encodes everything but unreserved characters (RFC 3986).
-fn percent(s: &str) -> String {
+pub(crate) fn percent(s: &str) -> String {
     let mut o = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -104,7 +106,7 @@ fn percent(s: &str) -> String {
 }
 
 /// Items after the one whose key is `after` (all of them when None).
-fn after_key<T>(items: Vec<T>, key: impl Fn(&T) -> String, after: &Option<String>) -> ApiResult<Vec<T>> {
+pub(crate) fn after_key<T>(items: Vec<T>, key: impl Fn(&T) -> String, after: &Option<String>) -> ApiResult<Vec<T>> {
     let Some(a) = after else { return Ok(items) };
     let Some(i) = items.iter().position(|t| &key(t) == a) else {
         return Err(ApiError::bad_request(format!(
@@ -114,7 +116,7 @@ fn after_key<T>(items: Vec<T>, key: impl Fn(&T) -> String, after: &Option<String
     Ok(items.into_iter().skip(i + 1).collect())
 }
 
-fn take_page<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> String) -> (Vec<T>, Option<String>) {
+pub(crate) fn take_page<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> String) -> (Vec<T>, Option<String>) {
     let more = items.len() > limit;
     items.truncate(limit);
     let next = if more { items.last().map(&key) } else { None };
@@ -220,7 +222,7 @@ async fn workspaces(
 }
 
 /// The ref of a workspace the caller may see (others are not found).
-async fn head(web: &Web, c: &Caller, ws: &str) -> ApiResult<ObjectId> {
+pub(crate) async fn head(web: &Web, c: &Caller, ws: &str) -> ApiResult<ObjectId> {
     workspace_name(ws)?;
     let found = if c.grant.may_use(ws) {
         web.sync.storage().get_ref(ws).await?
@@ -242,7 +244,7 @@ async fn workspace(
 }
 
 #[derive(Debug, Serialize)]
-struct SnapshotJson {
+pub(crate) struct SnapshotJson {
     id: ObjectId,
     workspace: String,
     parents: Vec<ObjectId>,
@@ -260,7 +262,7 @@ struct SnapshotJson {
     runs: Vec<ObjectId>,
 }
 
-fn snapshot_json(id: ObjectId, s: Snapshot) -> SnapshotJson {
+pub(crate) fn snapshot_json(id: ObjectId, s: Snapshot) -> SnapshotJson {
     SnapshotJson {
         id,
         workspace: s.workspace,
@@ -380,7 +382,11 @@ async fn tasks(
         None => all,
     };
     let (items, next) = take_page(all, limit, |t| t.id.clone());
-    Ok(page("/api/v1/tasks", items, next, limit))
+    let path = match &q.workspace {
+        Some(w) => format!("/api/v1/tasks?workspace={}", percent(w)),
+        None => "/api/v1/tasks".to_string(),
+    };
+    Ok(page(&path, items, next, limit))
 }
 
 /// A task to submit: `ds run`'s options as JSON.

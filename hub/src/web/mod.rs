@@ -15,6 +15,7 @@
 #![allow(clippy::result_large_err)]
 
 pub(crate) mod api;
+pub(crate) mod files;
 pub(crate) mod listen;
 pub(crate) mod relay;
 pub(crate) mod ui;
@@ -250,6 +251,7 @@ impl Web {
 pub(crate) fn router(web: Web) -> axum::Router {
     axum::Router::new()
         .merge(api::routes())
+        .merge(files::routes())
         .merge(relay::routes())
         .merge(ui::routes())
         .route("/metrics", axum::routing::get(metrics))

@@ -184,6 +184,20 @@ try:
     click(f"#workspaces a[href='#/w/{WS}']")
     wait_text("#snapshots", "Snapshot")
     shot("snapshots")
+    # The newest snapshot's tree, then a file of it.
+    click("#snapshots tbody tr:first-child a.snap")
+    wait_text("#tree", "model.txt")
+    shot("tree")
+    click("#tree a[href$='/model.txt']")
+    wait_text("#file", "model 0.01")
+    find("a.download")
+    shot("file")
+    # The diff of the first run's snapshot with the pushed one: it added
+    # model.txt.
+    go(HUB + f"/#/w/{WS}")
+    click("#snapshots tbody tr:nth-last-child(2) a.diff")
+    wait_text("#diff", "model.txt")
+    shot("diff")
 
     go(HUB + f"/#/w/{WS}/runs")
     wait_text("#runs", "accuracy")

@@ -123,7 +123,8 @@ async function snapshotsView(ws) {
   const snaps = await api(`/api/v1/workspaces/${enc(ws)}/snapshots?limit=200`);
   show(h("h1", {}, ws), tabs(ws, "Snapshots"),
     table([
-      { title: "Snapshot", get: (s) => h("code", {}, short(s.id)) },
+      { title: "Snapshot", get: (s) => link(`#/w/${enc(ws)}/s/${s.id}/`, short(s.id), "snap") },
+      { title: "", get: (s) => (s.parents.length ? link(`#/w/${enc(ws)}/diff/${s.parents[0]}/${s.id}`, "diff", "diff") : "") },
       { title: "Time", get: (s) => whenNs(s.time_ns), sort: (s) => s.time_ns },
       { title: "Message", get: (s) => s.message },
       { title: "Files", get: (s) => s.files, sort: (s) => s.files },
@@ -131,6 +132,73 @@ async function snapshotsView(ws) {
       { title: "Runs", get: (s) => s.runs.length || "", sort: (s) => s.runs.length },
       { title: "From", get: (s) => s.hostname },
     ], snaps, { id: "snapshots" }));
+}
+
+const pathHref = (ws, snap, parts) => `#/w/${enc(ws)}/s/${snap}/` + parts.map(enc).join("/");
+
+function crumbs(ws, snap, parts) {
+  const out = [link(pathHref(ws, snap, []), short(snap))];
+  parts.forEach((p, i) => out.push(" / ", link(pathHref(ws, snap, parts.slice(0, i + 1)), p)));
+  return h("p", { class: "crumbs" }, out);
+}
+
+// A directory of a snapshot, or a file's content.
+async function browseView(ws, snap, parts) {
+  const base = `/api/v1/workspaces/${enc(ws)}/snapshots/${snap}`;
+  const path = parts.join("/");
+  let entries;
+  try {
+    entries = await api(`${base}/tree?limit=1000&path=${enc(path)}`);
+  } catch (e) {
+    if (!(e instanceof ApiError) || e.status !== 400 || !parts.length) throw e;
+    return fileView(ws, snap, parts, base);
+  }
+  show(h("h1", {}, ws), tabs(ws, "Snapshots"), crumbs(ws, snap, parts),
+    table([
+      { title: "Name", get: (e) => (e.kind === "symlink" ? [e.name, " → ", h("code", {}, e.target)] :
+          link(pathHref(ws, snap, [...parts, e.name]) + (e.kind === "dir" ? "/" : ""), e.name + (e.kind === "dir" ? "/" : ""))),
+        sort: (e) => e.name },
+      { title: "Size", get: (e) => (e.kind === "file" ? bytes(e.size) : ""), sort: (e) => e.size },
+      { title: "Mode", get: (e) => h("code", {}, (e.mode & 0o7777).toString(8)) },
+      { title: "Modified", get: (e) => whenNs(e.mtime_ns), sort: (e) => e.mtime_ns },
+    ], entries, { id: "tree", sortCol: 0, asc: true }));
+}
+
+const PREVIEW = 256 * 1024;
+
+async function fileView(ws, snap, parts, base) {
+  const url = `${base}/files/` + parts.map(enc).join("/");
+  const r = await fetch(url, { credentials: "same-origin", headers: { Range: `bytes=0-${PREVIEW - 1}` } });
+  if (!r.ok && r.status !== 416) {
+    const b = await r.json().catch(() => ({ error: { message: r.statusText } }));
+    throw new ApiError(r.status, b.error.code, b.error.message);
+  }
+  const total = Number((r.headers.get("Content-Range") || "").split("/")[1] || r.headers.get("Content-Length") || 0);
+  const buf = r.status === 416 ? new ArrayBuffer(0) : await r.arrayBuffer();
+  let body;
+  try {
+    const text = new TextDecoder("utf-8", { fatal: true }).decode(buf);
+    body = h("pre", { class: "file", id: "file" }, text, total > PREVIEW ? `\n… (${bytes(total)} in all)` : "");
+  } catch {
+    body = h("p", { class: "muted", id: "file" }, `Binary file, ${bytes(total)}.`);
+  }
+  show(h("h1", {}, ws), tabs(ws, "Snapshots"), crumbs(ws, snap, parts),
+    h("p", {}, link(url + "?download=true", "Download", "download"), ` · ${bytes(total)}`), body);
+}
+
+async function diffView(ws, from, to) {
+  const changes = await api(`/api/v1/workspaces/${enc(ws)}/diff?from=${from}&to=${to}&limit=1000`);
+  const size = (c) => [c.size_before, c.size_after].map((x) => (x === null || x === undefined ? "" : bytes(x))).join(" → ");
+  show(h("h1", {}, ws), tabs(ws, "Snapshots"),
+    h("p", {}, "Changes from ", link(`#/w/${enc(ws)}/s/${from}/`, short(from)), " to ", link(`#/w/${enc(ws)}/s/${to}/`, short(to))),
+    h("div", { id: "diff" }, changes.length === 0 ? h("p", { class: "muted" }, "No changes.") :
+      table([
+        { title: "", get: (c) => h("span", { class: "change-" + c.change }, c.change), sort: (c) => c.change },
+        { title: "Path", get: (c) => (c.change === "removed" ? c.path :
+            link(pathHref(ws, to, c.path.split("/")), c.path)), sort: (c) => c.path },
+        { title: "Kind", get: (c) => c.kind_after || c.kind_before },
+        { title: "Size", get: size },
+      ], changes, { sortCol: 1, asc: true })));
 }
 
 const fmtValue = (v) => (v === undefined ? "" : typeof v === "object" ? JSON.stringify(v) : String(v));
@@ -302,6 +370,8 @@ async function route() {
     if (p[0] === "w" && p.length === 2) return await snapshotsView(p[1]);
     if (p[0] === "w" && p[2] === "runs") return await runsView(p[1]);
     if (p[0] === "w" && p[2] === "run") return await runView(p[1], p[3]);
+    if (p[0] === "w" && p[2] === "s") return await browseView(p[1], p[3], p.slice(4));
+    if (p[0] === "w" && p[2] === "diff") return await diffView(p[1], p[3], p[4]);
     if (p[0] === "tasks") return await tasksView(query);
     if (p[0] === "t") return await taskView(p[1]);
     if (p[0] === "runners") return await runnersView();

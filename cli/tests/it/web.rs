@@ -602,3 +602,39 @@ fn the_rest_api_browses_and_streams_files_of_any_snapshot_and_diffs_two() {
     let next = next.trim_start_matches('<').split('>').next().unwrap();
     assert_eq!(get(&hub, next, &hub.admin).json()[0]["path"], "empty");
 }
+
+#[test]
+fn the_relay_reaches_a_port_inside_a_container() {
+    let Some(image) = crate::tasks::container_engine() else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let hub = hub(t.path(), "10");
+    let token = runner_token(&hub, "c1");
+    let _r = start_runner(&hub, &token, "c1", &t.path().join("cache"), &["--executor", "docker"]);
+    let me = t.path().join("me");
+    let work = t.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("index.html"), b"hello from the container\n").unwrap();
+    ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "box"]));
+    ok(ds(&me).args(["push", "box", "--hub", &hub.url, "--token", &hub.admin]));
+    // The port is published on the runner's loopback only, at a port the
+    // engine picks; the relay finds it.
+    let id = detach(
+        &me,
+        &hub,
+        &hub.admin,
+        "box",
+        &["busybox", "httpd", "-f", "-p", "8000", "-h", "/home/ds"],
+        &["--port", "8000", "--executor", "docker", "--image", &image],
+    );
+    wait_state(&me, &hub, &hub.admin, &id, &["running"]);
+    let mut r = get(&hub, &format!("/tasks/{id}/index.html"), &hub.admin);
+    wait_until("the container serves through the relay", 60, || {
+        r = get(&hub, &format!("/tasks/{id}/index.html"), &hub.admin);
+        r.status == 200
+    });
+    assert_eq!(r.body, "hello from the container\n");
+    ok(&mut client(&me, &hub, &hub.admin, &["task", "cancel", &id]));
+    wait_state(&me, &hub, &hub.admin, &id, &["cancelled", "failed", "succeeded"]);
+}

@@ -25,7 +25,11 @@ echo "== starting a real container engine (podman's Docker API) for the docker e
 eval "$(scripts/podman.sh)"
 trap 'kill "$DS_S3_PID" "$DS_PODMAN_PID" 2>/dev/null || true' EXIT
 export DS_TEST_REQUIRE_PODMAN=1
-# The web UI's test drives Debian's chromium (installed above).
+# The web UI's tests drive Debian's chromium (installed above), one of
+# them JupyterLab on a runner through the hub's relay (a venv from PyPI,
+# cached under ~/.cache).
+echo "== JupyterLab for the relay's browser test"
+eval "$(scripts/jupyter.sh)"
 export DS_TEST_REQUIRE_BROWSER=1
 echo "== cargo test (unit, integration, property, model-based, crash, sync, fuzz corpora, benches once)"
 cargo test --workspace --all-targets --locked

@@ -638,3 +638,83 @@ fn the_relay_reaches_a_port_inside_a_container() {
     ok(&mut client(&me, &hub, &hub.admin, &["task", "cancel", &id]));
     wait_state(&me, &hub, &hub.admin, &id, &["cancelled", "failed", "succeeded"]);
 }
+
+/// JupyterLab from scripts/jupyter.sh (DS_TEST_JUPYTER); required when
+/// the browser is (scripts/test.sh sets both).
+fn jupyter() -> Option<String> {
+    match std::env::var("DS_TEST_JUPYTER") {
+        Ok(j) if !j.is_empty() => Some(j),
+        _ => {
+            assert!(
+                std::env::var_os("DS_TEST_REQUIRE_BROWSER").is_none(),
+                "DS_TEST_REQUIRE_BROWSER is set but DS_TEST_JUPYTER is not (eval \"$(scripts/jupyter.sh)\")"
+            );
+            None
+        }
+    }
+}
+
+#[test]
+fn jupyterlab_on_a_runner_runs_a_notebook_cell_through_the_relay_in_a_browser() {
+    let (true, Some(jupyter)) = (browser(), jupyter()) else {
+        eprintln!("skipped: no chromium or JupyterLab (scripts/test.sh provides both)");
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let hub = hub(t.path(), "10");
+    let token = runner_token(&hub, "r1");
+    let _r = start_runner(&hub, &token, "r1", &t.path().join("cache"), &[]);
+    let me = t.path().join("me");
+    let work = t.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let notebook = serde_json::json!({
+        "nbformat": 4, "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "cells": [{"cell_type": "code", "id": "c1", "metadata": {}, "execution_count": null,
+                   "outputs": [], "source": ["print(6 * 7)"]}]
+    });
+    std::fs::write(work.join("check.ipynb"), notebook.to_string()).unwrap();
+    ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "lab"]));
+    ok(ds(&me).args(["push", "lab", "--hub", &hub.url, "--token", &hub.admin]));
+    let port = free_port().to_string();
+    // JupyterLab is told its base URL, so the relay passes paths whole;
+    // the hub authenticates, so Jupyter's own token is off.
+    let id = detach(
+        &me,
+        &hub,
+        &hub.admin,
+        "lab",
+        &[
+            "sh",
+            "-c",
+            "exec \"$0\" lab --no-browser --ip=127.0.0.1 --port=\"$1\" --ServerApp.token= \
+             --ServerApp.password= --ServerApp.allow_remote_access=True --allow-root \
+             --ServerApp.base_url=/tasks/$DS_TASK/ --ServerApp.root_dir=\"$HOME\"",
+            &jupyter,
+            &port,
+        ],
+        &["--port", &port, "--keep-prefix", "--executor", "process"],
+    );
+    wait_state(&me, &hub, &hub.admin, &id, &["running"]);
+    wait_until("JupyterLab answers through the relay", 120, || {
+        get(&hub, &format!("/tasks/{id}/api/status"), &hub.admin).status == 200
+    });
+    let shots = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| t.path().to_path_buf())
+        .join("jupyter-screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/jupyter.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args([&hub.url, &hub.admin, &id, "check.ipynb"])
+        .arg(&shots)
+        .output()
+        .unwrap();
+    let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let task_log = crate::tasks::logs(&me, &hub, &hub.admin, &id);
+    assert!(out.status.success(), "the JupyterLab test failed:\n{o}\n{e}\ntask output:\n{task_log}");
+    eprintln!("screenshots in {}", shots.display());
+    ok(&mut client(&me, &hub, &hub.admin, &["task", "cancel", &id]));
+    wait_state(&me, &hub, &hub.admin, &id, &["cancelled", "failed", "succeeded"]);
+}

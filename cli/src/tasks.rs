@@ -184,6 +184,10 @@ pub struct RunnerArgs {
     /// owned by it) [default: the image's user]
     #[arg(long, value_name = "UID[:GID]", default_value = "")]
     docker_user: String,
+    /// Serve Prometheus metrics at http://ADDR/metrics (tasks, reconnects,
+    /// heartbeats, output lines, relayed connections and bytes)
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 async fn client(store: &Path, a: &HubArgs) -> Result<Tasks> {
@@ -501,6 +505,7 @@ pub fn runner(a: RunnerArgs) -> Result<ExitCode> {
             network: a.docker_network,
             user: a.docker_user,
         },
+        metrics: a.metrics_listen,
     };
     // The link's own runtime: nothing a task does runs on it.
     let rt = tokio::runtime::Builder::new_multi_thread()

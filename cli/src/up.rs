@@ -243,6 +243,7 @@ fn foreground(store: &Path, a: UpArgs, data: &Path) -> Result<ExitCode> {
         executors: executors.clone(),
         cache: data.join("runner"),
         docker: Default::default(),
+        metrics: None,
     };
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let runner = std::thread::Builder::new()

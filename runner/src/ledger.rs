@@ -136,6 +136,7 @@ impl Ledger {
                 done_sent: false,
             },
         );
+        crate::metrics::TASKS_RUNNING.set(s.len() as u64);
         Some(control)
     }
 
@@ -172,6 +173,7 @@ impl Ledger {
         } else {
             text.chunks(MAX_LOG_LINE).collect()
         };
+        crate::metrics::LOG_LINES.add(pieces.len() as u64);
         let mut s = self.slots();
         for p in pieces {
             loop {
@@ -215,6 +217,7 @@ impl Ledger {
                 s.remove(id);
             }
         }
+        crate::metrics::TASKS_RUNNING.set(s.len() as u64);
         self.room.notify_all();
     }
 
@@ -298,6 +301,7 @@ impl Ledger {
                 s.remove(id);
             }
         }
+        crate::metrics::TASKS_RUNNING.set(s.len() as u64);
         self.room.notify_all();
     }
 
@@ -307,6 +311,7 @@ impl Ledger {
         if s.get(id).is_some_and(|slot| slot.done.is_some()) {
             s.remove(id);
         }
+        crate::metrics::TASKS_RUNNING.set(s.len() as u64);
         self.room.notify_all();
     }
 }

@@ -27,6 +27,7 @@ mod error;
 pub mod exec;
 pub mod ledger;
 pub mod link;
+pub mod metrics;
 pub mod runs;
 pub mod task;
 mod tunnel;
@@ -58,6 +59,8 @@ pub struct Config {
     pub cache: PathBuf,
     /// How the docker executor runs containers.
     pub docker: docker::DockerOptions,
+    /// Where to serve Prometheus `/metrics` (None: nowhere).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Runs the runner until a future made by `signal` resolves (the caller
@@ -98,6 +101,15 @@ pub async fn run<F: std::future::Future<Output = ()>>(
         source,
     })?;
     clean_stale(&cfg.cache);
+    if let Some(addr) = cfg.metrics {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| RunnerError::Config(format!("--metrics-listen {addr}: {e}")))?;
+        if let Ok(a) = l.local_addr() {
+            eprintln!("ds runner: metrics on http://{a}/metrics");
+        }
+        tokio::spawn(metrics::serve(l));
+    }
     link::run(cfg, signal).await
 }
 

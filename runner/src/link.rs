@@ -130,6 +130,7 @@ impl Link {
     }
 
     fn heartbeat(&self) -> RunnerMessage {
+        crate::metrics::HEARTBEATS.inc();
         RunnerMessage {
             msg: Some(runner_message::Msg::Heartbeat(Heartbeat {
                 running: self.ledger.held(),
@@ -164,6 +165,7 @@ impl Link {
             }
         }
         self.ledger.reset_sent();
+        crate::metrics::CONNECTS.inc();
         eprintln!(
             "ds runner: connected to {} as {} ({} task(s) resumed)",
             self.cfg.hub,
@@ -272,6 +274,7 @@ impl Link {
         let Some(control) = self.ledger.admit(&id, a.lease) else {
             return; // already ours
         };
+        crate::metrics::TASKS_ASSIGNED.inc();
         eprintln!(
             "ds runner: task {id}: assigned (lease {}): {:?}",
             a.lease, spec.command

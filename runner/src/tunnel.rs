@@ -65,6 +65,15 @@ pub(crate) fn open(o: OpenTunnel, ledger: &Ledger, mut client: ds_sync::tasks::T
             return;
         };
         let _ = tcp.set_nodelay(true);
+        crate::metrics::TUNNELS.inc();
+        crate::metrics::TUNNELS_OPEN.inc();
+        struct Open;
+        impl Drop for Open {
+            fn drop(&mut self) {
+                crate::metrics::TUNNELS_OPEN.dec();
+            }
+        }
+        let _open = Open;
         let mut inbound = reply.into_inner();
         let (mut rd, mut wr) = tcp.into_split();
         let up = async move {
@@ -81,6 +90,7 @@ pub(crate) fn open(o: OpenTunnel, ledger: &Ledger, mut client: ds_sync::tasks::T
                         return std::future::pending::<()>().await;
                     }
                     Ok(n) => {
+                        crate::metrics::TUNNEL_BYTES.add(n as u64);
                         let f = TunnelFrame {
                             data: buf[..n].to_vec(),
                             ..Default::default()
@@ -94,6 +104,7 @@ pub(crate) fn open(o: OpenTunnel, ledger: &Ledger, mut client: ds_sync::tasks::T
         };
         let down = async move {
             while let Ok(Some(f)) = inbound.message().await {
+                crate::metrics::TUNNEL_BYTES.add(f.data.len() as u64);
                 if !f.data.is_empty() && wr.write_all(&f.data).await.is_err() {
                     return;
                 }

@@ -310,7 +310,8 @@ fn the_relay_reaches_a_tasks_port_with_a_token_and_never_forwards_the_hubs_crede
     let t = tempfile::tempdir().unwrap();
     let hub = hub(t.path(), "10");
     let token = runner_token(&hub, "r1");
-    let _r = start_runner(&hub, &token, "r1", &t.path().join("cache"), &[]);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let _r = start_runner(&hub, &token, "r1", &t.path().join("cache"), &["--metrics-listen", &metrics]);
     let me = t.path().join("me");
     let work = t.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
@@ -372,7 +373,17 @@ fn the_relay_reaches_a_tasks_port_with_a_token_and_never_forwards_the_hubs_crede
     let r = get(&hub, &format!("/tasks/{id}/../../api/v1/workspaces"), &hub.admin);
     assert!(r.body.starts_with("GET /../../api/v1/workspaces"), "stays inside the task: {}", r.body);
     let r = curl(&format!("{}/metrics", hub.url), &[]);
-    assert!(r.body.contains("ds_relay_connections_total"), "{}", r.body);
+    let hub_series = parse_prometheus(&r.body);
+    assert!(hub_series.iter().any(|(s, v)| s == "ds_relay_connections_total" && *v >= 4.0), "{}", r.body);
+    // The runner's own metrics counted the same tunnels.
+    let r = curl(&format!("http://{metrics}/metrics"), &[]);
+    let runner_series = parse_prometheus(&r.body);
+    let value = |name: &str| runner_series.iter().find(|(s, _)| s == name).map(|s| s.1).unwrap_or(-1.0);
+    assert!(value("ds_runner_tunnels_total") >= 4.0, "{}", r.body);
+    assert!(value("ds_runner_tunnel_bytes_total") > 200_000.0, "{}", r.body);
+    assert_eq!(value("ds_runner_tasks_running"), 1.0, "{}", r.body);
+    assert!(value("ds_runner_hub_connects_total") >= 1.0);
+    assert_eq!(curl(&format!("http://{metrics}/other"), &[]).status, 404);
 
     // A finished task's URL says so.
     ok(&mut client(&me, &hub, &hub.admin, &["task", "cancel", &id]));

@@ -141,6 +141,12 @@ pub struct HubServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0,
           value_parser = parse_lease)]
     lease: f64,
+    /// The URL other hubs on the same storage reach this one at: a browser
+    /// relayed to a task whose runner is connected here, through another
+    /// hub, is forwarded here [default: http://LISTEN, with the hostname
+    /// when listening on all addresses]
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
 }
 
 fn parse_lease(s: &str) -> Result<f64, String> {
@@ -471,6 +477,7 @@ pub fn hub(a: HubServeArgs) -> Result<ExitCode> {
         storage: a.storage,
         data,
         tls: a.tls_cert.zip(a.tls_key),
+        advertise: a.advertise,
         tasks: ds_hub::tasks::TaskOptions::with_lease(std::time::Duration::from_secs_f64(a.lease)),
     };
     runtime()?.block_on(async {

@@ -182,6 +182,7 @@ fn foreground(store: &Path, a: UpArgs, data: &Path) -> Result<ExitCode> {
         storage: a.storage.clone(),
         data: hub_data.clone(),
         tls: None,
+        advertise: None,
         tasks: ds_hub::tasks::TaskOptions::with_lease(Duration::from_secs(30)),
     };
     let rt = crate::sync::runtime()?;

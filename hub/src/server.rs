@@ -28,6 +28,10 @@ pub struct HubOptions {
     pub data: PathBuf,
     /// PEM certificate chain and key; plaintext when absent.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The URL other hubs on the same bucket reach this one at (for the
+    /// relay); default: http(s)://ADDR, with this machine's hostname when
+    /// listening on all addresses.
+    pub advertise: Option<String>,
     pub tasks: TaskOptions,
 }
 
@@ -115,6 +119,16 @@ pub async fn run(
     });
     let grpc = Routes::new(svc).add_service(tasks).prepare();
     let scheme = if opts.tls.is_some() { "https" } else { "http" };
+    task_hub.set_advertised(opts.advertise.clone().unwrap_or_else(|| {
+        if addr.ip().is_unspecified() {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into());
+            format!("{scheme}://{host}:{}", addr.port())
+        } else {
+            format!("{scheme}://{addr}")
+        }
+    }));
     eprintln!("ds hub: gRPC, REST API and web UI listening on {scheme}://{addr}");
     ready(addr);
     let hub = task_hub.clone();

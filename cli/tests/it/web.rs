@@ -729,3 +729,41 @@ fn jupyterlab_on_a_runner_runs_a_notebook_cell_through_the_relay_in_a_browser() 
     ok(&mut client(&me, &hub, &hub.admin, &["task", "cancel", &id]));
     wait_state(&me, &hub, &hub.admin, &id, &["cancelled", "failed", "succeeded"]);
 }
+
+#[test]
+fn a_relay_request_to_another_hub_on_the_bucket_is_forwarded_to_the_runners_hub() {
+    let t = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", t.path().join("shared").display());
+    let h1 = crate::sync::start_hub_with(&t.path().join("h1"), Some(&storage), &[], &["--lease", "10"]);
+    let h2 = crate::sync::start_hub_with(&t.path().join("h2"), Some(&storage), &[], &["--lease", "10"]);
+    let token = runner_token(&h1, "r1");
+    let _r = start_runner(&h2, &token, "r1", &t.path().join("cache"), &[]);
+    let me = t.path().join("me");
+    let work = t.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("srv.py"), SERVER).unwrap();
+    ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "two"]));
+    ok(ds(&me).args(["push", "two", "--hub", &h1.url, "--token", &h1.admin]));
+    let port = free_port().to_string();
+    let id = detach(&me, &h1, &h1.admin, "two", &["python3", "srv.py", &port], &["--port", &port, "--executor", "process"]);
+    wait_state(&me, &h1, &h1.admin, &id, &["running"]);
+    // Through h1, where the runner is not connected: h1 forwards to h2.
+    let mut r = get(&h1, &format!("/tasks/{id}/x"), &h1.admin);
+    wait_until("the task answers through the other hub", 60, || {
+        r = get(&h1, &format!("/tasks/{id}/x"), &h1.admin);
+        r.status == 200
+    });
+    assert!(r.body.starts_with("GET /x HTTP/1.1"), "{}", r.body);
+    assert!(!r.body.to_lowercase().contains("authorization"), "{}", r.body);
+    // Upgrades too.
+    let out = ok(Command::new("python3")
+        .arg("-c")
+        .arg(UPGRADE_CLIENT)
+        .arg(h1.url.trim_start_matches("http://"))
+        .arg(&id)
+        .arg(&h1.admin));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("echoed"));
+    // The forwarded request is authenticated again: no token, no relay.
+    assert_eq!(curl(&format!("{}/tasks/{id}/", h1.url), &[]).status, 401);
+    ok(&mut client(&me, &h1, &h1.admin, &["task", "cancel", &id]));
+}

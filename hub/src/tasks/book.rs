@@ -240,6 +240,16 @@ impl Book {
             .await
     }
 
+    /// One runner's last recorded presence.
+    pub async fn runner(&self, name: &str) -> Result<Option<RunnerInfo>> {
+        match self.storage.get_doc(&format!("runners/{name}")).await? {
+            None => Ok(None),
+            Some((b, _)) => RunnerInfo::decode(b).map(Some).map_err(|e| {
+                HubError::Corrupt(format!("runner record {name} is corrupt: {e}"))
+            }),
+        }
+    }
+
     pub async fn runners(&self) -> Result<Vec<RunnerInfo>> {
         let mut out = Vec::new();
         for n in self.storage.list_docs("runners").await? {

@@ -115,6 +115,7 @@ impl TaskHub {
             version: hello.version.clone(),
             hub: self.hub_name.clone(),
             online: true,
+            hub_url: self.advertised(),
         };
         if let Err(e) = self.book.put_runner(&info).await {
             eprintln!("ds hub: recording runner {name}: {e}");

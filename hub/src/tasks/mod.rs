@@ -99,6 +99,8 @@ pub struct TaskHub {
     pub(crate) hub_name: String,
     /// Relayed connections waiting for their runner's end.
     pub(crate) tunnels: tunnel::Tunnels,
+    /// The URL other hubs reach this one at (set once it listens).
+    advertise: std::sync::OnceLock<String>,
 }
 
 impl TaskHub {
@@ -114,7 +116,22 @@ impl TaskHub {
             wake: Notify::new(),
             hub_name: format!("{host}:{}", std::process::id()),
             tunnels: Default::default(),
+            advertise: Default::default(),
         })
+    }
+
+    /// Records the URL other hubs on the bucket reach this one at.
+    pub fn set_advertised(&self, url: String) {
+        let _ = self.advertise.set(url);
+    }
+
+    /// Whether runner `name` is connected to this hub process.
+    pub(crate) fn is_connected(&self, name: &str) -> bool {
+        RunnerName::new(name).is_ok_and(|n| self.runners().contains_key(&n))
+    }
+
+    pub(crate) fn advertised(&self) -> String {
+        self.advertise.get().cloned().unwrap_or_default()
     }
 
     pub(crate) fn runners(&self) -> std::sync::MutexGuard<'_, HashMap<RunnerName, Connected>> {

@@ -93,7 +93,36 @@ async fn relay(web: Web, id: String, rest: String, mut req: Request<Body>) -> Re
             ),
         ));
     }
-    let io = web.hub.open_tunnel(&rec).await?;
+    // The runner's tunnel when it is connected here; else the hub it is
+    // connected to, which relays it (once: a forwarded request is never
+    // forwarded again).
+    let forwarded = req.headers().contains_key(FORWARDED_BY);
+    let (io, peer_hub): (Box<dyn Io>, bool) = if web.hub.is_connected(&rec.runner) {
+        (Box::new(web.hub.open_tunnel(&rec).await?), false)
+    } else if let (false, Some(addr)) = (forwarded, peer(&web, &rec).await?) {
+        let tcp = tokio::time::timeout(PEER_CONNECT, tokio::net::TcpStream::connect(&addr))
+            .await
+            .map_err(|_| {
+                ApiError::from(crate::HubError::Unreachable(format!(
+                    "hub {addr} of runner {} did not answer within 5 s",
+                    rec.runner
+                )))
+            })?
+            .map_err(|e| {
+                ApiError::from(crate::HubError::Unreachable(format!(
+                    "hub {addr} of runner {}: {e}",
+                    rec.runner
+                )))
+            })?;
+        let _ = tcp.set_nodelay(true);
+        (Box::new(tcp), true)
+    } else {
+        return Err(crate::HubError::Unreachable(format!(
+            "runner {} of task {id} is not connected to this hub or to any hub it can reach",
+            rec.runner
+        ))
+        .into());
+    };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| bad_gateway(&id, e))?;
@@ -102,7 +131,7 @@ async fn relay(web: Web, id: String, rest: String, mut req: Request<Body>) -> Re
     });
 
     let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
-    let path = if rec.spec.keep_prefix {
+    let path = if rec.spec.keep_prefix || peer_hub {
         req.uri().path().to_string()
     } else {
         format!("/{rest}")
@@ -150,6 +179,17 @@ async fn relay(web: Web, id: String, rest: String, mut req: Request<Body>) -> Re
     if let Some(ip) = peer.and_then(|p| HeaderValue::from_str(&p).ok()) {
         h.insert("x-forwarded-for", ip);
     }
+    if peer_hub {
+        // The next hub authenticates the caller again, with the same token
+        // (hubs on one bucket share their tokens).
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", c.token)) {
+            h.insert(header::AUTHORIZATION, v);
+        }
+        h.insert(FORWARDED_BY, HeaderValue::from_static("hub"));
+        if let Some(host) = h.get("x-forwarded-host").cloned() {
+            h.insert(header::HOST, host);
+        }
+    }
 
     let mut resp = sender
         .send_request(fwd)
@@ -185,6 +225,36 @@ async fn relay(web: Web, id: String, rest: String, mut req: Request<Body>) -> Re
         parts.headers.append(header::SET_COOKIE, c);
     }
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// Marks a request one hub relayed to another.
+const FORWARDED_BY: &str = "x-ds-forwarded-by";
+/// How long connecting to another hub may take.
+const PEER_CONNECT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a relayed connection runs over: a tunnel, or a TCP connection to
+/// another hub.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// The `host:port` of the hub the task's runner is connected to, when it
+/// is another online hub on the bucket that speaks plain HTTP.
+async fn peer(web: &Web, rec: &crate::tasks::record::Record) -> Result<Option<String>, ApiError> {
+    let Some(info) = web.hub.book.runner(&rec.runner).await? else {
+        return Ok(None);
+    };
+    let url = info.hub_url;
+    if url.is_empty() || url == web.hub.advertised() {
+        return Ok(None);
+    }
+    let Some(addr) = url.strip_prefix("http://") else {
+        return Err(crate::HubError::Unreachable(format!(
+            "runner {} is connected to {url}; relaying through another hub over https is not              supported yet: open the task on that hub",
+            rec.runner
+        ))
+        .into());
+    };
+    Ok(Some(addr.trim_end_matches('/').to_string()))
 }
 
 fn bad_gateway(id: &str, e: hyper::Error) -> ApiError {

@@ -48,6 +48,7 @@ async fn start_hub() -> Hub {
         storage: Some(storage_url.clone()),
         data: dir.path().join("data"),
         tls: None,
+        advertise: None,
         tasks: Default::default(),
     };
     tokio::spawn(async move {

@@ -147,6 +147,11 @@ pub struct HubServeArgs {
     /// when listening on all addresses]
     #[arg(long, value_name = "URL")]
     advertise: Option<String>,
+    /// Also relay tasks at <task id>.tasks.DOMAIN (their own origin, which
+    /// JupyterLab and friends prefer); DNS and TLS for *.tasks.DOMAIN are
+    /// yours, and the hub must be served at DOMAIN or under it
+    #[arg(long, value_name = "DOMAIN")]
+    tasks_domain: Option<String>,
 }
 
 fn parse_lease(s: &str) -> Result<f64, String> {
@@ -478,6 +483,7 @@ pub fn hub(a: HubServeArgs) -> Result<ExitCode> {
         data,
         tls: a.tls_cert.zip(a.tls_key),
         advertise: a.advertise,
+        tasks_domain: a.tasks_domain,
         tasks: ds_hub::tasks::TaskOptions::with_lease(std::time::Duration::from_secs_f64(a.lease)),
     };
     runtime()?.block_on(async {

@@ -183,6 +183,7 @@ fn foreground(store: &Path, a: UpArgs, data: &Path) -> Result<ExitCode> {
         data: hub_data.clone(),
         tls: None,
         advertise: None,
+        tasks_domain: None,
         tasks: ds_hub::tasks::TaskOptions::with_lease(Duration::from_secs(30)),
     };
     let rt = crate::sync::runtime()?;

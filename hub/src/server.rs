@@ -32,6 +32,10 @@ pub struct HubOptions {
     /// relay); default: http(s)://ADDR, with this machine's hostname when
     /// listening on all addresses.
     pub advertise: Option<String>,
+    /// Wildcard-domain relay: `<task id>.tasks.DOMAIN` (DNS and TLS for
+    /// `*.tasks.DOMAIN` are the operator's); the hub is served at DOMAIN or
+    /// under it, so one session cookie covers both.
+    pub tasks_domain: Option<String>,
     pub tasks: TaskOptions,
 }
 
@@ -116,6 +120,7 @@ pub async fn run(
         hub: task_hub.clone(),
         auth,
         tls: tls.is_some(),
+        tasks_domain: opts.tasks_domain.clone(),
     });
     let grpc = Routes::new(svc).add_service(tasks).prepare();
     let scheme = if opts.tls.is_some() { "https" } else { "http" };

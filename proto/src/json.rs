@@ -43,6 +43,8 @@ pub struct TaskJson {
     pub commit: Option<String>,
     /// The port the hub relays at /tasks/<id>/ (null: none).
     pub port: Option<u32>,
+    /// The relay passes /tasks/<id>/… whole (the app knows its base URL).
+    pub keep_prefix: bool,
     /// Unix times in milliseconds (null: not yet).
     pub submitted_ms: u64,
     pub started_ms: Option<u64>,
@@ -80,6 +82,7 @@ impl From<&crate::runner::TaskInfo> for TaskJson {
             git_ref: s(&spec.git_ref),
             commit: s(&t.commit),
             port: (spec.port != 0).then_some(spec.port),
+            keep_prefix: spec.keep_prefix,
             submitted_ms: t.submitted_ms,
             started_ms: ms(t.started_ms),
             ended_ms: ms(t.ended_ms),

@@ -767,3 +767,52 @@ fn a_relay_request_to_another_hub_on_the_bucket_is_forwarded_to_the_runners_hub(
     assert_eq!(curl(&format!("{}/tasks/{id}/", h1.url), &[]).status, 401);
     ok(&mut client(&me, &h1, &h1.admin, &["task", "cancel", &id]));
 }
+
+#[test]
+fn with_a_tasks_domain_a_task_is_also_relayed_on_its_own_origin() {
+    let t = tempfile::tempdir().unwrap();
+    let hub = crate::sync::start_hub_with(
+        &t.path().join("hub"),
+        None,
+        &[],
+        &["--lease", "10", "--tasks-domain", "ds.example.test"],
+    );
+    let token = runner_token(&hub, "r1");
+    let _r = start_runner(&hub, &token, "r1", &t.path().join("cache"), &[]);
+    let me = t.path().join("me");
+    let work = t.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("srv.py"), SERVER).unwrap();
+    ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "dom"]));
+    ok(ds(&me).args(["push", "dom", "--hub", &hub.url, "--token", &hub.admin]));
+    let port = free_port().to_string();
+    let id = detach(&me, &hub, &hub.admin, "dom", &["python3", "srv.py", &port], &["--port", &port, "--executor", "process"]);
+    wait_state(&me, &hub, &hub.admin, &id, &["running"]);
+    let host = format!("Host: {id}.tasks.ds.example.test");
+    let mut r = curl(&format!("{}/a/b?c=d", hub.url), &["-H", &host, "-H", &bearer(&hub.admin)]);
+    wait_until("the task answers on its own origin", 60, || {
+        r = curl(&format!("{}/a/b?c=d", hub.url), &["-H", &host, "-H", &bearer(&hub.admin)]);
+        r.status == 200
+    });
+    // The whole path, as the app sees it on its own origin.
+    assert!(r.body.starts_with("GET /a/b?c=d HTTP/1.1"), "{}", r.body);
+    // The hub's API is not reachable on a task's origin.
+    let r = curl(&format!("{}/api/v1/workspaces", hub.url), &["-H", &host, "-H", &bearer(&hub.admin)]);
+    assert!(r.body.starts_with("GET /api/v1/workspaces"), "{}", r.body);
+    assert_eq!(curl(&format!("{}/", hub.url), &["-H", &host]).status, 401);
+    // Logging in at the domain sets the cookie for the task origins too;
+    // at another name (an IP), for the hub alone.
+    let login = |host: &str| {
+        curl(
+            &format!("{}/api/v1/login", hub.url),
+            &["-H", host, "-H", "Content-Type: application/json", "-d", &format!("{{\"token\":\"{}\"}}", hub.admin)],
+        )
+    };
+    let c = login("Host: ds.example.test").header("set-cookie").unwrap();
+    assert!(c.contains("Domain=ds.example.test"), "{c}");
+    let c = login("Host: 127.0.0.1").header("set-cookie").unwrap();
+    assert!(!c.contains("Domain="), "{c}");
+    // The hub itself still answers at its own names.
+    assert_eq!(get(&hub, "/api/v1/workspaces", &hub.admin).status, 200);
+    ok(&mut client(&me, &hub, &hub.admin, &["task", "cancel", &id]));
+}

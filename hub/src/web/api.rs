@@ -139,20 +139,27 @@ struct WhoAmI {
     admin: bool,
     workspaces: Vec<String>,
     comment: String,
+    /// Set when tasks are relayed at `<id>.tasks.<domain>` too.
+    tasks_domain: Option<String>,
 }
 
-fn who(c: &Caller) -> WhoAmI {
+fn who(web: &Web, c: &Caller) -> WhoAmI {
     WhoAmI {
         admin: c.grant.admin,
         workspaces: c.grant.workspaces.clone(),
         comment: c.grant.comment.clone(),
+        tasks_domain: web.tasks_domain.clone(),
     }
 }
 
 /// `POST /api/v1/login {"token": …}`: checks the token and keeps it in the
 /// session cookie (HttpOnly: no page script can read it; SameSite=Lax:
 /// no other site's form or script sends it).
-async fn login(State(web): State<Web>, Json(l): Json<Login>) -> ApiResult<Response> {
+async fn login(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Json(l): Json<Login>,
+) -> ApiResult<Response> {
     let mut h = HeaderMap::new();
     h.insert(
         http::header::AUTHORIZATION,
@@ -161,11 +168,12 @@ async fn login(State(web): State<Web>, Json(l): Json<Login>) -> ApiResult<Respon
     );
     let c = web.caller(&Method::GET, &h).await?;
     let secure = if web.tls { "; Secure" } else { "" };
+    let domain = cookie_domain(&web, &headers);
     let cookie = format!(
-        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age=2592000{secure}",
+        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age=2592000{secure}{domain}",
         c.token
     );
-    let mut r = Json(who(&c)).into_response();
+    let mut r = Json(who(&web, &c)).into_response();
     r.headers_mut().insert(
         http::header::SET_COOKIE,
         HeaderValue::from_str(&cookie).map_err(|_| ApiError::bad_request("bad token"))?,
@@ -173,17 +181,42 @@ async fn login(State(web): State<Web>, Json(l): Json<Login>) -> ApiResult<Respon
     Ok(r)
 }
 
-async fn logout() -> Response {
+/// `; Domain=D` in wildcard-domain mode, when the hub is being reached at
+/// D or under it (a browser refuses a cookie for another domain): the
+/// task origins `<id>.tasks.D` then get the session cookie too.
+fn cookie_domain(web: &Web, headers: &HeaderMap) -> String {
+    let Some(d) = web.tasks_domain.as_deref() else {
+        return String::new();
+    };
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .split(':')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let d = d.to_ascii_lowercase();
+    if host == d || host.ends_with(&format!(".{d}")) {
+        format!("; Domain={d}")
+    } else {
+        String::new()
+    }
+}
+
+async fn logout(State(web): State<Web>, headers: HeaderMap) -> Response {
     let mut r = StatusCode::NO_CONTENT.into_response();
-    r.headers_mut().insert(
-        http::header::SET_COOKIE,
-        HeaderValue::from_static("ds_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0"),
-    );
+    let domain = cookie_domain(&web, &headers);
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{domain}"
+    )) {
+        r.headers_mut().insert(http::header::SET_COOKIE, v);
+    }
     r
 }
 
 async fn whoami(State(web): State<Web>, m: Method, h: HeaderMap) -> ApiResult<Json<WhoAmI>> {
-    Ok(Json(who(&web.caller(&m, &h).await?)))
+    Ok(Json(who(&web, &web.caller(&m, &h).await?)))
 }
 
 // ---- workspaces and snapshots ----

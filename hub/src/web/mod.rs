@@ -47,6 +47,9 @@ pub(crate) struct Web {
     pub auth: Arc<Auth>,
     /// The hub serves TLS (cookies get `Secure`).
     pub tls: bool,
+    /// Wildcard-domain relay: `<id>.tasks.<domain>` reaches task `<id>`,
+    /// and the session cookie is set for `<domain>`.
+    pub tasks_domain: Option<String>,
 }
 
 /// A JSON error: `{"error": {"code": "...", "message": "..."}}`. Codes are
@@ -249,6 +252,7 @@ impl Web {
 
 /// The HTTP router.
 pub(crate) fn router(web: Web) -> axum::Router {
+    let by_host = axum::middleware::from_fn_with_state(web.clone(), relay::by_host);
     axum::Router::new()
         .merge(api::routes())
         .merge(files::routes())
@@ -256,6 +260,7 @@ pub(crate) fn router(web: Web) -> axum::Router {
         .merge(ui::routes())
         .route("/metrics", axum::routing::get(metrics))
         .fallback(|| async { ApiError::not_found("no such page") })
+        .layer(by_host)
         .with_state(web)
 }
 

@@ -23,6 +23,50 @@ use hyper_util::rt::TokioIo;
 use super::{ApiError, COOKIE, Web};
 use crate::tasks::record::State as TaskState;
 
+/// The task a request's Host names in wildcard-domain mode
+/// (`<id>.tasks.<domain>`, any port), if the hub has a tasks domain.
+fn task_of_host(web: &Web, req: &Request<Body>) -> Option<String> {
+    let domain = web.tasks_domain.as_deref()?;
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())?;
+    let host = host.rsplit_once(':').map_or(host, |(h, p)| {
+        if p.chars().all(|c| c.is_ascii_digit()) { h } else { host }
+    });
+    let id = host
+        .to_ascii_lowercase()
+        .strip_suffix(&format!(".tasks.{}", domain.to_ascii_lowercase()))?
+        .to_string();
+    (!id.is_empty() && !id.contains('.')).then_some(id)
+}
+
+/// Wildcard-domain mode: a request to `<id>.tasks.<domain>` is relayed
+/// whole (the app is at the root of its own origin); others go on.
+pub(crate) async fn by_host(
+    State(web): State<Web>,
+    req: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(id) = task_of_host(&web, &req) else {
+        return next.run(req).await;
+    };
+    let rest = req.uri().path().trim_start_matches('/').to_string();
+    relay(web, id, rest, Mode::Whole, req)
+        .await
+        .unwrap_or_else(|e| e.into_response())
+}
+
+/// How a relayed request's path reaches the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `/tasks/<id>/rest` → `/rest` (unless the task keeps the prefix).
+    Prefixed,
+    /// The path as it came (wildcard-domain mode).
+    Whole,
+}
+
 pub(crate) fn routes() -> axum::Router<Web> {
     axum::Router::new()
         .route(
@@ -38,7 +82,9 @@ async fn relay_root(
     Path(id): Path<String>,
     req: Request<Body>,
 ) -> Response {
-    relay(web, id, String::new(), req).await.unwrap_or_else(|e| e.into_response())
+    relay(web, id, String::new(), Mode::Prefixed, req)
+        .await
+        .unwrap_or_else(|e| e.into_response())
 }
 
 async fn relay_path(
@@ -46,7 +92,9 @@ async fn relay_path(
     Path((id, rest)): Path<(String, String)>,
     req: Request<Body>,
 ) -> Response {
-    relay(web, id, rest, req).await.unwrap_or_else(|e| e.into_response())
+    relay(web, id, rest, Mode::Prefixed, req)
+        .await
+        .unwrap_or_else(|e| e.into_response())
 }
 
 /// Headers that describe one hop, not the request (RFC 9110 §7.6.1);
@@ -70,7 +118,13 @@ fn without_session(v: &str) -> Option<String> {
     (!kept.is_empty()).then(|| kept.join("; "))
 }
 
-async fn relay(web: Web, id: String, rest: String, mut req: Request<Body>) -> Result<Response, ApiError> {
+async fn relay(
+    web: Web,
+    id: String,
+    rest: String,
+    mode: Mode,
+    mut req: Request<Body>,
+) -> Result<Response, ApiError> {
     let c = web.caller_for_relay(req.headers()).await?;
     let unknown = || ApiError::not_found(format!("no task {id}"));
     let tid = TaskId::new(&id).map_err(|_| unknown())?;
@@ -131,7 +185,7 @@ async fn relay(web: Web, id: String, rest: String, mut req: Request<Body>) -> Re
     });
 
     let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
-    let path = if rec.spec.keep_prefix || peer_hub {
+    let path = if rec.spec.keep_prefix || peer_hub || mode == Mode::Whole {
         req.uri().path().to_string()
     } else {
         format!("/{rest}")

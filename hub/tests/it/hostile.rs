@@ -49,6 +49,7 @@ async fn start_hub() -> Hub {
         data: dir.path().join("data"),
         tls: None,
         advertise: None,
+        tasks_domain: None,
         tasks: Default::default(),
     };
     tokio::spawn(async move {

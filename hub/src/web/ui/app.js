@@ -290,8 +290,16 @@ function provenance(r) {
   return svg;
 }
 
+let tasksDomain = null;
+
+// Through the relay: the task's own origin in wildcard-domain mode, else
+// /tasks/<id>/ on the hub.
 function openLink(t) {
-  return t.state === "running" && t.port ? link(`/tasks/${enc(t.id)}/`, "open", "open") : null;
+  if (t.state !== "running" || !t.port) return null;
+  const port = location.port ? ":" + location.port : "";
+  const href = tasksDomain && location.hostname.endsWith(tasksDomain) && !t.keep_prefix
+    ? `${location.protocol}//${t.id}.tasks.${tasksDomain}${port}/` : `/tasks/${enc(t.id)}/`;
+  return link(href, "open", "open");
 }
 
 async function tasksView(query) {
@@ -351,6 +359,7 @@ async function runnersView() {
 async function whoami() {
   try {
     const w = await api("/api/v1/whoami");
+    tasksDomain = w.tasks_domain || null;
     document.getElementById("who").textContent = w.admin ? "admin" : (w.comment || w.workspaces.join(", "));
     document.getElementById("logout").hidden = false;
   } catch (e) {

@@ -30,6 +30,9 @@ pub const MAX_LOG_BATCH_BYTES: usize = 1 << 20;
 /// Longest log line kept whole; a longer one is split into several lines of
 /// this size (never dropped).
 pub const MAX_LOG_LINE: usize = 256 << 10;
+/// Bytes of a relayed connection a runner may have sent and the hub not
+/// yet passed on (see `TunnelFrame.acked`).
+pub const TUNNEL_CREDIT: u64 = 128 << 10;
 /// Largest message on the task stream and the task calls.
 pub const MAX_TASK_MESSAGE: usize = 4 << 20;
 

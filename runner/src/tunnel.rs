@@ -76,9 +76,20 @@ pub(crate) fn open(o: OpenTunnel, ledger: &Ledger, mut client: ds_sync::tasks::T
         let _open = Open;
         let mut inbound = reply.into_inner();
         let (mut rd, mut wr) = tcp.into_split();
+        // What the hub has passed on of our data (its credit, see the
+        // protocol): we send while less than TUNNEL_CREDIT is unacked.
+        let (acked_tx, mut acked) = tokio::sync::watch::channel(0u64);
         let up = async move {
             let mut buf = vec![0u8; FRAME];
+            let mut sent = 0u64;
             loop {
+                if acked
+                    .wait_for(|a| sent - *a < ds_proto::TUNNEL_CREDIT)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
                 match rd.read(&mut buf).await {
                     Ok(0) | Err(_) => {
                         let eof = TunnelFrame {
@@ -90,6 +101,7 @@ pub(crate) fn open(o: OpenTunnel, ledger: &Ledger, mut client: ds_sync::tasks::T
                         return std::future::pending::<()>().await;
                     }
                     Ok(n) => {
+                        sent += n as u64;
                         crate::metrics::TUNNEL_BYTES.add(n as u64);
                         let f = TunnelFrame {
                             data: buf[..n].to_vec(),
@@ -104,6 +116,9 @@ pub(crate) fn open(o: OpenTunnel, ledger: &Ledger, mut client: ds_sync::tasks::T
         };
         let down = async move {
             while let Ok(Some(f)) = inbound.message().await {
+                if f.acked > *acked_tx.borrow() {
+                    let _ = acked_tx.send(f.acked);
+                }
                 crate::metrics::TUNNEL_BYTES.add(f.data.len() as u64);
                 if !f.data.is_empty() && wr.write_all(&f.data).await.is_err() {
                     return;

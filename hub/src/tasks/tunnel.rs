@@ -32,8 +32,9 @@ const OPEN_WITHIN: Duration = Duration::from_secs(10);
 /// Largest data frame the hub sends (the runner's are its own choice,
 /// bounded by the task protocol's message limit).
 const FRAME: usize = 32 << 10;
-/// Frames buffered each way per tunnel: with [`FRAME`], at most ~256 KiB
-/// of a tunnel's data sits in the hub's memory.
+/// Frames buffered towards the runner per tunnel (with [`FRAME`]: 256
+/// KiB); the other way the runner's credit bounds it
+/// ([`ds_proto::TUNNEL_CREDIT`]).
 const FRAMES_BUFFERED: usize = 8;
 /// The in-memory pipe between the relay's HTTP client and the tunnel.
 const PIPE: usize = 64 << 10;
@@ -168,6 +169,7 @@ impl TaskHub {
 /// end (or either fails).
 async fn pump(pipe: DuplexStream, mut inbound: Streaming<TunnelFrame>, outbound: Outbound) {
     let (mut rd, mut wr) = tokio::io::split(pipe);
+    let credit = outbound.clone();
     let up = async move {
         let mut buf = vec![0u8; FRAME];
         loop {
@@ -196,11 +198,24 @@ async fn pump(pipe: DuplexStream, mut inbound: Streaming<TunnelFrame>, outbound:
         }
     };
     let down = async move {
+        // Credit goes back every quarter of the window passed on.
+        let (mut passed, mut acked) = (0u64, 0u64);
         while let Some(Ok(f)) = inbound.next().await {
             if !f.data.is_empty() {
                 METRICS.relay_bytes("from_task", f.data.len() as u64);
                 if wr.write_all(&f.data).await.is_err() {
                     return;
+                }
+                passed += f.data.len() as u64;
+                if passed - acked >= ds_proto::TUNNEL_CREDIT / 4 {
+                    acked = passed;
+                    let ack = TunnelFrame {
+                        acked,
+                        ..Default::default()
+                    };
+                    if credit.send(Ok(ack)).await.is_err() {
+                        return;
+                    }
                 }
             }
             if f.eof {

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tasks import Proc, ds_bin, start_hub  # noqa: E402
@@ -120,6 +121,24 @@ def main() -> int:
         results["list_hub_s"] = hub_s
         hub_s2, _ = timed([ds, "runs", "l", "--json"], dict(lenv, DS_HUB=url, DS_TOKEN=admin))
         results["list_hub_again_s"] = hub_s2
+
+        # The REST API the web UI pages through: 100 runs a page.
+        def api_page(path: str) -> tuple[float, list, str | None]:
+            req = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {admin}"})
+            t0 = time.perf_counter()
+            with urllib.request.urlopen(req) as resp:
+                body = resp.read()
+                link = resp.headers.get("Link")
+            return time.perf_counter() - t0, json.loads(body), link
+
+        first_s, page1, link = api_page("/api/v1/workspaces/l/runs?limit=100")
+        assert len(page1) == 100 and link, "a full first page with a next link"
+        results["api_first_page_ms"] = first_s * 1000
+        results["api_page_ms"] = min(api_page("/api/v1/workspaces/l/runs?limit=100")[0]
+                                     for _ in range(5)) * 1000
+        mid = json.loads(p.stdout)[a.list // 2]["id"]
+        results["api_middle_page_ms"] = min(api_page(f"/api/v1/workspaces/l/runs?limit=100&after={mid}")[0]
+                                            for _ in range(3)) * 1000
         subprocess.run(["sync"], check=True)
         floor, _ = timed(["sh", "-c", f"find {lw}/.ds/runs -name '*.json' -exec cat {{}} + > /dev/null"], env)
         results["floor_cat_s"] = floor
@@ -138,6 +157,9 @@ def main() -> int:
         ("  best of 3 more", results["list_local_s"], "s"),
         (f"ds runs of {a.list} runs, through the hub", results["list_hub_s"], "s"),
         ("  again (snapshot summaries cached)", results["list_hub_again_s"], "s"),
+        (f"REST page of 100 of {a.list} runs, first (goal <= 100 ms)", results["api_first_page_ms"], "ms"),
+        ("  best of 5 more", results["api_page_ms"], "ms"),
+        (f"  the page after run {a.list // 2}, best of 3", results["api_middle_page_ms"], "ms"),
         (f"floor: cat {a.list} run files", results["floor_cat_s"], "s"),
     ]
     for name, v, unit in rows:

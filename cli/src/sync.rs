@@ -152,6 +152,14 @@ pub struct HubServeArgs {
     /// yours, and the hub must be served at DOMAIN or under it
     #[arg(long, value_name = "DOMAIN")]
     tasks_domain: Option<String>,
+    /// Connections served at once; past this a client is told
+    /// `limit connections` (RESOURCE_EXHAUSTED, or HTTP 503) and closed
+    #[arg(long, value_name = "N", default_value_t = ds_hub::rates::MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Seconds a new connection has to send its first bytes (and an
+    /// HTTP/1.1 request its headers, a TLS client its handshake)
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    header_timeout: f64,
 }
 
 fn parse_lease(s: &str) -> Result<f64, String> {
@@ -484,6 +492,10 @@ pub fn hub(a: HubServeArgs) -> Result<ExitCode> {
         tls: a.tls_cert.zip(a.tls_key),
         advertise: a.advertise,
         tasks_domain: a.tasks_domain,
+        conn_limits: ds_hub::web::listen::ConnLimits {
+            max_connections: a.max_connections.max(1),
+            header_timeout: std::time::Duration::from_secs_f64(a.header_timeout.clamp(0.1, 3600.0)),
+        },
         tasks: ds_hub::tasks::TaskOptions::with_lease(std::time::Duration::from_secs_f64(a.lease)),
     };
     runtime()?.block_on(async {

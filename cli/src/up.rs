@@ -184,6 +184,7 @@ fn foreground(store: &Path, a: UpArgs, data: &Path) -> Result<ExitCode> {
         tls: None,
         advertise: None,
         tasks_domain: None,
+        conn_limits: Default::default(),
         tasks: ds_hub::tasks::TaskOptions::with_lease(Duration::from_secs(30)),
     };
     let rt = crate::sync::runtime()?;

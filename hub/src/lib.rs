@@ -19,13 +19,14 @@ pub mod error;
 mod history;
 pub mod limits;
 pub mod metrics;
+pub mod rates;
 mod runs;
 pub mod server;
 pub mod service;
 pub mod storage;
 pub mod tasks;
 pub mod verify;
-mod web;
+pub mod web;
 
 pub use error::{HubError, Result};
 

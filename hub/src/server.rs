@@ -36,6 +36,8 @@ pub struct HubOptions {
     /// `*.tasks.DOMAIN` are the operator's); the hub is served at DOMAIN or
     /// under it, so one session cookie covers both.
     pub tasks_domain: Option<String>,
+    /// Connection cap and first-bytes timeout.
+    pub conn_limits: crate::web::listen::ConnLimits,
     pub tasks: TaskOptions,
 }
 
@@ -143,7 +145,7 @@ pub async fn run(
         // drain; ending them sends the runners to reconnect elsewhere.
         hub.runners().clear();
     };
-    let served = crate::web::listen::serve(listener, tls, grpc, http, shutdown).await;
+    let served = crate::web::listen::serve(listener, tls, grpc, http, opts.conn_limits, shutdown).await;
     for b in background {
         b.abort();
     }

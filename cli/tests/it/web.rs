@@ -816,3 +816,91 @@ fn with_a_tasks_domain_a_task_is_also_relayed_on_its_own_origin() {
     assert_eq!(get(&hub, "/api/v1/workspaces", &hub.admin).status, 200);
     ok(&mut client(&me, &hub, &hub.admin, &["task", "cancel", &id]));
 }
+
+#[test]
+fn connections_past_the_cap_idle_connections_and_request_floods_are_refused_clearly() {
+    use std::io::{Read, Write};
+    let t = tempfile::tempdir().unwrap();
+    let hub = crate::sync::start_hub_with(
+        &t.path().join("hub"),
+        None,
+        &[],
+        &["--max-connections", "4", "--header-timeout", "1"],
+    );
+    let addr = hub.url.trim_start_matches("http://").to_string();
+    // A connection that sends nothing is closed after the header timeout.
+    let mut idle = std::net::TcpStream::connect(&addr).unwrap();
+    idle.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut b = [0u8; 16];
+    assert_eq!(idle.read(&mut b).unwrap_or(0), 0, "closed without a word");
+    drop(idle);
+
+    // Four keep-alive connections hold the cap.
+    let held: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut got = vec![0u8; 4096];
+            let n = s.read(&mut got).unwrap();
+            assert!(got[..n].starts_with(b"HTTP/1.1 200"));
+            s
+        })
+        .collect();
+    // The fifth is told why, in HTTP and in gRPC.
+    let r = curl(&format!("{}/api/v1/workspaces", hub.url), &["-H", &bearer(&hub.admin)]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "resource_exhausted");
+    assert!(r.body.contains("limit connections"), "{}", r.body);
+    let me = t.path().join("me");
+    let work = t.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("f"), b"x").unwrap();
+    ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "w"]));
+    let out = ds(&me).args(["push", "w", "--hub", &hub.url, "--token", &hub.admin]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limit connections"), "{out:?}");
+    drop(held);
+    wait_until("the cap frees up", 30, || ds(&me).args(["push", "w", "--hub", &hub.url, "--token", &hub.admin]).status().unwrap().success());
+
+    // A flood from one token hits its budget, with the limit named; another
+    // token is not held back by it.
+    let other = String::from_utf8(
+        ok(ds(&me).args(["token", "-w", "w", "--hub", &hub.url, "--token", &hub.admin])).stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    // Four clients at once, 2,000 requests each, on keep-alive connections:
+    // faster than the budget refills.
+    let urls: Vec<String> = (0..2000).map(|_| format!("{}/api/v1/whoami", hub.url)).collect();
+    let floods: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new("curl")
+                .args(["-s", "-w", "\n%{http_code}\n", "-H", &bearer(&hub.admin)])
+                .args(&urls)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut all = String::new();
+    for f in floods {
+        all.push_str(&String::from_utf8_lossy(&f.wait_with_output().unwrap().stdout));
+    }
+    let refused = all.lines().filter(|c| *c == "429").count();
+    let served = all.lines().filter(|c| *c == "200").count();
+    assert!(refused > 0 && served >= 2000, "{served} served, {refused} refused");
+    assert!(all.contains("limit requests_per_token"), "the refusal names the limit");
+    assert_eq!(get(&hub, "/api/v1/whoami", &other).status, 200);
+    let samples = parse_prometheus(&curl(&format!("{}/metrics", hub.url), &[]).body);
+    let refusals = |limit: &str| {
+        samples
+            .iter()
+            .find(|(s, _)| s == &format!("ds_limit_refusals_total{{limit=\"{limit}\"}}"))
+            .map(|s| s.1)
+            .unwrap_or(0.0)
+    };
+    assert!(refusals("connections") >= 2.0);
+    assert!(refusals("idle_connection") >= 1.0);
+    assert!(refusals("requests_per_token") >= 1.0);
+}

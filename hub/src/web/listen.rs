@@ -27,18 +27,65 @@ use tower::ServiceExt;
 
 use crate::error::{HubError, IoContext, Result};
 use crate::metrics::{METRICS, Surface};
+use crate::rates::{MAX_CONNECTIONS, MAX_REFUSING, Rates};
 
-/// How long a client has to send an HTTP/1.1 request's headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many connections, and how long a client has to send its first
+/// bytes (and an HTTP/1.1 request's headers, and finish a TLS handshake).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            max_connections: MAX_CONNECTIONS,
+            header_timeout: Duration::from_secs(30),
+        }
+    }
+}
 /// How long open connections get to finish at shutdown.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Routes a request by content type; counts it and its bytes.
+/// Routes a request by content type; charges it to its caller; counts it
+/// and its bytes.
 #[derive(Clone)]
 struct Dispatch {
     grpc: Routes,
     http: axum::Router,
     peer: SocketAddr,
+    rates: Arc<Rates>,
+    /// Set on a connection past the cap: every request gets this refusal.
+    refuse: Option<&'static str>,
+}
+
+/// The caller a request is charged to: its token's hash, else its IP.
+fn caller_key<B>(req: &Request<B>, peer: &SocketAddr) -> (String, bool) {
+    let bearer = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let token = bearer.or_else(|| super::cookie(req.headers(), super::COOKIE));
+    match token {
+        Some(t) => (crate::auth::token_hash(t.trim()), false),
+        None => (format!("ip:{}", peer.ip()), true),
+    }
+}
+
+/// A refusal in the request's own protocol: a gRPC status, or a JSON error.
+fn refusal(grpc: bool, status: http::StatusCode, limit: &str, why: &str) -> Response<Body> {
+    METRICS.refused(limit);
+    let msg = format!("limit {limit}: {why}");
+    if grpc {
+        let (parts, ()) = tonic::Status::resource_exhausted(msg)
+            .into_http::<()>()
+            .into_parts();
+        return Response::from_parts(parts, Body::empty());
+    }
+    use axum::response::IntoResponse;
+    super::ApiError::new(status, "resource_exhausted", msg).into_response()
 }
 
 fn is_grpc<B>(req: &Request<B>) -> bool {
@@ -60,6 +107,24 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
         } else {
             Surface::of_path(req.uri().path())
         };
+        let grpc = surface == Surface::Grpc;
+        if let Some(why) = self.refuse {
+            let r = refusal(grpc, http::StatusCode::SERVICE_UNAVAILABLE, "connections", why);
+            return Box::pin(async move { Ok(r) });
+        }
+        // A runner's tunnels answer the hub's own OpenTunnel (each one a
+        // relayed request already charged to its caller).
+        let exempt = grpc && req.uri().path() == "/ds.runner.v1.Tasks/Tunnel";
+        let (key, anonymous) = caller_key(&req, &self.peer);
+        if !exempt && !self.rates.allow(&key, anonymous) {
+            let (limit, why) = if anonymous {
+                ("requests_per_ip", "too many requests without a token from this address; slow down")
+            } else {
+                ("requests_per_token", "this token is making requests faster than the hub allows; slow down")
+            };
+            let r = refusal(grpc, http::StatusCode::TOO_MANY_REQUESTS, limit, why);
+            return Box::pin(async move { Ok(r) });
+        }
         req.extensions_mut().insert(axum::extract::ConnectInfo(self.peer));
         let req = req.map(move |b| {
             Body::new(b.map_frame(move |f| {
@@ -146,13 +211,15 @@ pub(crate) async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     grpc: Routes,
     http: axum::Router,
+    limits: ConnLimits,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
+    let header_timeout = limits.header_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
+        .header_read_timeout(header_timeout);
     // HTTP/2's default 64 KiB stream window caps a pack upload at a few
     // windows per round trip; packs are tens of MiB.
     builder
@@ -163,6 +230,9 @@ pub(crate) async fn serve(
         .max_concurrent_streams(1024);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let rates = Arc::new(Rates::default());
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let refusing = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSING));
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -179,15 +249,53 @@ pub(crate) async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
+        // Past the cap a connection is told so (in its own protocol) and
+        // closed; past that, closed at once.
+        let (permit, refuse) = match open.clone().try_acquire_owned() {
+            Ok(p) => (p, None),
+            Err(_) => match refusing.clone().try_acquire_owned() {
+                Ok(p) => (
+                    p,
+                    Some("the hub has as many connections open as it serves; retry later"),
+                ),
+                Err(_) => {
+                    METRICS.refused("connections");
+                    continue;
+                }
+            },
+        };
         let svc = Dispatch {
             grpc: grpc.clone(),
             http: http.clone(),
             peer,
+            rates: rates.clone(),
+            refuse,
         };
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _permit = permit;
+            if refuse.is_some() {
+                // Served a refusal for a few seconds at most.
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                    .into_owned();
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                return;
+            }
+            // A connection that sends nothing is not kept (the HTTP/1.1
+            // header timeout only starts once a protocol is chosen).
+            if tls.is_none() {
+                let mut b = [0u8; 1];
+                match tokio::time::timeout(header_timeout, tcp.peek(&mut b)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => {
+                        METRICS.refused("idle_connection");
+                        return;
+                    }
+                }
+            }
             let r = match tls {
                 None => {
                     let conn = builder
@@ -197,7 +305,7 @@ pub(crate) async fn serve(
                 }
                 Some(acceptor) => {
                     let Ok(Ok(stream)) =
-                        tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await
+                        tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await
                     else {
                         return;
                     };

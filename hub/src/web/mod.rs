@@ -16,7 +16,7 @@
 
 pub(crate) mod api;
 pub(crate) mod files;
-pub(crate) mod listen;
+pub mod listen;
 pub(crate) mod relay;
 pub(crate) mod ui;
 

@@ -50,6 +50,7 @@ async fn start_hub() -> Hub {
         tls: None,
         advertise: None,
         tasks_domain: None,
+        conn_limits: Default::default(),
         tasks: Default::default(),
     };
     tokio::spawn(async move {

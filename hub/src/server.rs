@@ -123,6 +123,7 @@ pub async fn run(
         auth,
         tls: tls.is_some(),
         tasks_domain: opts.tasks_domain.clone(),
+        relay_pool: Default::default(),
     });
     let grpc = Routes::new(svc).add_service(tasks).prepare();
     let scheme = if opts.tls.is_some() { "https" } else { "http" };

@@ -50,6 +50,8 @@ pub(crate) struct Web {
     /// Wildcard-domain relay: `<id>.tasks.<domain>` reaches task `<id>`,
     /// and the session cookie is set for `<domain>`.
     pub tasks_domain: Option<String>,
+    /// Idle connections to task ports.
+    pub relay_pool: Arc<relay::Pool>,
 }
 
 /// A JSON error: `{"error": {"code": "...", "message": "..."}}`. Codes are
@@ -252,6 +254,14 @@ impl Web {
 
 /// The HTTP router.
 pub(crate) fn router(web: Web) -> axum::Router {
+    let pool = web.relay_pool.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+        loop {
+            every.tick().await;
+            pool.sweep();
+        }
+    });
     let by_host = axum::middleware::from_fn_with_state(web.clone(), relay::by_host);
     axum::Router::new()
         .merge(api::routes())

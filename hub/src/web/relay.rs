@@ -147,42 +147,28 @@ async fn relay(
             ),
         ));
     }
-    // The runner's tunnel when it is connected here; else the hub it is
-    // connected to, which relays it (once: a forwarded request is never
-    // forwarded again).
-    let forwarded = req.headers().contains_key(FORWARDED_BY);
-    let (io, peer_hub): (Box<dyn Io>, bool) = if web.hub.is_connected(&rec.runner) {
-        (Box::new(web.hub.open_tunnel(&rec).await?), false)
-    } else if let (false, Some(addr)) = (forwarded, peer(&web, &rec).await?) {
-        let tcp = tokio::time::timeout(PEER_CONNECT, tokio::net::TcpStream::connect(&addr))
-            .await
-            .map_err(|_| {
-                ApiError::from(crate::HubError::Unreachable(format!(
-                    "hub {addr} of runner {} did not answer within 5 s",
-                    rec.runner
-                )))
-            })?
-            .map_err(|e| {
-                ApiError::from(crate::HubError::Unreachable(format!(
-                    "hub {addr} of runner {}: {e}",
-                    rec.runner
-                )))
-            })?;
-        let _ = tcp.set_nodelay(true);
-        (Box::new(tcp), true)
+    let upgrade = req.headers().get(header::UPGRADE).cloned();
+    // An idle connection to the task from an earlier request (keep-alive
+    // upstream, as reverse proxies do), else a new one.
+    let pooled = if upgrade.is_none() {
+        web.relay_pool.take(&id)
     } else {
-        return Err(crate::HubError::Unreachable(format!(
-            "runner {} of task {id} is not connected to this hub or to any hub it can reach",
-            rec.runner
-        ))
-        .into());
+        None
     };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| bad_gateway(&id, e))?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
+    let (mut sender, peer_hub) = match pooled {
+        Some(p) => p,
+        None => {
+            let forwarded = req.headers().contains_key(FORWARDED_BY);
+            let (io, peer_hub) = connect(&web, &rec, forwarded).await?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+                .await
+                .map_err(|e| bad_gateway(&id, e))?;
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+            (sender, peer_hub)
+        }
+    };
 
     let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
     let path = if rec.spec.keep_prefix || peer_hub || mode == Mode::Whole {
@@ -190,7 +176,6 @@ async fn relay(
     } else {
         format!("/{rest}")
     };
-    let upgrade = req.headers().get(header::UPGRADE).cloned();
     let host = req.headers().get(header::HOST).cloned();
     let proto = if web.tls { "https" } else { "http" };
     let peer = req
@@ -249,6 +234,10 @@ async fn relay(
         .send_request(fwd)
         .await
         .map_err(|e| bad_gateway(&id, e))?;
+    if upgrade.is_none() {
+        // Ready again once this response's body has been read.
+        web.relay_pool.put(&id, sender, peer_hub);
+    }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(server_side) = server_side
     {
@@ -279,6 +268,117 @@ async fn relay(
         parts.headers.append(header::SET_COOKIE, c);
     }
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// A connection to the task's port: the runner's tunnel when it is
+/// connected here; else the hub it is connected to, which relays it (once:
+/// a forwarded request is never forwarded again). True: through a hub.
+async fn connect(
+    web: &Web,
+    rec: &crate::tasks::record::Record,
+    forwarded: bool,
+) -> Result<(Box<dyn Io>, bool), ApiError> {
+    let id = &rec.id;
+    let (io, peer_hub): (Box<dyn Io>, bool) = if web.hub.is_connected(&rec.runner) {
+        (Box::new(web.hub.open_tunnel(rec).await?), false)
+    } else if let (false, Some(addr)) = (forwarded, peer(web, rec).await?) {
+        let tcp = tokio::time::timeout(PEER_CONNECT, tokio::net::TcpStream::connect(&addr))
+            .await
+            .map_err(|_| {
+                ApiError::from(crate::HubError::Unreachable(format!(
+                    "hub {addr} of runner {} did not answer within 5 s",
+                    rec.runner
+                )))
+            })?
+            .map_err(|e| {
+                ApiError::from(crate::HubError::Unreachable(format!(
+                    "hub {addr} of runner {}: {e}",
+                    rec.runner
+                )))
+            })?;
+        let _ = tcp.set_nodelay(true);
+        (Box::new(tcp), true)
+    } else {
+        return Err(crate::HubError::Unreachable(format!(
+            "runner {} of task {id} is not connected to this hub or to any hub it can reach",
+            rec.runner
+        ))
+        .into());
+    };
+    Ok((io, peer_hub))
+}
+
+/// Idle keep-alive connections to tasks, reused by later requests.
+#[derive(Default)]
+pub(crate) struct Pool {
+    idle: std::sync::Mutex<std::collections::HashMap<String, Vec<Idle>>>,
+}
+
+struct Idle {
+    sender: hyper::client::conn::http1::SendRequest<Body>,
+    peer_hub: bool,
+    since: std::time::Instant,
+}
+
+/// Idle connections kept per task, and tasks with any.
+const IDLE_PER_TASK: usize = 16;
+const IDLE_TASKS: usize = 4096;
+/// An idle connection older than this is closed (its tunnel with it).
+const IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n: usize = self.lock().values().map(Vec::len).sum();
+        write!(f, "Pool({n} idle)")
+    }
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Vec<Idle>>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A connection to task `id` ready for a request, if one is idle.
+    fn take(
+        &self,
+        id: &str,
+    ) -> Option<(hyper::client::conn::http1::SendRequest<Body>, bool)> {
+        let mut m = self.lock();
+        let v = m.get_mut(id)?;
+        v.retain(|i| !i.sender.is_closed() && i.since.elapsed() < IDLE_FOR);
+        let i = v.iter().position(|i| i.sender.is_ready())?;
+        let got = v.swap_remove(i);
+        Some((got.sender, got.peer_hub))
+    }
+
+    fn put(&self, id: &str, sender: hyper::client::conn::http1::SendRequest<Body>, peer_hub: bool) {
+        let mut m = self.lock();
+        if m.len() >= IDLE_TASKS && !m.contains_key(id) {
+            m.retain(|_, v| {
+                v.retain(|i| !i.sender.is_closed() && i.since.elapsed() < IDLE_FOR);
+                !v.is_empty()
+            });
+            if m.len() >= IDLE_TASKS {
+                return;
+            }
+        }
+        let v = m.entry(id.to_string()).or_default();
+        if v.len() < IDLE_PER_TASK {
+            v.push(Idle {
+                sender,
+                peer_hub,
+                since: std::time::Instant::now(),
+            });
+        }
+    }
+
+    /// Closes connections idle for too long.
+    pub(crate) fn sweep(&self) {
+        self.lock().retain(|_, v| {
+            v.retain(|i| !i.sender.is_closed() && i.since.elapsed() < IDLE_FOR);
+            !v.is_empty()
+        });
+    }
 }
 
 /// Marks a request one hub relayed to another.

@@ -229,7 +229,9 @@ fn foreground(store: &Path, a: UpArgs, data: &Path) -> Result<ExitCode> {
         match rt.block_on(ds_runner::docker::probe()) {
             Ok(_) => vec!["docker".to_string(), "process".to_string()],
             Err(why) => {
-                eprintln!("ds up: no container engine ({why}); the runner offers the process executor");
+                eprintln!(
+                    "ds up: no container engine ({why}); the runner offers the process executor"
+                );
                 vec!["process".to_string()]
             }
         }
@@ -288,7 +290,9 @@ fn foreground(store: &Path, a: UpArgs, data: &Path) -> Result<ExitCode> {
         crate::sync::terminated().await;
         let _ = signals_tx.send(2);
     });
-    let r = runner.join().map_err(|_| anyhow!("the runner thread panicked"))?;
+    let r = runner
+        .join()
+        .map_err(|_| anyhow!("the runner thread panicked"))?;
     let _ = hub_tx.send(true);
     let h = rt.block_on(hub).map_err(|e| anyhow!("{e}"))?;
     let _ = std::fs::remove_file(ready_file(data));
@@ -335,7 +339,10 @@ async fn probe_runner_token(url: &str, token: &str) -> bool {
 pub fn down(a: DownArgs) -> Result<ExitCode> {
     let data = data_dir(&a.data);
     let Some(pid) = running(&data) else {
-        eprintln!("ds down: nothing to stop (no ds up running with data {})", data.display());
+        eprintln!(
+            "ds down: nothing to stop (no ds up running with data {})",
+            data.display()
+        );
         let _ = std::fs::remove_file(pid_file(&data));
         return Ok(ExitCode::SUCCESS);
     };

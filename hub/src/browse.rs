@@ -117,7 +117,11 @@ impl SyncService {
                 }
             }
         }
-        Err(corrupt("directory", &dir.root, "deeper than any tree ds writes"))
+        Err(corrupt(
+            "directory",
+            &dir.root,
+            "deeper than any tree ds writes",
+        ))
     }
 
     /// The entry at `path` (names, already checked) under `root`; the
@@ -197,8 +201,8 @@ impl SyncService {
                     std::cmp::Ordering::Greater => (None, eb.get(j)),
                     std::cmp::Ordering::Equal => (ea.get(i), eb.get(j)),
                 };
-                let name = String::from_utf8_lossy(&before.or(after).expect("one side").name)
-                    .into_owned();
+                let name =
+                    String::from_utf8_lossy(&before.or(after).expect("one side").name).into_owned();
                 let path = if prefix.is_empty() {
                     name
                 } else {

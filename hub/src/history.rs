@@ -32,7 +32,10 @@ impl SyncService {
         let (want, locs): (Vec<_>, Vec<_>) = ids
             .iter()
             .zip(held)
-            .filter_map(|(id, l)| l.filter(|l| l.kind == ObjectKind::Snapshot).map(|l| (*id, l)))
+            .filter_map(|(id, l)| {
+                l.filter(|l| l.kind == ObjectKind::Snapshot)
+                    .map(|l| (*id, l))
+            })
             .unzip();
         let mut out = Vec::with_capacity(want.len());
         for w in (0..want.len()).step_by(ds_proto::MAX_BATCH) {

@@ -161,12 +161,10 @@ fn labels(pairs: &[(&str, &str)]) -> String {
 
 impl Metrics {
     const fn new() -> Metrics {
-        const Z: AtomicU64 = AtomicU64::new(0);
-        const ROW: [AtomicU64; 2] = [Z; 2];
         Metrics {
             counters: Mutex::new(BTreeMap::new()),
             relay_active: AtomicI64::new(0),
-            bytes: [ROW; 5],
+            bytes: [const { [const { AtomicU64::new(0) }; 2] }; 5],
         }
     }
 
@@ -180,7 +178,10 @@ impl Metrics {
 
     /// Adds `n` to a counter series.
     pub fn add(&self, name: &'static str, pairs: &[(&str, &str)], n: u64) {
-        debug_assert!(FAMILIES.iter().any(|f| f.0 == name), "unknown metric {name}");
+        debug_assert!(
+            FAMILIES.iter().any(|f| f.0 == name),
+            "unknown metric {name}"
+        );
         let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         *c.entry((name, labels(pairs))).or_default() += n;
     }
@@ -271,7 +272,10 @@ mod tests {
         m.add("ds_relay_bytes_total", &[("direction", "to_task")], 7);
         m.relay_opened();
         let t = m.render(&[("ds_runners_connected", 3)]);
-        assert!(t.contains("ds_grpc_requests_total{method=\"/a\\\"b\"} 1\n"), "{t}");
+        assert!(
+            t.contains("ds_grpc_requests_total{method=\"/a\\\"b\"} 1\n"),
+            "{t}"
+        );
         assert!(t.contains("ds_relay_bytes_total{direction=\"to_task\"} 7\n"));
         assert!(t.contains("ds_relay_connections_total 1\n"));
         assert!(t.contains("ds_relay_connections_active 1\n"));

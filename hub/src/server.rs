@@ -146,7 +146,8 @@ pub async fn run(
         // drain; ending them sends the runners to reconnect elsewhere.
         hub.runners().clear();
     };
-    let served = crate::web::listen::serve(listener, tls, grpc, http, opts.conn_limits, shutdown).await;
+    let served =
+        crate::web::listen::serve(listener, tls, grpc, http, opts.conn_limits, shutdown).await;
     for b in background {
         b.abort();
     }

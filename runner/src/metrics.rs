@@ -118,17 +118,19 @@ pub async fn serve(listener: tokio::net::TcpListener) {
             continue;
         };
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                let (status, body) = if req.uri().path() == "/metrics" {
-                    (200, render())
-                } else {
-                    (404, "only /metrics here\n".to_string())
-                };
-                hyper::Response::builder()
-                    .status(status)
-                    .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                    .body(Full::new(Bytes::from(body)))
-            });
+            let svc = hyper::service::service_fn(
+                |req: hyper::Request<hyper::body::Incoming>| async move {
+                    let (status, body) = if req.uri().path() == "/metrics" {
+                        (200, render())
+                    } else {
+                        (404, "only /metrics here\n".to_string())
+                    };
+                    hyper::Response::builder()
+                        .status(status)
+                        .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                        .body(Full::new(Bytes::from(body)))
+                },
+            );
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(30))

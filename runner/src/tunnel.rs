@@ -45,17 +45,19 @@ pub(crate) fn open(o: OpenTunnel, ledger: &Ledger, mut client: ds_sync::tasks::T
                 );
                 None
             }
-            Some(Some(a)) => match tokio::time::timeout(CONNECT_WITHIN, TcpStream::connect(a)).await {
-                Ok(Ok(s)) => Some(s),
-                Ok(Err(e)) => {
-                    first.error = format!("connecting to {a}: {e}");
-                    None
+            Some(Some(a)) => {
+                match tokio::time::timeout(CONNECT_WITHIN, TcpStream::connect(a)).await {
+                    Ok(Ok(s)) => Some(s),
+                    Ok(Err(e)) => {
+                        first.error = format!("connecting to {a}: {e}");
+                        None
+                    }
+                    Err(_) => {
+                        first.error = format!("connecting to {a}: no answer within 5 s");
+                        None
+                    }
                 }
-                Err(_) => {
-                    first.error = format!("connecting to {a}: no answer within 5 s");
-                    None
-                }
-            },
+            }
         };
         if tx.send(first).await.is_err() {
             return;

@@ -74,6 +74,13 @@ try:
     if not edges or edges < 2:
         fail(f"the provenance graph has {edges} edges")
     shot("run")
+    # Inputs and outputs carry their content ids.
+    labels = script("return [...document.querySelectorAll('#provenance .node text')].map(t => t.textContent)")
+    if not any(l.startswith("model.txt ") for l in labels):
+        fail(f"no output with its content id among {labels}")
+    go(HUB + f"/#/w/{WS}/models")
+    wait_text("#models", "iris")
+    shot("models")
 
     go(HUB + f"/#/t/{TASK}")
     wait_text("#log", "serving")

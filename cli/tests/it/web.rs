@@ -45,7 +45,10 @@ fn curl(url: &str, args: &[&str]) -> Reply {
         .arg(url)
         .output()
         .expect("curl (scripts/lib.sh installs it)");
-    let status = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    let status = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
     let raw = std::fs::read(&b).unwrap_or_default();
     Reply {
         status,
@@ -61,6 +64,26 @@ fn bearer(token: &str) -> String {
 
 fn get(hub: &Hub, path: &str, token: &str) -> Reply {
     curl(&format!("{}{path}", hub.url), &["-H", &bearer(token)])
+}
+
+/// A workspace of `files` snapshotted in store `T/me` and pushed to `hub`;
+/// returns the store.
+fn workspace(t: &Path, hub: &Hub, ws: &str, files: &[(&str, &[u8])]) -> std::path::PathBuf {
+    let me = t.join("me");
+    let work = t.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    for (name, content) in files {
+        std::fs::write(work.join(name), content).unwrap();
+    }
+    ok(ds(&me).arg("snapshot").arg(&work).args(["-w", ws]));
+    ok(ds(&me).args(["push", ws, "--hub", &hub.url, "--token", &hub.admin]));
+    me
+}
+
+/// A token limited to workspace `ws`, made with the admin token.
+fn limited_token(me: &Path, hub: &Hub, ws: &str) -> String {
+    let out = ok(ds(me).args(["token", "-w", ws, "--hub", &hub.url, "--token", &hub.admin]));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 fn push(t: &Path, hub: &Hub, ws: &str, content: &[u8]) {
@@ -83,31 +106,41 @@ fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
             let mut p = rest.split(' ');
             let name = p.next().unwrap();
             let kind = p.next().unwrap();
-            assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind), "{line}");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line}"
+            );
             typed.insert(name.to_string());
             continue;
         }
         if line.starts_with('#') || line.is_empty() {
             continue;
         }
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample {line:?}"));
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample {line:?}"));
         let name = series.split('{').next().unwrap();
         assert!(
-            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
             "bad metric name in {line:?}"
         );
         assert!(typed.contains(name), "sample {line:?} before its # TYPE");
-        if let Some(labels) = series.strip_prefix(name) {
-            if !labels.is_empty() {
-                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line:?}");
-                for kv in labels[1..labels.len() - 1].split("\",") {
-                    let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("{line:?}"));
-                    assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line:?}");
-                    assert!(v.starts_with('"'), "{line:?}");
-                }
+        let labels = &series[name.len()..];
+        if !labels.is_empty() {
+            assert!(labels.starts_with('{') && labels.ends_with('}'), "{line:?}");
+            for kv in labels[1..labels.len() - 1].split("\",") {
+                let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("{line:?}"));
+                assert!(
+                    k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "{line:?}"
+                );
+                assert!(v.starts_with('"'), "{line:?}");
             }
         }
-        let v: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
         samples.push((series.to_string(), v));
     }
     samples
@@ -126,12 +159,21 @@ fn the_rest_api_answers_with_the_grpc_tokens_and_pages_its_lists() {
     let r = get(&hub, "/api/v1/workspaces", &hub.admin);
     assert_eq!(r.status, 200, "{}", r.body);
     let ws = r.json();
-    let names: Vec<&str> = ws.as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = ws
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["alpha", "beta", "gamma"]);
     assert_eq!(ws[0]["snapshot"].as_str().unwrap().len(), 64);
 
     // No token, a wrong one, a malformed header: 401 and a JSON error.
-    for args in [vec![], vec!["-H", "Authorization: Bearer ds_wrong"], vec!["-H", "Authorization: Basic eA=="]] {
+    for args in [
+        vec![],
+        vec!["-H", "Authorization: Bearer ds_wrong"],
+        vec!["-H", "Authorization: Basic eA=="],
+    ] {
         let r = curl(&format!("{}/api/v1/workspaces", hub.url), &args);
         assert_eq!(r.status, 401, "{args:?}: {}", r.body);
         assert_eq!(r.json()["error"]["code"], "unauthenticated", "{}", r.body);
@@ -140,17 +182,24 @@ fn the_rest_api_answers_with_the_grpc_tokens_and_pages_its_lists() {
 
     // A token limited to beta sees only beta, and not alpha's history.
     let me = t.path().join("me-beta");
-    let limited = String::from_utf8(
-        ok(ds(&me).args(["token", "-w", "beta", "--hub", &hub.url, "--token", &hub.admin])).stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_string();
+    let limited = limited_token(&me, &hub, "beta");
     let r = get(&hub, "/api/v1/workspaces", &limited);
-    let names: Vec<String> = r.json().as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap().to_string()).collect();
+    let names: Vec<String> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(names, ["beta"]);
-    assert_eq!(get(&hub, "/api/v1/workspaces/alpha/snapshots", &limited).status, 404);
-    assert_eq!(get(&hub, "/api/v1/workspaces/..%2Fx/snapshots", &hub.admin).status, 400);
+    assert_eq!(
+        get(&hub, "/api/v1/workspaces/alpha/snapshots", &limited).status,
+        404
+    );
+    assert_eq!(
+        get(&hub, "/api/v1/workspaces/..%2Fx/snapshots", &hub.admin).status,
+        400
+    );
 
     // Pages: two, then the rest through the Link header.
     let r = get(&hub, "/api/v1/workspaces?limit=2", &hub.admin);
@@ -160,17 +209,27 @@ fn the_rest_api_answers_with_the_grpc_tokens_and_pages_its_lists() {
     let r2 = get(&hub, next, &hub.admin);
     assert_eq!(r2.json()[0]["name"], "gamma");
     assert!(r2.header("link").is_none());
-    assert_eq!(get(&hub, "/api/v1/workspaces?limit=0", &hub.admin).status, 400);
+    assert_eq!(
+        get(&hub, "/api/v1/workspaces?limit=0", &hub.admin).status,
+        400
+    );
 
     // Snapshots newest first, with parents; paged by snapshot id.
-    let r = get(&hub, "/api/v1/workspaces/alpha/snapshots?limit=1", &hub.admin);
+    let r = get(
+        &hub,
+        "/api/v1/workspaces/alpha/snapshots?limit=1",
+        &hub.admin,
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     let first = r.json()[0].clone();
     assert_eq!(first["workspace"], "alpha");
     assert_eq!(first["parents"].as_array().unwrap().len(), 1);
     let r = get(
         &hub,
-        &format!("/api/v1/workspaces/alpha/snapshots?after={}", first["id"].as_str().unwrap()),
+        &format!(
+            "/api/v1/workspaces/alpha/snapshots?after={}",
+            first["id"].as_str().unwrap()
+        ),
         &hub.admin,
     );
     assert_eq!(r.json()[0]["id"], first["parents"][0]);
@@ -181,24 +240,50 @@ fn the_rest_api_answers_with_the_grpc_tokens_and_pages_its_lists() {
     let jar_s = jar.to_str().unwrap();
     let r = curl(
         &format!("{}/api/v1/login", hub.url),
-        &["-c", jar_s, "-H", "Content-Type: application/json", "-d", &format!("{{\"token\":\"{}\"}}", hub.admin)],
+        &[
+            "-c",
+            jar_s,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &format!("{{\"token\":\"{}\"}}", hub.admin),
+        ],
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let cookie = r.header("set-cookie").unwrap();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
     let r = curl(&format!("{}/api/v1/workspaces", hub.url), &["-b", jar_s]);
     assert_eq!(r.status, 200);
     // A cookie-authenticated change without the CSRF header is refused.
     let submit = r#"{"workspace":"beta","command":["true"]}"#;
     let r = curl(
         &format!("{}/api/v1/tasks", hub.url),
-        &["-b", jar_s, "-H", "Content-Type: application/json", "-d", submit],
+        &[
+            "-b",
+            jar_s,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            submit,
+        ],
     );
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body.contains("X-DS-Request"), "{}", r.body);
     let r = curl(
         &format!("{}/api/v1/tasks", hub.url),
-        &["-b", jar_s, "-H", "X-DS-Request: 1", "-H", "Content-Type: application/json", "-d", submit],
+        &[
+            "-b",
+            jar_s,
+            "-H",
+            "X-DS-Request: 1",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            submit,
+        ],
     );
     assert_eq!(r.status, 201, "{}", r.body);
     let task = r.json()["id"].as_str().unwrap().to_string();
@@ -207,33 +292,79 @@ fn the_rest_api_answers_with_the_grpc_tokens_and_pages_its_lists() {
     // The limited token submits to its own workspace only.
     let r = curl(
         &format!("{}/api/v1/tasks", hub.url),
-        &["-H", &bearer(&limited), "-H", "Content-Type: application/json", "-d", r#"{"workspace":"alpha","command":["true"]}"#],
+        &[
+            "-H",
+            &bearer(&limited),
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"workspace":"alpha","command":["true"]}"#,
+        ],
     );
     assert_eq!(r.status, 403, "{}", r.body);
-    assert_eq!(get(&hub, &format!("/api/v1/tasks/{task}"), &limited).status, 200);
+    assert_eq!(
+        get(&hub, &format!("/api/v1/tasks/{task}"), &limited).status,
+        200
+    );
     // Oversized and malformed bodies get a clear refusal.
-    let big = format!(r#"{{"workspace":"beta","command":["{}"]}}"#, "x".repeat(2 << 20));
+    let big = format!(
+        r#"{{"workspace":"beta","command":["{}"]}}"#,
+        "x".repeat(2 << 20)
+    );
     let big_file = t.path().join("big.json");
     std::fs::write(&big_file, big).unwrap();
     let r = curl(
         &format!("{}/api/v1/tasks", hub.url),
-        &["-H", &bearer(&hub.admin), "-H", "Content-Type: application/json", "--data-binary", &format!("@{}", big_file.display())],
+        &[
+            "-H",
+            &bearer(&hub.admin),
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &format!("@{}", big_file.display()),
+        ],
     );
     assert_eq!(r.status, 413, "{}", r.body);
     let r = curl(
         &format!("{}/api/v1/tasks", hub.url),
-        &["-H", &bearer(&hub.admin), "-H", "Content-Type: application/json", "-d", "{\"workspace\":"],
+        &[
+            "-H",
+            &bearer(&hub.admin),
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            "{\"workspace\":",
+        ],
     );
     assert_eq!(r.status / 100, 4, "{}", r.body);
-    let r = curl(&format!("{}/api/v1/logout", hub.url), &["-b", jar_s, "-c", jar_s, "-X", "POST", "-H", "X-DS-Request: 1"]);
+    let r = curl(
+        &format!("{}/api/v1/logout", hub.url),
+        &[
+            "-b",
+            jar_s,
+            "-c",
+            jar_s,
+            "-X",
+            "POST",
+            "-H",
+            "X-DS-Request: 1",
+        ],
+    );
     assert_eq!(r.status, 204);
-    assert_eq!(curl(&format!("{}/api/v1/workspaces", hub.url), &["-b", jar_s]).status, 401);
+    assert_eq!(
+        curl(&format!("{}/api/v1/workspaces", hub.url), &["-b", jar_s]).status,
+        401
+    );
 
     // The UI and the API's description.
     let r = curl(&format!("{}/", hub.url), &[]);
     assert_eq!(r.status, 200);
     assert!(r.body.contains("/ui/app.js"));
-    assert!(r.header("content-security-policy").unwrap().contains("script-src 'self'"));
+    assert!(
+        r.header("content-security-policy")
+            .unwrap()
+            .contains("script-src 'self'")
+    );
     let r = curl(&format!("{}/api/v1/openapi.json", hub.url), &[]);
     assert!(r.json()["paths"]["/api/v1/workspaces"].is_object());
 
@@ -245,11 +376,24 @@ fn the_rest_api_answers_with_the_grpc_tokens_and_pages_its_lists() {
     let samples = parse_prometheus(&r.body);
     assert!(samples.iter().all(|(s, _)| s.starts_with("ds_")));
     let value = |series: &str| samples.iter().find(|(s, _)| s == series).map(|s| s.1);
-    assert!(value("ds_packs_verified_total").unwrap() >= 4.0, "{}", r.body);
+    assert!(
+        value("ds_packs_verified_total").unwrap() >= 4.0,
+        "{}",
+        r.body
+    );
     assert!(value("ds_tasks_submitted_total").unwrap() >= 1.0);
-    assert!(value("ds_http_requests_total{surface=\"api\",code=\"401\"}").unwrap() >= 3.0, "{}", r.body);
+    assert!(
+        value("ds_http_requests_total{surface=\"api\",code=\"401\"}").unwrap() >= 3.0,
+        "{}",
+        r.body
+    );
     assert!(value("ds_request_bytes_total{surface=\"grpc\"}").unwrap() > 0.0);
-    assert!(samples.iter().any(|(s, _)| s.starts_with("ds_grpc_requests_total{method=\"/ds.sync.v1.Sync/UploadPack\"}")), "{}", r.body);
+    assert!(
+        samples.iter().any(|(s, _)| s
+            .starts_with("ds_grpc_requests_total{method=\"/ds.sync.v1.Sync/UploadPack\"}")),
+        "{}",
+        r.body
+    );
 }
 
 /// A server for the relay tests: answers GET with the request line and
@@ -302,7 +446,11 @@ print("echoed")
 "#;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -311,17 +459,25 @@ fn the_relay_reaches_a_tasks_port_with_a_token_and_never_forwards_the_hubs_crede
     let hub = hub(t.path(), "10");
     let token = runner_token(&hub, "r1");
     let metrics = format!("127.0.0.1:{}", free_port());
-    let _r = start_runner(&hub, &token, "r1", &t.path().join("cache"), &["--metrics-listen", &metrics]);
-    let me = t.path().join("me");
-    let work = t.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::write(work.join("srv.py"), SERVER).unwrap();
-    ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "web"]));
-    ok(ds(&me).args(["push", "web", "--hub", &hub.url, "--token", &hub.admin]));
+    let _r = start_runner(
+        &hub,
+        &token,
+        "r1",
+        &t.path().join("cache"),
+        &["--metrics-listen", &metrics],
+    );
+    let me = workspace(t.path(), &hub, "web", &[("srv.py", SERVER.as_bytes())]);
 
     let port = free_port().to_string();
     // The issue's shape, with a server that shows what it was sent.
-    let id = detach(&me, &hub, &hub.admin, "web", &["python3", "srv.py", &port], &["--port", &port, "--executor", "process"]);
+    let id = detach(
+        &me,
+        &hub,
+        &hub.admin,
+        "web",
+        &["python3", "srv.py", &port],
+        &["--port", &port, "--executor", "process"],
+    );
     wait_state(&me, &hub, &hub.admin, &id, &["running"]);
     let mut r = get(&hub, &format!("/tasks/{id}/some/path?q=1"), &hub.admin);
     wait_until("the task serves through the relay", 60, || {
@@ -329,12 +485,30 @@ fn the_relay_reaches_a_tasks_port_with_a_token_and_never_forwards_the_hubs_crede
         r.status == 200
     });
     // The prefix is stripped, the query kept, the hub's token not passed.
-    assert!(r.body.starts_with("GET /some/path?q=1 HTTP/1.1"), "{}", r.body);
-    assert!(!r.body.to_lowercase().contains("authorization"), "{}", r.body);
+    assert!(
+        r.body.starts_with("GET /some/path?q=1 HTTP/1.1"),
+        "{}",
+        r.body
+    );
+    assert!(
+        !r.body.to_lowercase().contains("authorization"),
+        "{}",
+        r.body
+    );
     assert!(!r.body.contains(&hub.admin));
-    assert!(r.body.to_lowercase().contains(&format!("x-forwarded-prefix: /tasks/{id}")), "{}", r.body);
+    assert!(
+        r.body
+            .to_lowercase()
+            .contains(&format!("x-forwarded-prefix: /tasks/{id}")),
+        "{}",
+        r.body
+    );
     // The task may not set the hub's session cookie; its own cookies pass.
-    let cookies: Vec<&str> = r.headers.lines().filter(|l| l.to_lowercase().starts_with("set-cookie")).collect();
+    let cookies: Vec<&str> = r
+        .headers
+        .lines()
+        .filter(|l| l.to_lowercase().starts_with("set-cookie"))
+        .collect();
     assert_eq!(cookies.len(), 1, "{cookies:?}");
     assert!(cookies[0].contains("app=1"));
     // The session cookie works for the relay too, and is not forwarded.
@@ -342,11 +516,25 @@ fn the_relay_reaches_a_tasks_port_with_a_token_and_never_forwards_the_hubs_crede
     let jar_s = jar.to_str().unwrap();
     curl(
         &format!("{}/api/v1/login", hub.url),
-        &["-c", jar_s, "-H", "Content-Type: application/json", "-d", &format!("{{\"token\":\"{}\"}}", hub.admin)],
+        &[
+            "-c",
+            jar_s,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &format!("{{\"token\":\"{}\"}}", hub.admin),
+        ],
     );
-    let r = curl(&format!("{}/tasks/{id}/", hub.url), &["-b", jar_s, "-H", "Cookie: app=7"]);
+    let r = curl(
+        &format!("{}/tasks/{id}/", hub.url),
+        &["-b", jar_s, "-H", "Cookie: app=7"],
+    );
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(!r.body.contains("ds_session") && !r.body.contains(&hub.admin), "{}", r.body);
+    assert!(
+        !r.body.contains("ds_session") && !r.body.contains(&hub.admin),
+        "{}",
+        r.body
+    );
 
     // Upgrades (what a websocket needs) go both ways, large messages too.
     let out = ok(Command::new("python3")
@@ -361,33 +549,61 @@ fn the_relay_reaches_a_tasks_port_with_a_token_and_never_forwards_the_hubs_crede
     // unknown task, a path that tries to climb out to the hub's API.
     assert_eq!(curl(&format!("{}/tasks/{id}/", hub.url), &[]).status, 401);
     assert_eq!(get(&hub, &format!("/tasks/{id}/"), "ds_wrong").status, 401);
-    let other = String::from_utf8(
-        ok(ds(&me).args(["token", "-w", "elsewhere", "--hub", &hub.url, "--token", &hub.admin])).stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_string();
+    let other = limited_token(&me, &hub, "elsewhere");
     assert_eq!(get(&hub, &format!("/tasks/{id}/"), &other).status, 404);
-    assert_eq!(get(&hub, "/tasks/t0000000000000000000000/", &hub.admin).status, 404);
+    assert_eq!(
+        get(&hub, "/tasks/t0000000000000000000000/", &hub.admin).status,
+        404
+    );
     assert_eq!(get(&hub, "/tasks/nonsense/", &hub.admin).status, 404);
-    let r = get(&hub, &format!("/tasks/{id}/../../api/v1/workspaces"), &hub.admin);
-    assert!(r.body.starts_with("GET /../../api/v1/workspaces"), "stays inside the task: {}", r.body);
+    let r = get(
+        &hub,
+        &format!("/tasks/{id}/../../api/v1/workspaces"),
+        &hub.admin,
+    );
+    assert!(
+        r.body.starts_with("GET /../../api/v1/workspaces"),
+        "stays inside the task: {}",
+        r.body
+    );
     let r = curl(&format!("{}/metrics", hub.url), &[]);
     let hub_series = parse_prometheus(&r.body);
-    assert!(hub_series.iter().any(|(s, v)| s == "ds_relay_connections_total" && *v >= 4.0), "{}", r.body);
+    assert!(
+        hub_series
+            .iter()
+            .any(|(s, v)| s == "ds_relay_connections_total" && *v >= 4.0),
+        "{}",
+        r.body
+    );
     // The runner's own metrics counted the same tunnels.
     let r = curl(&format!("http://{metrics}/metrics"), &[]);
     let runner_series = parse_prometheus(&r.body);
-    let value = |name: &str| runner_series.iter().find(|(s, _)| s == name).map(|s| s.1).unwrap_or(-1.0);
+    let value = |name: &str| {
+        runner_series
+            .iter()
+            .find(|(s, _)| s == name)
+            .map(|s| s.1)
+            .unwrap_or(-1.0)
+    };
     assert!(value("ds_runner_tunnels_total") >= 4.0, "{}", r.body);
-    assert!(value("ds_runner_tunnel_bytes_total") > 200_000.0, "{}", r.body);
+    assert!(
+        value("ds_runner_tunnel_bytes_total") > 200_000.0,
+        "{}",
+        r.body
+    );
     assert_eq!(value("ds_runner_tasks_running"), 1.0, "{}", r.body);
     assert!(value("ds_runner_hub_connects_total") >= 1.0);
     assert_eq!(curl(&format!("http://{metrics}/other"), &[]).status, 404);
 
     // A finished task's URL says so.
     ok(&mut client(&me, &hub, &hub.admin, &["task", "cancel", &id]));
-    wait_state(&me, &hub, &hub.admin, &id, &["cancelled", "failed", "succeeded"]);
+    wait_state(
+        &me,
+        &hub,
+        &hub.admin,
+        &id,
+        &["cancelled", "failed", "succeeded"],
+    );
     let r = get(&hub, &format!("/tasks/{id}/"), &hub.admin);
     assert_eq!(r.status, 409, "{}", r.body);
     assert_eq!(r.json()["error"]["code"], "failed_precondition");
@@ -407,12 +623,17 @@ fn ds_up_starts_everything_and_ds_run_works_right_after_it() {
             .env("XDG_DATA_HOME", t.path().join("xdg"));
         c
     };
-    let out = ok(up(&["up", "--background", "--executor", "process", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data")
-        .arg(&data));
+    let out = ok(
+        up(&["up", "--background", "--executor", "process", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data")
+            .arg(&data),
+    );
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(said.contains(&format!("http://127.0.0.1:{port}/")), "{said}");
+    assert!(
+        said.contains(&format!("http://127.0.0.1:{port}/")),
+        "{said}"
+    );
     assert!(said.contains("admin.token"), "{said}");
     struct Down<'a>(&'a Path, &'a Path);
     impl Drop for Down<'_> {
@@ -422,11 +643,26 @@ fn ds_up_starts_everything_and_ds_run_works_right_after_it() {
     }
     let _down = Down(&store, &data);
     // A second `ds up` on the same data refuses.
-    let again = up(&["up", "--background", "--data"]).arg(&data).output().unwrap();
+    let again = up(&["up", "--background", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
     assert!(!again.status.success());
 
-    let out = ok(&mut up(&["run", "-w", "demo", "--executor", "process", "--", "echo", "hi"]));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("hi"), "{out:?}");
+    let out = ok(&mut up(&[
+        "run",
+        "-w",
+        "demo",
+        "--executor",
+        "process",
+        "--",
+        "echo",
+        "hi",
+    ]));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("hi"),
+        "{out:?}"
+    );
     let admin = std::fs::read_to_string(data.join("hub/admin.token")).unwrap();
     let r = curl(
         &format!("http://127.0.0.1:{port}/api/v1/workspaces"),
@@ -437,7 +673,10 @@ fn ds_up_starts_everything_and_ds_run_works_right_after_it() {
 
     let out = ok(up(&["down", "--data"]).arg(&data));
     assert!(String::from_utf8_lossy(&out.stderr).contains("stopped"));
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the hub is gone");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the hub is gone"
+    );
     let out = ok(up(&["down", "--data"]).arg(&data));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to stop"));
 }
@@ -446,7 +685,12 @@ fn ds_up_starts_everything_and_ds_run_works_right_after_it() {
 /// installs them and sets DS_TEST_REQUIRE_BROWSER=1: then their absence
 /// fails the test instead of skipping it.
 fn browser() -> bool {
-    let have = |c: &str| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success());
+    let have = |c: &str| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
     let found = have("chromium") && have("chromedriver");
     if !found && std::env::var_os("DS_TEST_REQUIRE_BROWSER").is_some() {
         panic!("DS_TEST_REQUIRE_BROWSER is set but chromium or chromedriver is missing");
@@ -455,44 +699,110 @@ fn browser() -> bool {
 }
 
 #[test]
-fn the_web_ui_works_in_a_real_browser() {
-    if !browser() {
-        eprintln!("skipped: no chromium/chromedriver (scripts/test.sh installs them)");
-        return;
-    }
+fn runs_models_and_the_web_ui_in_a_real_browser() {
     let t = tempfile::tempdir().unwrap();
     let hub = hub(t.path(), "10");
     let token = runner_token(&hub, "r1");
-    let _r = start_runner(&hub, &token, "r1", &t.path().join("cache"), &["--capacity", "2"]);
-    let me = t.path().join("me");
-    let work = t.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::write(work.join("srv.py"), SERVER).unwrap();
-    std::fs::write(work.join("raw.csv"), b"a,b\n1,2\n").unwrap();
-    std::fs::write(
-        work.join("train.sh"),
-        "set -e\nfor lr in 0.1 0.01; do\n  echo \"model $lr\" > model.txt\n  \
-         printf '[[DS-RUN:train-%s]]{\"parameters\":{\"lr\":%s},\"metrics\":{\"accuracy\":0.%s},\"inputs\":[\"raw.csv\"],\"outputs\":[\"model.txt\"]}[[/DS-RUN:train-%s]]\\n' $lr $lr ${#lr}9 $lr\n\
-         done\n",
-    )
-    .unwrap();
-    ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "ui"]));
-    ok(ds(&me).args(["push", "ui", "--hub", &hub.url, "--token", &hub.admin]));
-    let train = detach(&me, &hub, &hub.admin, "ui", &["sh", "train.sh"], &["--executor", "process"]);
+    let _r = start_runner(
+        &hub,
+        &token,
+        "r1",
+        &t.path().join("cache"),
+        &["--capacity", "2"],
+    );
+    let train_sh = "set -e\nfor lr in 0.1 0.01; do\n  echo \"model $lr\" > model.txt\n  \
+         printf '[[DS-RUN:train-%s]]{\"parameters\":{\"lr\":%s},\"metrics\":{\"accuracy\":0.%s},\"inputs\":[\"raw.csv\"],\"outputs\":[\"model.txt\"],\"labels\":{\"model\":\"iris\"}}[[/DS-RUN:train-%s]]\\n' $lr $lr ${#lr}9 $lr\n\
+         done\n";
+    let me = workspace(
+        t.path(),
+        &hub,
+        "ui",
+        &[
+            ("srv.py", SERVER.as_bytes()),
+            ("raw.csv", b"a,b\n1,2\n"),
+            ("train.sh", train_sh.as_bytes()),
+        ],
+    );
+    let train = detach(
+        &me,
+        &hub,
+        &hub.admin,
+        "ui",
+        &["sh", "train.sh"],
+        &["--executor", "process"],
+    );
     let done = wait_state(&me, &hub, &hub.admin, &train, &["succeeded", "failed"]);
     assert_eq!(done["state"], "succeeded", "{done}");
     let port = free_port().to_string();
-    let serve = detach(&me, &hub, &hub.admin, "ui", &["python3", "srv.py", &port], &["--port", &port, "--executor", "process"]);
+    let serve = detach(
+        &me,
+        &hub,
+        &hub.admin,
+        "ui",
+        &["python3", "srv.py", &port],
+        &["--port", &port, "--executor", "process"],
+    );
     wait_state(&me, &hub, &hub.admin, &serve, &["running"]);
     wait_until("the task serves through the relay", 60, || {
         get(&hub, &format!("/tasks/{serve}/"), &hub.admin).status == 200
     });
-    let limited = String::from_utf8(
-        ok(ds(&me).args(["token", "-w", "elsewhere", "--hub", &hub.url, "--token", &hub.admin])).stdout,
+    // Runs, one with its files resolved, two compared, and the model.
+    let runs = get(&hub, "/api/v1/workspaces/ui/runs", &hub.admin).json();
+    let names: Vec<&str> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["train-0.01", "train-0.1"], "newest first");
+    let first = runs[1]["id"].as_str().unwrap();
+    let second = runs[0]["id"].as_str().unwrap();
+    let one = get(
+        &hub,
+        &format!("/api/v1/workspaces/ui/runs/{}", &first[..10]),
+        &hub.admin,
     )
-    .unwrap()
-    .trim()
-    .to_string();
+    .json();
+    assert_eq!(one["id"], first, "a unique prefix finds the run");
+    assert_eq!(one["output_files"][0]["path"], "model.txt");
+    assert_eq!(one["output_files"][0]["kind"], "file");
+    assert_eq!(one["input_files"][0]["path"], "raw.csv");
+    assert_eq!(one["input_files"][0]["size"], 8);
+    assert_eq!(
+        get(&hub, "/api/v1/workspaces/ui/runs/zz", &hub.admin).status,
+        400
+    );
+    assert_eq!(
+        get(
+            &hub,
+            &format!("/api/v1/workspaces/ui/runs/{}", "f".repeat(64)),
+            &hub.admin
+        )
+        .status,
+        404
+    );
+    let d = get(
+        &hub,
+        &format!("/api/v1/workspaces/ui/runs/diff?a={first}&b={second}"),
+        &hub.admin,
+    )
+    .json();
+    assert_eq!(d["parameters"][0]["name"], "lr");
+    assert_eq!(d["parameters"][0]["changed"], true);
+    assert_eq!(d["metrics"][0]["a"], 0.39);
+    let models = get(&hub, "/api/v1/workspaces/ui/models", &hub.admin).json();
+    assert_eq!(models[0]["name"], "iris");
+    assert_eq!(models[0]["versions"][0]["run"], first);
+    assert_eq!(models[0]["versions"][1]["version"], 2);
+    assert_eq!(models[0]["versions"][1]["files"][0], "model.txt");
+
+    if !browser() {
+        eprintln!(
+            "skipped the browser part: no chromium/chromedriver (scripts/test.sh installs them)"
+        );
+        return;
+    }
+    let limited = limited_token(&me, &hub, "elsewhere");
     let shots = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| t.path().to_path_buf())
@@ -505,7 +815,10 @@ fn the_web_ui_works_in_a_real_browser() {
         .arg(&shots)
         .output()
         .unwrap();
-    let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     assert!(out.status.success(), "the browser test failed:\n{o}\n{e}");
     assert!(o.contains("all checks passed"), "{o}\n{e}");
     eprintln!("screenshots in {}", shots.display());
@@ -529,15 +842,37 @@ fn the_rest_api_browses_and_streams_files_of_any_snapshot_and_diffs_two() {
     let head = get(&hub, &format!("{base}/head"), &hub.admin).json();
     let first = head["parents"][0].as_str().unwrap().to_string();
     let top = get(&hub, &format!("{base}/head/tree"), &hub.admin).json();
-    let names: Vec<&str> = top.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
-    assert!(names.contains(&"src") && names.contains(&"README.md") && !names.contains(&"empty"), "{names:?}");
-    let link = top.as_array().unwrap().iter().find(|e| e["name"] == "link-to-train").unwrap();
+    let names: Vec<&str> = top
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"src") && names.contains(&"README.md") && !names.contains(&"empty"),
+        "{names:?}"
+    );
+    let link = top
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "link-to-train")
+        .unwrap();
     assert_eq!(link["kind"], "symlink");
     assert_eq!(link["target"], "src/train.py");
-    let deeper = get(&hub, &format!("{base}/head/tree?path=src/nested/deeper"), &hub.admin).json();
+    let deeper = get(
+        &hub,
+        &format!("{base}/head/tree?path=src/nested/deeper"),
+        &hub.admin,
+    )
+    .json();
     assert_eq!(deeper[0]["name"], "model.bin");
     // Pages of a directory keep its path in the next link.
-    let r = get(&hub, &format!("{base}/head/tree?path=src&limit=1"), &hub.admin);
+    let r = get(
+        &hub,
+        &format!("{base}/head/tree?path=src&limit=1"),
+        &hub.admin,
+    );
     let next = r.header("link").unwrap();
     assert!(next.contains("path=src"), "{next}");
 
@@ -549,23 +884,48 @@ fn the_rest_api_browses_and_streams_files_of_any_snapshot_and_diffs_two() {
         .args(["-sS", "-f", "-o"])
         .arg(&out)
         .args(["-H", &bearer(&hub.admin)])
-        .arg(format!("{}{base}/head/files/src/nested/deeper/model.bin?download=true", hub.url))
+        .arg(format!(
+            "{}{base}/head/files/src/nested/deeper/model.bin?download=true",
+            hub.url
+        ))
         .status()
         .unwrap();
     assert!(st.success());
-    assert!(std::fs::read(&out).unwrap() == model, "the download is the file, byte for byte");
-    for (a, b) in [(0u64, 0u64), (100_000, 1_500_000), (model.len() as u64 - 10, model.len() as u64 - 1)] {
+    assert!(
+        std::fs::read(&out).unwrap() == model,
+        "the download is the file, byte for byte"
+    );
+    for (a, b) in [
+        (0u64, 0u64),
+        (100_000, 1_500_000),
+        (model.len() as u64 - 10, model.len() as u64 - 1),
+    ] {
         let r = curl(
             &format!("{}{base}/head/files/src/nested/deeper/model.bin", hub.url),
-            &["-H", &bearer(&hub.admin), "-H", &format!("Range: bytes={a}-{b}"), "-o", "/dev/null"],
+            &[
+                "-H",
+                &bearer(&hub.admin),
+                "-H",
+                &format!("Range: bytes={a}-{b}"),
+                "-o",
+                "/dev/null",
+            ],
         );
         assert_eq!(r.status, 206);
-        assert_eq!(r.header("content-range").unwrap(), format!("bytes {a}-{b}/{}", model.len()));
+        assert_eq!(
+            r.header("content-range").unwrap(),
+            format!("bytes {a}-{b}/{}", model.len())
+        );
         assert_eq!(r.header("content-length").unwrap(), (b - a + 1).to_string());
     }
     let r = curl(
         &format!("{}{base}/head/files/src/nested/deeper/model.bin", hub.url),
-        &["-H", &bearer(&hub.admin), "-H", "Range: bytes=2000000-2000009"],
+        &[
+            "-H",
+            &bearer(&hub.admin),
+            "-H",
+            "Range: bytes=2000000-2000009",
+        ],
     );
     assert_eq!(r.raw, &model[2_000_000..2_000_010]);
     let r = get(&hub, &format!("{base}/head/files/README.md"), &hub.admin);
@@ -573,7 +933,10 @@ fn the_rest_api_browses_and_streams_files_of_any_snapshot_and_diffs_two() {
     assert!(r.header("content-type").unwrap().starts_with("text/plain"));
     assert_eq!(r.header("x-content-type-options").unwrap(), "nosniff");
     // The first snapshot still serves its own version.
-    assert_eq!(get(&hub, &format!("{base}/{first}/files/README.md"), &hub.admin).body, "# hello\n");
+    assert_eq!(
+        get(&hub, &format!("{base}/{first}/files/README.md"), &hub.admin).body,
+        "# hello\n"
+    );
 
     // Bad input: an unsatisfiable range, a path that climbs, a NUL, a
     // directory as a file, a missing file, a bad snapshot id.
@@ -582,13 +945,21 @@ fn the_rest_api_browses_and_streams_files_of_any_snapshot_and_diffs_two() {
         &["-H", &bearer(&hub.admin), "-H", "Range: bytes=50-60"],
     );
     assert_eq!(r.status, 416);
-    assert_eq!(get(&hub, &format!("{base}/head/files/src/../README.md"), &hub.admin).status, 400);
-    assert_eq!(get(&hub, &format!("{base}/head/files/a%00b"), &hub.admin).status, 400);
-    assert_eq!(get(&hub, &format!("{base}/head/files/src"), &hub.admin).status, 400);
-    assert_eq!(get(&hub, &format!("{base}/head/files/nope"), &hub.admin).status, 404);
-    assert_eq!(get(&hub, &format!("{base}/zzzz/tree"), &hub.admin).status, 400);
-    assert_eq!(get(&hub, &format!("{base}/{}/tree", "0".repeat(64)), &hub.admin).status, 404);
-    assert_eq!(curl(&format!("{}{base}/head/files/README.md", hub.url), &[]).status, 401);
+    let zero = "0".repeat(64);
+    for (path, status) in [
+        (format!("{base}/head/files/src/../README.md"), 400),
+        (format!("{base}/head/files/a%00b"), 400),
+        (format!("{base}/head/files/src"), 400),
+        (format!("{base}/head/files/nope"), 404),
+        (format!("{base}/zzzz/tree"), 400),
+        (format!("{base}/{zero}/tree"), 404),
+    ] {
+        assert_eq!(get(&hub, &path, &hub.admin).status, status, "{path}");
+    }
+    assert_eq!(
+        curl(&format!("{}{base}/head/files/README.md", hub.url), &[]).status,
+        401
+    );
 
     // The diff: by default head against its parent; from/to explicit too.
     let d = get(&hub, "/api/v1/workspaces/tree/diff", &hub.admin).json();
@@ -596,7 +967,12 @@ fn the_rest_api_browses_and_streams_files_of_any_snapshot_and_diffs_two() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| (c["path"].as_str().unwrap().to_string(), c["change"].as_str().unwrap().to_string()))
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_string(),
+                c["change"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(
         changes,
@@ -606,7 +982,11 @@ fn the_rest_api_browses_and_streams_files_of_any_snapshot_and_diffs_two() {
             ("src/new.txt".into(), "added".into()),
         ]
     );
-    let d2 = get(&hub, &format!("/api/v1/workspaces/tree/diff?from={first}&to=head&limit=1"), &hub.admin);
+    let d2 = get(
+        &hub,
+        &format!("/api/v1/workspaces/tree/diff?from={first}&to=head&limit=1"),
+        &hub.admin,
+    );
     assert_eq!(d2.json().as_array().unwrap().len(), 1);
     let next = d2.header("link").unwrap();
     assert!(next.contains(&format!("from={first}")), "{next}");
@@ -622,13 +1002,19 @@ fn the_relay_reaches_a_port_inside_a_container() {
     let t = tempfile::tempdir().unwrap();
     let hub = hub(t.path(), "10");
     let token = runner_token(&hub, "c1");
-    let _r = start_runner(&hub, &token, "c1", &t.path().join("cache"), &["--executor", "docker"]);
-    let me = t.path().join("me");
-    let work = t.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::write(work.join("index.html"), b"hello from the container\n").unwrap();
-    ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "box"]));
-    ok(ds(&me).args(["push", "box", "--hub", &hub.url, "--token", &hub.admin]));
+    let _r = start_runner(
+        &hub,
+        &token,
+        "c1",
+        &t.path().join("cache"),
+        &["--executor", "docker"],
+    );
+    let me = workspace(
+        t.path(),
+        &hub,
+        "box",
+        &[("index.html", b"hello from the container\n")],
+    );
     // The port is published on the runner's loopback only, at a port the
     // engine picks; the relay finds it.
     let id = detach(
@@ -647,7 +1033,13 @@ fn the_relay_reaches_a_port_inside_a_container() {
     });
     assert_eq!(r.body, "hello from the container\n");
     ok(&mut client(&me, &hub, &hub.admin, &["task", "cancel", &id]));
-    wait_state(&me, &hub, &hub.admin, &id, &["cancelled", "failed", "succeeded"]);
+    wait_state(
+        &me,
+        &hub,
+        &hub.admin,
+        &id,
+        &["cancelled", "failed", "succeeded"],
+    );
 }
 
 /// JupyterLab from scripts/jupyter.sh (DS_TEST_JUPYTER); required when
@@ -675,18 +1067,19 @@ fn jupyterlab_on_a_runner_runs_a_notebook_cell_through_the_relay_in_a_browser() 
     let hub = hub(t.path(), "10");
     let token = runner_token(&hub, "r1");
     let _r = start_runner(&hub, &token, "r1", &t.path().join("cache"), &[]);
-    let me = t.path().join("me");
-    let work = t.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
     let notebook = serde_json::json!({
         "nbformat": 4, "nbformat_minor": 5,
         "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
         "cells": [{"cell_type": "code", "id": "c1", "metadata": {}, "execution_count": null,
                    "outputs": [], "source": ["print(6 * 7)"]}]
-    });
-    std::fs::write(work.join("check.ipynb"), notebook.to_string()).unwrap();
-    ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "lab"]));
-    ok(ds(&me).args(["push", "lab", "--hub", &hub.url, "--token", &hub.admin]));
+    })
+    .to_string();
+    let me = workspace(
+        t.path(),
+        &hub,
+        "lab",
+        &[("check.ipynb", notebook.as_bytes())],
+    );
     let port = free_port().to_string();
     // JupyterLab is told its base URL, so the relay passes paths whole;
     // the hub authenticates, so Jupyter's own token is off.
@@ -722,30 +1115,54 @@ fn jupyterlab_on_a_runner_runs_a_notebook_cell_through_the_relay_in_a_browser() 
         .arg(&shots)
         .output()
         .unwrap();
-    let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     let task_log = crate::tasks::logs(&me, &hub, &hub.admin, &id);
-    assert!(out.status.success(), "the JupyterLab test failed:\n{o}\n{e}\ntask output:\n{task_log}");
+    assert!(
+        out.status.success(),
+        "the JupyterLab test failed:\n{o}\n{e}\ntask output:\n{task_log}"
+    );
     eprintln!("screenshots in {}", shots.display());
     ok(&mut client(&me, &hub, &hub.admin, &["task", "cancel", &id]));
-    wait_state(&me, &hub, &hub.admin, &id, &["cancelled", "failed", "succeeded"]);
+    wait_state(
+        &me,
+        &hub,
+        &hub.admin,
+        &id,
+        &["cancelled", "failed", "succeeded"],
+    );
 }
 
 #[test]
 fn a_relay_request_to_another_hub_on_the_bucket_is_forwarded_to_the_runners_hub() {
     let t = tempfile::tempdir().unwrap();
     let storage = format!("file://{}", t.path().join("shared").display());
-    let h1 = crate::sync::start_hub_with(&t.path().join("h1"), Some(&storage), &[], &["--lease", "10"]);
-    let h2 = crate::sync::start_hub_with(&t.path().join("h2"), Some(&storage), &[], &["--lease", "10"]);
+    let h1 = crate::sync::start_hub_with(
+        &t.path().join("h1"),
+        Some(&storage),
+        &[],
+        &["--lease", "10"],
+    );
+    let h2 = crate::sync::start_hub_with(
+        &t.path().join("h2"),
+        Some(&storage),
+        &[],
+        &["--lease", "10"],
+    );
     let token = runner_token(&h1, "r1");
     let _r = start_runner(&h2, &token, "r1", &t.path().join("cache"), &[]);
-    let me = t.path().join("me");
-    let work = t.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::write(work.join("srv.py"), SERVER).unwrap();
-    ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "two"]));
-    ok(ds(&me).args(["push", "two", "--hub", &h1.url, "--token", &h1.admin]));
+    let me = workspace(t.path(), &h1, "two", &[("srv.py", SERVER.as_bytes())]);
     let port = free_port().to_string();
-    let id = detach(&me, &h1, &h1.admin, "two", &["python3", "srv.py", &port], &["--port", &port, "--executor", "process"]);
+    let id = detach(
+        &me,
+        &h1,
+        &h1.admin,
+        "two",
+        &["python3", "srv.py", &port],
+        &["--port", &port, "--executor", "process"],
+    );
     wait_state(&me, &h1, &h1.admin, &id, &["running"]);
     // Through h1, where the runner is not connected: h1 forwards to h2.
     let mut r = get(&h1, &format!("/tasks/{id}/x"), &h1.admin);
@@ -754,7 +1171,11 @@ fn a_relay_request_to_another_hub_on_the_bucket_is_forwarded_to_the_runners_hub(
         r.status == 200
     });
     assert!(r.body.starts_with("GET /x HTTP/1.1"), "{}", r.body);
-    assert!(!r.body.to_lowercase().contains("authorization"), "{}", r.body);
+    assert!(
+        !r.body.to_lowercase().contains("authorization"),
+        "{}",
+        r.body
+    );
     // Upgrades too.
     let out = ok(Command::new("python3")
         .arg("-c")
@@ -779,25 +1200,36 @@ fn with_a_tasks_domain_a_task_is_also_relayed_on_its_own_origin() {
     );
     let token = runner_token(&hub, "r1");
     let _r = start_runner(&hub, &token, "r1", &t.path().join("cache"), &[]);
-    let me = t.path().join("me");
-    let work = t.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::write(work.join("srv.py"), SERVER).unwrap();
-    ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "dom"]));
-    ok(ds(&me).args(["push", "dom", "--hub", &hub.url, "--token", &hub.admin]));
+    let me = workspace(t.path(), &hub, "dom", &[("srv.py", SERVER.as_bytes())]);
     let port = free_port().to_string();
-    let id = detach(&me, &hub, &hub.admin, "dom", &["python3", "srv.py", &port], &["--port", &port, "--executor", "process"]);
+    let id = detach(
+        &me,
+        &hub,
+        &hub.admin,
+        "dom",
+        &["python3", "srv.py", &port],
+        &["--port", &port, "--executor", "process"],
+    );
     wait_state(&me, &hub, &hub.admin, &id, &["running"]);
     let host = format!("Host: {id}.tasks.ds.example.test");
-    let mut r = curl(&format!("{}/a/b?c=d", hub.url), &["-H", &host, "-H", &bearer(&hub.admin)]);
+    let mut r = curl(
+        &format!("{}/a/b?c=d", hub.url),
+        &["-H", &host, "-H", &bearer(&hub.admin)],
+    );
     wait_until("the task answers on its own origin", 60, || {
-        r = curl(&format!("{}/a/b?c=d", hub.url), &["-H", &host, "-H", &bearer(&hub.admin)]);
+        r = curl(
+            &format!("{}/a/b?c=d", hub.url),
+            &["-H", &host, "-H", &bearer(&hub.admin)],
+        );
         r.status == 200
     });
     // The whole path, as the app sees it on its own origin.
     assert!(r.body.starts_with("GET /a/b?c=d HTTP/1.1"), "{}", r.body);
     // The hub's API is not reachable on a task's origin.
-    let r = curl(&format!("{}/api/v1/workspaces", hub.url), &["-H", &host, "-H", &bearer(&hub.admin)]);
+    let r = curl(
+        &format!("{}/api/v1/workspaces", hub.url),
+        &["-H", &host, "-H", &bearer(&hub.admin)],
+    );
     assert!(r.body.starts_with("GET /api/v1/workspaces"), "{}", r.body);
     assert_eq!(curl(&format!("{}/", hub.url), &["-H", &host]).status, 401);
     // Logging in at the domain sets the cookie for the task origins too;
@@ -805,7 +1237,14 @@ fn with_a_tasks_domain_a_task_is_also_relayed_on_its_own_origin() {
     let login = |host: &str| {
         curl(
             &format!("{}/api/v1/login", hub.url),
-            &["-H", host, "-H", "Content-Type: application/json", "-d", &format!("{{\"token\":\"{}\"}}", hub.admin)],
+            &[
+                "-H",
+                host,
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                &format!("{{\"token\":\"{}\"}}", hub.admin),
+            ],
         )
     };
     let c = login("Host: ds.example.test").header("set-cookie").unwrap();
@@ -830,7 +1269,8 @@ fn connections_past_the_cap_idle_connections_and_request_floods_are_refused_clea
     let addr = hub.url.trim_start_matches("http://").to_string();
     // A connection that sends nothing is closed after the header timeout.
     let mut idle = std::net::TcpStream::connect(&addr).unwrap();
-    idle.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    idle.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
     let mut b = [0u8; 16];
     assert_eq!(idle.read(&mut b).unwrap_or(0), 0, "closed without a word");
     drop(idle);
@@ -839,7 +1279,8 @@ fn connections_past_the_cap_idle_connections_and_request_floods_are_refused_clea
     let held: Vec<std::net::TcpStream> = (0..4)
         .map(|_| {
             let mut s = std::net::TcpStream::connect(&addr).unwrap();
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
             let mut got = vec![0u8; 4096];
             let n = s.read(&mut got).unwrap();
             assert!(got[..n].starts_with(b"HTTP/1.1 200"));
@@ -847,7 +1288,10 @@ fn connections_past_the_cap_idle_connections_and_request_floods_are_refused_clea
         })
         .collect();
     // The fifth is told why, in HTTP and in gRPC.
-    let r = curl(&format!("{}/api/v1/workspaces", hub.url), &["-H", &bearer(&hub.admin)]);
+    let r = curl(
+        &format!("{}/api/v1/workspaces", hub.url),
+        &["-H", &bearer(&hub.admin)],
+    );
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.json()["error"]["code"], "resource_exhausted");
     assert!(r.body.contains("limit connections"), "{}", r.body);
@@ -856,23 +1300,32 @@ fn connections_past_the_cap_idle_connections_and_request_floods_are_refused_clea
     std::fs::create_dir_all(&work).unwrap();
     std::fs::write(work.join("f"), b"x").unwrap();
     ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "w"]));
-    let out = ds(&me).args(["push", "w", "--hub", &hub.url, "--token", &hub.admin]).output().unwrap();
+    let out = ds(&me)
+        .args(["push", "w", "--hub", &hub.url, "--token", &hub.admin])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("limit connections"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("limit connections"),
+        "{out:?}"
+    );
     drop(held);
-    wait_until("the cap frees up", 30, || ds(&me).args(["push", "w", "--hub", &hub.url, "--token", &hub.admin]).status().unwrap().success());
+    wait_until("the cap frees up", 30, || {
+        ds(&me)
+            .args(["push", "w", "--hub", &hub.url, "--token", &hub.admin])
+            .status()
+            .unwrap()
+            .success()
+    });
 
     // A flood from one token hits its budget, with the limit named; another
     // token is not held back by it.
-    let other = String::from_utf8(
-        ok(ds(&me).args(["token", "-w", "w", "--hub", &hub.url, "--token", &hub.admin])).stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_string();
+    let other = limited_token(&me, &hub, "w");
     // Four clients at once, 2,000 requests each, on keep-alive connections:
     // faster than the budget refills.
-    let urls: Vec<String> = (0..2000).map(|_| format!("{}/api/v1/whoami", hub.url)).collect();
+    let urls: Vec<String> = (0..2000)
+        .map(|_| format!("{}/api/v1/whoami", hub.url))
+        .collect();
     let floods: Vec<_> = (0..4)
         .map(|_| {
             Command::new("curl")
@@ -885,12 +1338,20 @@ fn connections_past_the_cap_idle_connections_and_request_floods_are_refused_clea
         .collect();
     let mut all = String::new();
     for f in floods {
-        all.push_str(&String::from_utf8_lossy(&f.wait_with_output().unwrap().stdout));
+        all.push_str(&String::from_utf8_lossy(
+            &f.wait_with_output().unwrap().stdout,
+        ));
     }
     let refused = all.lines().filter(|c| *c == "429").count();
     let served = all.lines().filter(|c| *c == "200").count();
-    assert!(refused > 0 && served >= 2000, "{served} served, {refused} refused");
-    assert!(all.contains("limit requests_per_token"), "the refusal names the limit");
+    assert!(
+        refused > 0 && served >= 2000,
+        "{served} served, {refused} refused"
+    );
+    assert!(
+        all.contains("limit requests_per_token"),
+        "the refusal names the limit"
+    );
     assert_eq!(get(&hub, "/api/v1/whoami", &other).status, 200);
     let samples = parse_prometheus(&curl(&format!("{}/metrics", hub.url), &[]).body);
     let refusals = |limit: &str| {

@@ -244,9 +244,9 @@ impl Book {
     pub async fn runner(&self, name: &str) -> Result<Option<RunnerInfo>> {
         match self.storage.get_doc(&format!("runners/{name}")).await? {
             None => Ok(None),
-            Some((b, _)) => RunnerInfo::decode(b).map(Some).map_err(|e| {
-                HubError::Corrupt(format!("runner record {name} is corrupt: {e}"))
-            }),
+            Some((b, _)) => RunnerInfo::decode(b)
+                .map(Some)
+                .map_err(|e| HubError::Corrupt(format!("runner record {name} is corrupt: {e}"))),
         }
     }
 

@@ -133,7 +133,9 @@ impl Tasks for TasksService {
     ) -> Result<Response<Self::TunnelStream>, Status> {
         let g = self.hub.auth.check(&req).await?;
         let Some(name) = g.runner.as_deref() else {
-            return Err(Status::permission_denied("only a runner token may open a tunnel"));
+            return Err(Status::permission_denied(
+                "only a runner token may open a tunnel",
+            ));
         };
         let name = RunnerName::new(name).map_err(|e| Status::internal(e.to_string()))?;
         let rx = self.hub.tunnels.accept(&name, req.into_inner()).await?;

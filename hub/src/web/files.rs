@@ -43,14 +43,23 @@ pub(crate) fn routes() -> axum::Router<Web> {
 }
 
 /// The snapshot `snap` names in workspace `ws`.
-async fn resolve(web: &Web, m: &Method, h: &HeaderMap, ws: &str, snap: &str) -> ApiResult<ObjectId> {
+async fn resolve(
+    web: &Web,
+    m: &Method,
+    h: &HeaderMap,
+    ws: &str,
+    snap: &str,
+) -> ApiResult<ObjectId> {
     let c = web.caller(m, h).await?;
     let head = head(web, &c, ws).await?;
     if snap == "head" {
         return Ok(head);
     }
-    snap.parse::<ObjectId>()
-        .map_err(|_| ApiError::bad_request(format!("{snap:?} is not a snapshot id (64 hex digits) or head")))
+    snap.parse::<ObjectId>().map_err(|_| {
+        ApiError::bad_request(format!(
+            "{snap:?} is not a snapshot id (64 hex digits) or head"
+        ))
+    })
 }
 
 /// A `/`-separated path as checked tree names.
@@ -135,7 +144,10 @@ async fn tree(
     };
     let limit = pg.limit()?;
     let EntryData::Dir(d) = entry_at(&web, id, &q.path).await?.data else {
-        return Err(ApiError::bad_request(format!("{:?} is not a directory", q.path)));
+        return Err(ApiError::bad_request(format!(
+            "{:?} is not a directory",
+            q.path
+        )));
     };
     let all: Vec<EntryJson> = web.sync.list_dir(d).await?.iter().map(entry_json).collect();
     let all = after_key(all, |e| e.name.clone(), &q.after)?;
@@ -212,7 +224,10 @@ async fn file(
             let mut r = ApiError::new(
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 "out_of_range",
-                format!("unsatisfiable Range for a file of {} bytes (one range: bytes=A-B)", f.size),
+                format!(
+                    "unsatisfiable Range for a file of {} bytes (one range: bytes=A-B)",
+                    f.size
+                ),
             )
             .into_response();
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", f.size)) {
@@ -278,18 +293,32 @@ async fn file(
     );
     hs.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     hs.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    hs.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    hs.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'"));
+    hs.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    hs.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox; default-src 'none'"),
+    );
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", f.root.to_hex())) {
         hs.insert(header::ETAG, v);
     }
-    if partial && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{}", end - 1, f.size)) {
+    if partial
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{}", end - 1, f.size))
+    {
         hs.insert(header::CONTENT_RANGE, v);
     }
     if q.download {
         let safe: String = name
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{safe}\"")) {
             hs.insert(header::CONTENT_DISPOSITION, v);
@@ -305,9 +334,35 @@ fn looks_like_text(name: &str) -> bool {
     matches!(
         ext.as_deref(),
         Some(
-            "txt" | "md" | "py" | "r" | "sh" | "csv" | "tsv" | "json" | "yaml" | "yml" | "toml"
-                | "cfg" | "ini" | "log" | "ipynb" | "rs" | "js" | "ts" | "sql" | "c" | "h" | "cpp"
-                | "java" | "go" | "rb" | "jl" | "html" | "css" | "xml"
+            "txt"
+                | "md"
+                | "py"
+                | "r"
+                | "sh"
+                | "csv"
+                | "tsv"
+                | "json"
+                | "yaml"
+                | "yml"
+                | "toml"
+                | "cfg"
+                | "ini"
+                | "log"
+                | "ipynb"
+                | "rs"
+                | "js"
+                | "ts"
+                | "sql"
+                | "c"
+                | "h"
+                | "cpp"
+                | "java"
+                | "go"
+                | "rb"
+                | "jl"
+                | "html"
+                | "css"
+                | "xml"
         )
     ) || !name.contains('.')
 }
@@ -367,13 +422,17 @@ async fn diff(
     let (items, next) = take_page(all, limit, |c| c.path.clone());
     let from_q = from.map(|f| f.to_hex()).unwrap_or_default();
     let mut r = page(
-        &format!("/api/v1/workspaces/{ws}/diff?from={from_q}&to={}", to.to_hex()),
+        &format!(
+            "/api/v1/workspaces/{ws}/diff?from={from_q}&to={}",
+            to.to_hex()
+        ),
         items,
         next,
         limit,
     );
     if truncated {
-        r.headers_mut().insert("x-ds-truncated", HeaderValue::from_static("true"));
+        r.headers_mut()
+            .insert("x-ds-truncated", HeaderValue::from_static("true"));
     }
     Ok(r)
 }

@@ -109,7 +109,12 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
         };
         let grpc = surface == Surface::Grpc;
         if let Some(why) = self.refuse {
-            let r = refusal(grpc, http::StatusCode::SERVICE_UNAVAILABLE, "connections", why);
+            let r = refusal(
+                grpc,
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "connections",
+                why,
+            );
             return Box::pin(async move { Ok(r) });
         }
         // A runner's tunnels answer the hub's own OpenTunnel (each one a
@@ -118,14 +123,21 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
         let (key, anonymous) = caller_key(&req, &self.peer);
         if !exempt && !self.rates.allow(&key, anonymous) {
             let (limit, why) = if anonymous {
-                ("requests_per_ip", "too many requests without a token from this address; slow down")
+                (
+                    "requests_per_ip",
+                    "too many requests without a token from this address; slow down",
+                )
             } else {
-                ("requests_per_token", "this token is making requests faster than the hub allows; slow down")
+                (
+                    "requests_per_token",
+                    "this token is making requests faster than the hub allows; slow down",
+                )
             };
             let r = refusal(grpc, http::StatusCode::TOO_MANY_REQUESTS, limit, why);
             return Box::pin(async move { Ok(r) });
         }
-        req.extensions_mut().insert(axum::extract::ConnectInfo(self.peer));
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
         let req = req.map(move |b| {
             Body::new(b.map_frame(move |f| {
                 if let Some(d) = f.data_ref() {
@@ -151,10 +163,7 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
                 let r = grpc.oneshot(req).await?;
                 // Only methods that exist are named (the path is the
                 // client's to choose; the registry must not grow with it).
-                let unknown = r
-                    .headers()
-                    .get("grpc-status")
-                    .is_some_and(|s| s == "12");
+                let unknown = r.headers().get("grpc-status").is_some_and(|s| s == "12");
                 METRICS.inc(
                     "ds_grpc_requests_total",
                     &[("method", if unknown { "unknown" } else { path.as_str() })],
@@ -167,10 +176,7 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
                 let r = http.oneshot(req).await?;
                 METRICS.inc(
                     "ds_http_requests_total",
-                    &[
-                        ("surface", surface.name()),
-                        ("code", r.status().as_str()),
-                    ],
+                    &[("surface", surface.name()), ("code", r.status().as_str())],
                 );
                 Ok(count_out(r))
             })

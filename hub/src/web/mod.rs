@@ -18,6 +18,8 @@ pub(crate) mod api;
 pub(crate) mod files;
 pub mod listen;
 pub(crate) mod relay;
+pub(crate) mod runs;
+pub(crate) mod tasks;
 pub(crate) mod ui;
 
 use std::sync::Arc;
@@ -266,6 +268,8 @@ pub(crate) fn router(web: Web) -> axum::Router {
     axum::Router::new()
         .merge(api::routes())
         .merge(files::routes())
+        .merge(tasks::routes())
+        .merge(runs::routes())
         .merge(relay::routes())
         .merge(ui::routes())
         .route("/metrics", axum::routing::get(metrics))

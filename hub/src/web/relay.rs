@@ -2,9 +2,10 @@
 //! task serves (`ds run --port N`), through a tunnel its runner opens
 //! ([`crate::tasks::tunnel`]), so a runner behind NAT serves JupyterLab.
 //!
-//! Each browser request gets its own tunnel and an HTTP/1.1 connection
-//! over it; upgrades (websockets: a Jupyter kernel) are relayed as raw
-//! bytes once both ends agree. The hub authenticates the caller (a bearer
+//! Each browser request runs over an HTTP/1.1 connection to the task: an
+//! idle one kept from an earlier request ([`Pool`]), else a new tunnel;
+//! upgrades (websockets: a Jupyter kernel) get a tunnel of their own and
+//! are relayed as raw bytes once both ends agree. The hub authenticates the caller (a bearer
 //! token or the session cookie) and never forwards its credentials: the
 //! `Authorization` header and the hub's session cookie are removed from
 //! what the task sees, and a task cannot set the hub's cookie. By default
@@ -33,7 +34,11 @@ fn task_of_host(web: &Web, req: &Request<Body>) -> Option<String> {
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().host())?;
     let host = host.rsplit_once(':').map_or(host, |(h, p)| {
-        if p.chars().all(|c| c.is_ascii_digit()) { h } else { host }
+        if p.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
     });
     let id = host
         .to_ascii_lowercase()
@@ -170,7 +175,11 @@ async fn relay(
         }
     };
 
-    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let query = req
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
     let path = if rec.spec.keep_prefix || peer_hub || mode == Mode::Whole {
         req.uri().path().to_string()
     } else {
@@ -244,8 +253,8 @@ async fn relay(
         let task_side = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
             if let (Ok(a), Ok(b)) = (server_side.await, task_side.await) {
-                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b))
-                    .await;
+                let _ =
+                    tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b)).await;
             }
         });
     }
@@ -339,10 +348,7 @@ impl Pool {
     }
 
     /// A connection to task `id` ready for a request, if one is idle.
-    fn take(
-        &self,
-        id: &str,
-    ) -> Option<(hyper::client::conn::http1::SendRequest<Body>, bool)> {
+    fn take(&self, id: &str) -> Option<(hyper::client::conn::http1::SendRequest<Body>, bool)> {
         let mut m = self.lock();
         let v = m.get_mut(id)?;
         v.retain(|i| !i.sender.is_closed() && i.since.elapsed() < IDLE_FOR);

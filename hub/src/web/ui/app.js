@@ -116,7 +116,8 @@ async function workspacesView() {
 function tabs(ws, on) {
   const t = (name, href) => link(href, name, on === name ? "on" : "");
   return h("p", { class: "tabs" },
-    t("Snapshots", "#/w/" + enc(ws)), t("Runs", "#/w/" + enc(ws) + "/runs"), t("Tasks", "#/tasks?workspace=" + enc(ws)));
+    t("Snapshots", "#/w/" + enc(ws)), t("Runs", "#/w/" + enc(ws) + "/runs"),
+    t("Models", "#/w/" + enc(ws) + "/models"), t("Tasks", "#/tasks?workspace=" + enc(ws)));
 }
 
 async function snapshotsView(ws) {
@@ -244,9 +245,7 @@ function chart(runs, metric) {
 }
 
 async function runView(ws, id) {
-  const runs = await api(`/api/v1/workspaces/${enc(ws)}/runs?limit=1000`);
-  const r = runs.find((x) => x.id === id);
-  if (!r) throw new ApiError(404, "not_found", `no run ${id} in ${ws}`);
+  const r = await api(`/api/v1/workspaces/${enc(ws)}/runs/${enc(id)}`);
   const kv = (o) => table([{ title: "Name", get: (e) => e[0] }, { title: "Value", get: (e) => fmtValue(e[1]) }], Object.entries(o));
   show(h("h1", {}, "Run ", r.name || short(r.id)), tabs(ws, "Runs"),
     h("p", {}, "Recorded ", whenNs(r.recorded_ns), " in snapshot ", h("code", {}, short(r.snapshot)),
@@ -260,13 +259,14 @@ async function runView(ws, id) {
 // The run's provenance drawn as a graph: inputs (and datasets, and the code)
 // on the left, the run in the middle, its outputs on the right.
 function provenance(r) {
+  const file = (f) => (f.content ? `${f.path} ${short(f.content).slice(0, 8)}` : `${f.path} (missing)`);
   const left = [
     ...(r.code && r.code.commit ? [`code ${short(r.code.commit)}`] : []),
     ...r.datasets.map((d) => `dataset ${d.name}@${short(d.snapshot)}`),
-    ...r.inputs.map((p) => p),
+    ...(r.input_files || []).map(file),
     ...(r.before ? [`workspace before ${short(r.before)}`] : []),
   ];
-  const right = [...r.outputs, `snapshot ${short(r.snapshot)}`];
+  const right = [...(r.output_files || []).map(file), `snapshot ${short(r.snapshot)}`];
   const BW = 230, BH = 26, GAP = 10, W = 3 * BW + 160;
   const rows = Math.max(left.length, right.length, 1);
   const H = rows * (BH + GAP) + 2 * GAP;
@@ -316,6 +316,21 @@ async function tasksView(query) {
         { title: "Submitted", get: (t) => when(t.submitted_ms), sort: (t) => t.submitted_ms },
         { title: "", get: (t) => openLink(t) },
       ], tasks, { id: "tasks" }));
+}
+
+async function modelsView(ws) {
+  const models = await api(`/api/v1/workspaces/${enc(ws)}/models`);
+  const rows = models.flatMap((m) => m.versions.map((v) => ({ model: m.name, ...v, latest: v.version === m.versions.length })));
+  show(h("h1", {}, ws), tabs(ws, "Models"),
+    h("div", { id: "models" }, rows.length === 0 ? h("p", { class: "muted" }, "No models: a run labelled model=NAME is a version of model NAME.") :
+      table([
+        { title: "Model", get: (v) => v.model, sort: (v) => v.model },
+        { title: "Version", get: (v) => `${v.version}${v.latest ? " (latest)" : ""}`, sort: (v) => v.version },
+        { title: "Run", get: (v) => link(`#/w/${enc(ws)}/run/${v.run}`, v.name || short(v.run)) },
+        { title: "Recorded", get: (v) => whenNs(v.recorded_ns), sort: (v) => v.recorded_ns },
+        { title: "Files", get: (v) => v.files.join(", ") },
+        { title: "Metrics", get: (v) => Object.entries(v.metrics).map(([k, x]) => `${k}=${fmtValue(x)}`).join(" ") },
+      ], rows, { sortCol: 0, asc: true })));
 }
 
 let follow = null;
@@ -378,6 +393,7 @@ async function route() {
     if (p.length === 0) return await workspacesView();
     if (p[0] === "w" && p.length === 2) return await snapshotsView(p[1]);
     if (p[0] === "w" && p[2] === "runs") return await runsView(p[1]);
+    if (p[0] === "w" && p[2] === "models") return await modelsView(p[1]);
     if (p[0] === "w" && p[2] === "run") return await runView(p[1], p[3]);
     if (p[0] === "w" && p[2] === "s") return await browseView(p[1], p[3], p.slice(4));
     if (p[0] === "w" && p[2] === "diff") return await diffView(p[1], p[3], p[4]);

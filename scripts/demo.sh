@@ -72,9 +72,10 @@ DS_STORE="$demo/clone" "$DS" cat demo models/metrics.txt
 DS_STORE="$demo/clone" "$DS" runs demo
 DS_STORE="$demo/clone" "$DS" models
 DS_STORE="$demo/clone" "$DS" provenance model:demo-model
-# The same run through the REST API the web UI uses.
-curl -sS -H "Authorization: Bearer $DS_TOKEN" "$url/api/v1/workspaces/demo/runs" | head -c 300; echo
 set +x
+# The same run through the REST API the web UI uses (the token is not echoed).
+echo "+ curl -H 'Authorization: Bearer \$DS_TOKEN' $url/api/v1/workspaces/demo/runs"
+curl -sS -H "Authorization: Bearer $DS_TOKEN" "$url/api/v1/workspaces/demo/runs" | head -c 300; echo
 echo "ds demo: the run in the web UI: $url/#/w/demo/runs (log in with the token in $demo/up/hub/admin.token)"
 echo "ds demo: store, workspace, restored copy, clone and ds up's data are in $demo; ds up stops now"
 echo "ds demo: to keep the platform running, start it yourself: ds up"

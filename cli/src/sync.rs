@@ -480,7 +480,21 @@ pub(crate) fn raise_open_files(who: &str) {
     }
 }
 
+/// Structured logs on stderr, filtered by `DS_LOG` (default `info`; e.g.
+/// `DS_LOG=debug`, `DS_LOG=ds_hub=debug,warn`): the hub's access log,
+/// refusals, tunnels.
+pub(crate) fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
 pub fn hub(a: HubServeArgs) -> Result<ExitCode> {
+    init_logs();
     raise_open_files("hub");
     let data = a
         .data

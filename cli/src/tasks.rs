@@ -488,6 +488,7 @@ pub fn runners(store: &Path, a: HubArgs) -> Result<ExitCode> {
 }
 
 pub fn runner(a: RunnerArgs) -> Result<ExitCode> {
+    crate::sync::init_logs();
     let name = RunnerName::new(&a.name).map_err(|e| anyhow!("--name: {e}"))?;
     let cache = a
         .cache

@@ -173,6 +173,7 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
 }
 
 fn foreground(store: &Path, a: UpArgs, data: &Path) -> Result<ExitCode> {
+    crate::sync::init_logs();
     crate::sync::raise_open_files("up");
     crate::open::open_or_init(store)?;
     std::fs::write(pid_file(data), format!("{}\n", std::process::id()))?;

@@ -59,6 +59,11 @@ pub(crate) fn open(o: OpenTunnel, ledger: &Ledger, mut client: ds_sync::tasks::T
                 }
             }
         };
+        if !first.error.is_empty() {
+            tracing::warn!(task = %o.task, error = %first.error, "tunnel refused");
+        } else {
+            tracing::debug!(task = %o.task, port = o.port, "tunnel opened");
+        }
         if tx.send(first).await.is_err() {
             return;
         }

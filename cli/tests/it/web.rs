@@ -670,6 +670,23 @@ fn ds_up_starts_everything_and_ds_run_works_right_after_it() {
     );
     assert_eq!(r.json()[0]["name"], "demo", "{}", r.body);
     assert_eq!(curl(&format!("http://127.0.0.1:{port}/"), &[]).status, 200);
+    // The hub's access log (tracing, DS_LOG) is in ds up's log: the path,
+    // never the query.
+    let _ = curl(
+        &format!("http://127.0.0.1:{port}/api/v1/workspaces?secret=s3cr3t"),
+        &["-H", &bearer(admin.trim())],
+    );
+    let log = std::fs::read_to_string(data.join("up.log")).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("http")
+            && l.contains("path=/api/v1/workspaces")
+            && l.contains("status=200")),
+        "{log}"
+    );
+    assert!(
+        !log.contains("s3cr3t") && !log.contains(admin.trim()),
+        "no query or token in the log"
+    );
 
     let out = ok(up(&["down", "--data"]).arg(&data));
     assert!(String::from_utf8_lossy(&out.stderr).contains("stopped"));

@@ -161,6 +161,7 @@ impl TaskHub {
         let (ours, theirs) = tokio::io::duplex(PIPE);
         tokio::spawn(pump(theirs, inbound, outbound));
         METRICS.relay_opened();
+        tracing::debug!(task = %rec.id, %runner, port = rec.spec.port, "tunnel opened");
         Ok(ours)
     }
 }

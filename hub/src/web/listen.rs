@@ -133,6 +133,7 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
                     "this token is making requests faster than the hub allows; slow down",
                 )
             };
+            tracing::warn!(limit, peer = %self.peer, path = req.uri().path(), "refused");
             let r = refusal(grpc, http::StatusCode::TOO_MANY_REQUESTS, limit, why);
             return Box::pin(async move { Ok(r) });
         }
@@ -156,11 +157,20 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
                 }))
             })
         };
+        let peer = self.peer;
+        let method = req.method().clone();
+        let started = std::time::Instant::now();
         if surface == Surface::Grpc {
             let grpc = self.grpc.clone();
             let path = req.uri().path().to_string();
             Box::pin(async move {
                 let r = grpc.oneshot(req).await?;
+                tracing::debug!(
+                    %peer,
+                    call = %path,
+                    ms = started.elapsed().as_secs_f64() * 1e3,
+                    "grpc"
+                );
                 // Only methods that exist are named (the path is the
                 // client's to choose; the registry must not grow with it).
                 let unknown = r.headers().get("grpc-status").is_some_and(|s| s == "12");
@@ -172,8 +182,20 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
             })
         } else {
             let http = self.http.clone();
+            // The path only: no query string (it is the client's, and may
+            // carry what it should not) reaches the log.
+            let path = req.uri().path().to_string();
             Box::pin(async move {
                 let r = http.oneshot(req).await?;
+                tracing::info!(
+                    %peer,
+                    %method,
+                    %path,
+                    status = r.status().as_u16(),
+                    surface = surface.name(),
+                    ms = started.elapsed().as_secs_f64() * 1e3,
+                    "http"
+                );
                 METRICS.inc(
                     "ds_http_requests_total",
                     &[("surface", surface.name()), ("code", r.status().as_str())],

@@ -408,6 +408,15 @@ def handle(c):
         b = f.readline()
         if not b: return
         head += b
+    if head.startswith(b"GET /big"):
+        # An endless response, for a client that stops reading.
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n")
+        block = b"b" * 65536
+        try:
+            while True:
+                c.sendall(block)
+        except OSError:
+            return
     if b"upgrade: echo" in head.lower():
         c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
         while True:
@@ -1381,4 +1390,78 @@ fn connections_past_the_cap_idle_connections_and_request_floods_are_refused_clea
     assert!(refusals("connections") >= 2.0);
     assert!(refusals("idle_connection") >= 1.0);
     assert!(refusals("requests_per_token") >= 1.0);
+}
+
+/// Opens `GET /tasks/ID/big` through the relay and never reads the reply.
+const STALLED_CLIENT: &str = r#"
+import socket, sys, time
+host, port = sys.argv[1].split(":")
+s = socket.create_connection((host, int(port)))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.sendall(("GET /tasks/%s/big HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n" % (sys.argv[2], sys.argv[3])).encode())
+print("stalled", flush=True)
+time.sleep(600)
+"#;
+
+#[test]
+fn a_browser_that_stops_reading_stalls_only_its_own_tunnel() {
+    let t = tempfile::tempdir().unwrap();
+    // A short lease: if the stalled tunnel held up the runner's control
+    // stream, its heartbeats would stop and the task would be lost.
+    let hub = hub(t.path(), "3");
+    let token = runner_token(&hub, "r1");
+    let _r = start_runner(&hub, &token, "r1", &t.path().join("cache"), &[]);
+    let me = workspace(t.path(), &hub, "slow", &[("srv.py", SERVER.as_bytes())]);
+    let port = free_port().to_string();
+    let id = detach(
+        &me,
+        &hub,
+        &hub.admin,
+        "slow",
+        &["python3", "srv.py", &port],
+        &["--port", &port, "--executor", "process"],
+    );
+    wait_state(&me, &hub, &hub.admin, &id, &["running"]);
+    wait_until("the task serves through the relay", 60, || {
+        get(&hub, &format!("/tasks/{id}/x"), &hub.admin).status == 200
+    });
+    let rss_before = hub.rss_mib();
+    let mut stalled: Vec<std::process::Child> = (0..4)
+        .map(|_| {
+            Command::new("python3")
+                .arg("-c")
+                .arg(STALLED_CLIENT)
+                .arg(hub.url.trim_start_matches("http://"))
+                .arg(&id)
+                .arg(&hub.admin)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Longer than two leases: other requests keep being served, the task
+    // keeps its lease (heartbeats flow), and the hub holds only each
+    // tunnel's credit of the stalled responses.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    let mut served = 0;
+    while std::time::Instant::now() < until {
+        let r = get(&hub, &format!("/tasks/{id}/x"), &hub.admin);
+        assert_eq!(r.status, 200, "{}", r.body);
+        served += 1;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(served >= 20);
+    let state = crate::tasks::show(&me, &hub, &hub.admin, &id);
+    assert_eq!(state["state"], "running", "{state}");
+    let rss = hub.rss_mib();
+    eprintln!("hub RSS {rss_before} -> {rss} MiB with 4 stalled 1 GiB responses, {served} served");
+    assert!(
+        rss < rss_before + 64,
+        "hub RSS {rss_before} -> {rss} MiB with 4 stalled 1 GiB responses"
+    );
+    for c in &mut stalled {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    ok(&mut client(&me, &hub, &hub.admin, &["task", "cancel", &id]));
 }

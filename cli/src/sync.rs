@@ -160,6 +160,10 @@ pub struct HubServeArgs {
     /// HTTP/1.1 request its headers, a TLS client its handshake)
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     header_timeout: f64,
+    /// Relayed connections (requests in flight, websockets) one token may
+    /// have open; past this: HTTP 429 `limit relay_connections_per_token`
+    #[arg(long, value_name = "N", default_value_t = ds_hub::rates::RELAYS_PER_TOKEN)]
+    relays_per_token: usize,
 }
 
 fn parse_lease(s: &str) -> Result<f64, String> {
@@ -509,6 +513,7 @@ pub fn hub(a: HubServeArgs) -> Result<ExitCode> {
         conn_limits: ds_hub::web::listen::ConnLimits {
             max_connections: a.max_connections.max(1),
             header_timeout: std::time::Duration::from_secs_f64(a.header_timeout.clamp(0.1, 3600.0)),
+            relays_per_token: a.relays_per_token.max(1),
         },
         tasks: ds_hub::tasks::TaskOptions::with_lease(std::time::Duration::from_secs_f64(a.lease)),
     };

@@ -26,6 +26,9 @@ pub const TOKEN_BURST: f64 = 2000.0;
 /// The same for callers without a token, per IP address.
 pub const ANON_RATE: f64 = 50.0;
 pub const ANON_BURST: f64 = 200.0;
+/// Relayed connections one token may have open at once (requests in
+/// flight and upgraded connections such as websockets).
+pub const RELAYS_PER_TOKEN: usize = 2048;
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 4096;
 /// Connections beyond the cap that are answered with a refusal at once;

@@ -1465,3 +1465,81 @@ fn a_browser_that_stops_reading_stalls_only_its_own_tunnel() {
     }
     ok(&mut client(&me, &hub, &hub.admin, &["task", "cancel", &id]));
 }
+
+/// Holds N upgraded connections through the relay open.
+const HOLD_CLIENT: &str = r#"
+import socket, sys, time
+host, port = sys.argv[1].split(":")
+socks = []
+for i in range(int(sys.argv[4])):
+    s = socket.create_connection((host, int(port)), timeout=20)
+    s.sendall(("GET /tasks/%s/ws HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n" % (sys.argv[2], sys.argv[3])).encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    socks.append(s)
+print("held", flush=True)
+time.sleep(600)
+"#;
+
+#[test]
+fn a_token_past_its_relayed_connections_is_refused_until_one_closes() {
+    let t = tempfile::tempdir().unwrap();
+    let hub = crate::sync::start_hub_with(
+        &t.path().join("hub"),
+        None,
+        &[],
+        &["--lease", "10", "--relays-per-token", "2"],
+    );
+    let token = runner_token(&hub, "r1");
+    let _r = start_runner(&hub, &token, "r1", &t.path().join("cache"), &[]);
+    let me = workspace(t.path(), &hub, "cap", &[("srv.py", SERVER.as_bytes())]);
+    let port = free_port().to_string();
+    let id = detach(
+        &me,
+        &hub,
+        &hub.admin,
+        "cap",
+        &["python3", "srv.py", &port],
+        &["--port", &port, "--executor", "process"],
+    );
+    wait_state(&me, &hub, &hub.admin, &id, &["running"]);
+    wait_until("the task serves through the relay", 60, || {
+        get(&hub, &format!("/tasks/{id}/x"), &hub.admin).status == 200
+    });
+    let mut hold = Command::new("python3")
+        .arg("-c")
+        .arg(HOLD_CLIENT)
+        .arg(hub.url.trim_start_matches("http://"))
+        .arg(&id)
+        .arg(&hub.admin)
+        .arg("2")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(hold.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "held");
+    let r = get(&hub, &format!("/tasks/{id}/x"), &hub.admin);
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(
+        r.body.contains("limit relay_connections_per_token"),
+        "{}",
+        r.body
+    );
+    // Another token is not held back; and once the two close, this one
+    // is served again.
+    let other = limited_token(&me, &hub, "cap");
+    assert_eq!(get(&hub, &format!("/tasks/{id}/x"), &other).status, 200);
+    let _ = hold.kill();
+    let _ = hold.wait();
+    wait_until("the closed connections are uncounted", 30, || {
+        get(&hub, &format!("/tasks/{id}/x"), &hub.admin).status == 200
+    });
+    ok(&mut client(&me, &hub, &hub.admin, &["task", "cancel", &id]));
+}

@@ -35,6 +35,8 @@ use crate::rates::{MAX_CONNECTIONS, MAX_REFUSING, Rates};
 pub struct ConnLimits {
     pub max_connections: usize,
     pub header_timeout: Duration,
+    /// Relayed connections one token may have open.
+    pub relays_per_token: usize,
 }
 
 impl Default for ConnLimits {
@@ -42,6 +44,7 @@ impl Default for ConnLimits {
         ConnLimits {
             max_connections: MAX_CONNECTIONS,
             header_timeout: Duration::from_secs(30),
+            relays_per_token: crate::rates::RELAYS_PER_TOKEN,
         }
     }
 }

@@ -54,6 +54,8 @@ pub(crate) struct Web {
     pub tasks_domain: Option<String>,
     /// Idle connections to task ports.
     pub relay_pool: Arc<relay::Pool>,
+    /// Relayed connections open, per token.
+    pub relay_open: Arc<relay::OpenRelays>,
 }
 
 /// A JSON error: `{"error": {"code": "...", "message": "..."}}`. Codes are

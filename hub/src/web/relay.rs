@@ -131,6 +131,9 @@ async fn relay(
     mut req: Request<Body>,
 ) -> Result<Response, ApiError> {
     let c = web.caller_for_relay(req.headers()).await?;
+    // Held while the request is relayed, and while an upgraded connection
+    // stays open.
+    let open = web.relay_open.open(&crate::auth::token_hash(&c.token))?;
     let unknown = || ApiError::not_found(format!("no task {id}"));
     let tid = TaskId::new(&id).map_err(|_| unknown())?;
     let rec = match web.hub.book.load(&tid).await? {
@@ -252,6 +255,7 @@ async fn relay(
     {
         let task_side = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
+            let _open = open;
             if let (Ok(a), Ok(b)) = (server_side.await, task_side.await) {
                 let _ =
                     tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b)).await;
@@ -315,6 +319,66 @@ async fn connect(
         .into());
     };
     Ok((io, peer_hub))
+}
+
+/// Relayed connections open per token (requests in flight, upgraded
+/// connections), against the hub's per-token cap.
+#[derive(Debug, Default)]
+pub(crate) struct OpenRelays {
+    per_token: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    pub cap: std::sync::OnceLock<usize>,
+}
+
+/// One relayed connection counted against its token; uncounted when dropped.
+pub(crate) struct Counted {
+    relays: std::sync::Arc<OpenRelays>,
+    token: String,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut m = self.relays.lock();
+        if let Some(n) = m.get_mut(&self.token) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.token);
+            }
+        }
+    }
+}
+
+impl OpenRelays {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
+        self.per_token.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a relayed connection of the token whose hash is `token`, or
+    /// refuses it past the cap.
+    fn open(self: &std::sync::Arc<Self>, token: &str) -> Result<Counted, ApiError> {
+        let cap = self
+            .cap
+            .get()
+            .copied()
+            .unwrap_or(crate::rates::RELAYS_PER_TOKEN);
+        let mut m = self.lock();
+        let n = m.entry(token.to_string()).or_default();
+        if *n >= cap {
+            crate::metrics::METRICS.refused("relay_connections_per_token");
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "resource_exhausted",
+                format!(
+                    "limit relay_connections_per_token: this token has {cap} relayed \
+                     connections open"
+                ),
+            ));
+        }
+        *n += 1;
+        Ok(Counted {
+            relays: self.clone(),
+            token: token.to_string(),
+        })
+    }
 }
 
 /// Idle keep-alive connections to tasks, reused by later requests.

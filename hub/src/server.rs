@@ -124,6 +124,7 @@ pub async fn run(
         tls: tls.is_some(),
         tasks_domain: opts.tasks_domain.clone(),
         relay_pool: Default::default(),
+        relay_records: Default::default(),
         relay_open: {
             let r = Arc::new(crate::web::relay::OpenRelays::default());
             let _ = r.cap.set(opts.conn_limits.relays_per_token.max(1));

@@ -56,6 +56,8 @@ pub(crate) struct Web {
     pub relay_pool: Arc<relay::Pool>,
     /// Relayed connections open, per token.
     pub relay_open: Arc<relay::OpenRelays>,
+    /// Running tasks' records, for a moment.
+    pub relay_records: Arc<relay::Records>,
 }
 
 /// A JSON error: `{"error": {"code": "...", "message": "..."}}`. Codes are

@@ -102,6 +102,28 @@ async fn relay_path(
         .unwrap_or_else(|e| e.into_response())
 }
 
+/// Whether a task's port can be relayed: it declares one and is running.
+fn usable(rec: &crate::tasks::record::Record) -> Result<(), ApiError> {
+    if rec.spec.port == 0 {
+        return Err(ApiError::not_found(format!(
+            "task {} serves no port (submit it with `ds run --port N`)",
+            rec.id
+        )));
+    }
+    if rec.state != TaskState::Running {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "failed_precondition",
+            format!(
+                "task {} is {}: only a running task's port is relayed",
+                rec.id,
+                rec.state.as_str()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Headers that describe one hop, not the request (RFC 9110 §7.6.1);
 /// `connection` and `upgrade` are put back for an upgrade.
 const HOP: &[header::HeaderName] = &[
@@ -136,25 +158,20 @@ async fn relay(
     let open = web.relay_open.open(&crate::auth::token_hash(&c.token))?;
     let unknown = || ApiError::not_found(format!("no task {id}"));
     let tid = TaskId::new(&id).map_err(|_| unknown())?;
-    let rec = match web.hub.book.load(&tid).await? {
+    let rec = match web.relay_records.load(&web, &tid).await? {
         Some(r) if c.grant.may_use(&r.spec.workspace) => r,
         _ => return Err(unknown()),
     };
-    if rec.spec.port == 0 {
-        return Err(ApiError::not_found(format!(
-            "task {id} serves no port (submit it with `ds run --port N`)"
-        )));
-    }
-    if rec.state != TaskState::Running {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "failed_precondition",
-            format!(
-                "task {id} is {}: only a running task's port is relayed",
-                rec.state.as_str()
-            ),
-        ));
-    }
+    usable(&rec)?;
+    // A failure may come from a record trusted a moment too long (the
+    // task just ended): then say what the bucket says.
+    let why = async |e: ApiError| -> ApiError {
+        web.relay_records.forget(&tid);
+        match web.hub.book.load(&tid).await {
+            Ok(Some(fresh)) => usable(&fresh).err().unwrap_or(e),
+            _ => e,
+        }
+    };
     let upgrade = req.headers().get(header::UPGRADE).cloned();
     // An idle connection to the task from an earlier request (keep-alive
     // upstream, as reverse proxies do), else a new one.
@@ -167,7 +184,10 @@ async fn relay(
         Some(p) => p,
         None => {
             let forwarded = req.headers().contains_key(FORWARDED_BY);
-            let (io, peer_hub) = connect(&web, &rec, forwarded).await?;
+            let (io, peer_hub) = match connect(&web, &rec, forwarded).await {
+                Ok(x) => x,
+                Err(e) => return Err(why(e).await),
+            };
             let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
                 .await
                 .map_err(|e| bad_gateway(&id, e))?;
@@ -242,10 +262,10 @@ async fn relay(
         }
     }
 
-    let mut resp = sender
-        .send_request(fwd)
-        .await
-        .map_err(|e| bad_gateway(&id, e))?;
+    let mut resp = match sender.send_request(fwd).await {
+        Ok(r) => r,
+        Err(e) => return Err(why(bad_gateway(&id, e)).await),
+    };
     if upgrade.is_none() {
         // Ready again once this response's body has been read.
         web.relay_pool.put(&id, sender, peer_hub);
@@ -378,6 +398,52 @@ impl OpenRelays {
             relays: self.clone(),
             token: token.to_string(),
         })
+    }
+}
+
+/// Running tasks' records, trusted for a moment: a page load through the
+/// relay is hundreds of requests, and each would read the task's record
+/// from the bucket (an S3 round trip). A task that ends stays relayable
+/// for at most [`RECORD_TTL`] — and its runner no longer answers for it.
+#[derive(Debug, Default)]
+pub(crate) struct Records {
+    seen: std::sync::Mutex<
+        std::collections::HashMap<TaskId, (crate::tasks::record::Record, std::time::Instant)>,
+    >,
+}
+
+const RECORD_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+const RECORDS: usize = 10_000;
+
+impl Records {
+    async fn load(
+        &self,
+        web: &Web,
+        id: &TaskId,
+    ) -> Result<Option<crate::tasks::record::Record>, ApiError> {
+        if let Some((r, at)) = self.seen.lock().unwrap_or_else(|p| p.into_inner()).get(id)
+            && at.elapsed() < RECORD_TTL
+        {
+            return Ok(Some(r.clone()));
+        }
+        let r = web.hub.book.load(id).await?;
+        if let Some(r) = &r
+            && r.state == TaskState::Running
+        {
+            let mut m = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if m.len() >= RECORDS {
+                m.clear();
+            }
+            m.insert(id.clone(), (r.clone(), std::time::Instant::now()));
+        }
+        Ok(r)
+    }
+
+    fn forget(&self, id: &TaskId) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 }
 

@@ -5,6 +5,7 @@
 #![allow(clippy::result_large_err)]
 
 use crate::metrics::METRICS;
+use ds_proto::upload::Assembler;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,7 +15,7 @@ use ds_proto::v1::{
     CreateTokenReply, CreateTokenRequest, GetObjectsReply, GetObjectsRequest, GetRefReply,
     GetRefRequest, HaveReply, HaveRequest, HelloReply, HelloRequest, ListRunsReply,
     ListRunsRequest, StoredObject, UpdateRefReply, UpdateRefRequest, UploadPackReply,
-    UploadPackRequest, upload_pack_request,
+    UploadPackRequest,
 };
 use ds_proto::{MAX_BATCH, MAX_MESSAGE, MAX_PACK, PROTOCOL, REPLY_TARGET, bitmap, split_ids};
 use ds_store::index::Location;
@@ -282,48 +283,15 @@ impl Sync for SyncService {
         self.auth.check(&req).await?;
         let caller = crate::auth::bearer_hash(&req).unwrap_or_default();
         let mut stream = req.into_inner();
-        let header = match next_part(&mut stream).await?.and_then(|m| m.part) {
-            Some(upload_pack_request::Part::Header(h)) => h,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "an upload must start with a pack header",
-                ));
-            }
-        };
-        let id = PackId::from_slice(&header.id)
-            .ok_or_else(|| Status::invalid_argument("pack id must be 32 bytes"))?;
-        if header.size > MAX_PACK {
-            return Err(Status::invalid_argument(format!(
-                "pack of {} bytes; the hub takes at most {MAX_PACK}",
-                header.size
-            )));
-        }
+        let refused = |e: ds_proto::upload::UploadError| Status::invalid_argument(e.to_string());
+        let mut upload = Assembler::start(next_part(&mut stream).await?).map_err(refused)?;
         // Room for it before a byte of it is read (see limits.rs).
-        let _admitted = self.uploads.admit(&caller, header.size).await?;
-        let mut data = Vec::with_capacity((header.size as usize).min(8 << 20));
+        let _admitted = self.uploads.admit(&caller, upload.size()).await?;
         while let Some(m) = next_part(&mut stream).await? {
-            match m.part {
-                Some(upload_pack_request::Part::Data(d)) => {
-                    if (data.len() + d.len()) as u64 > header.size {
-                        return Err(Status::invalid_argument(format!(
-                            "pack {} is longer than the {} bytes its header announced",
-                            id.short(),
-                            header.size
-                        )));
-                    }
-                    data.extend_from_slice(&d);
-                }
-                _ => return Err(Status::invalid_argument("a second header in one upload")),
-            }
+            upload.push(m).map_err(refused)?;
         }
-        if data.len() as u64 != header.size {
-            return Err(Status::invalid_argument(format!(
-                "pack {} truncated: {} of {} bytes arrived",
-                id.short(),
-                data.len(),
-                header.size
-            )));
-        }
+        let (id, data) = upload.finish().map_err(refused)?;
+        let size = data.len() as u64;
         let index = self.cache.index().clone();
         let (data, verified) = tokio::task::spawn_blocking(move || {
             let v = verify_pack(&id, &data, &index);
@@ -336,7 +304,7 @@ impl Sync for SyncService {
             status(e)
         })?;
         METRICS.inc("ds_packs_verified_total", &[]);
-        METRICS.add("ds_pack_bytes_total", &[], header.size);
+        METRICS.add("ds_pack_bytes_total", &[], size);
         let stored = self
             .storage
             .put_pack(&id, Bytes::from(data), &verified.trailer)

@@ -8,6 +8,7 @@
 
 mod ids;
 pub mod json;
+pub mod upload;
 pub use ids::{BadName, RunnerName, TaskId};
 
 #[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]

@@ -124,6 +124,23 @@ pub async fn run(a: &Storage, b: &Storage) {
         "hostile workspace names are refused"
     );
 
+    // Forgetting is a compare-and-delete: refused if the ref moved, then
+    // the workspace is gone for both handles and can be created again.
+    assert_eq!(a.swap_ref("f", None, s(4), false).await.unwrap(), None);
+    match b.delete_ref("f", s(5)).await {
+        Err(HubError::RefConflict { actual, .. }) => assert_eq!(actual, Some(s(4))),
+        other => panic!("delete of a ref that moved: {other:?}"),
+    }
+    b.delete_ref("f", s(4)).await.unwrap();
+    assert_eq!(a.get_ref("f").await.unwrap(), None);
+    assert!(!a.list_refs().await.unwrap().iter().any(|(n, _)| n == "f"));
+    assert!(matches!(
+        a.delete_ref("f", s(4)).await,
+        Err(HubError::RefConflict { actual: None, .. })
+    ));
+    assert_eq!(b.swap_ref("f", None, s(6), false).await.unwrap(), None);
+    assert_eq!(a.get_ref("f").await.unwrap(), Some(s(6)));
+
     // Concurrent writers through both handles never lose an update: each
     // successful swap moves the ref from the value it read.
     let counter = Arc::new(AtomicU64::new(0));
@@ -164,7 +181,7 @@ pub async fn run(a: &Storage, b: &Storage) {
     let refs = b.list_refs().await.unwrap();
     assert_eq!(
         refs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
-        ["race", "w"]
+        ["f", "race", "w"]
     );
 
     // Tokens.

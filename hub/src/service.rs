@@ -12,10 +12,10 @@ use bytes::Bytes;
 use ds_format::{ObjectId, ObjectKind, PackId};
 use ds_proto::v1::sync_server::Sync;
 use ds_proto::v1::{
-    CreateTokenReply, CreateTokenRequest, GetObjectsReply, GetObjectsRequest, GetRefReply,
-    GetRefRequest, HaveReply, HaveRequest, HelloReply, HelloRequest, ListRunsReply,
-    ListRunsRequest, StoredObject, UpdateRefReply, UpdateRefRequest, UploadPackReply,
-    UploadPackRequest,
+    CreateTokenReply, CreateTokenRequest, DeleteRefReply, DeleteRefRequest, GetObjectsReply,
+    GetObjectsRequest, GetRefReply, GetRefRequest, HaveReply, HaveRequest, HelloReply,
+    HelloRequest, ListRunsReply, ListRunsRequest, StoredObject, UpdateRefReply, UpdateRefRequest,
+    UploadPackReply, UploadPackRequest,
 };
 use ds_proto::{MAX_BATCH, MAX_MESSAGE, MAX_PACK, PROTOCOL, REPLY_TARGET, bitmap, split_ids};
 use ds_store::index::Location;
@@ -413,6 +413,22 @@ impl Sync for SyncService {
         Ok(Response::new(UpdateRefReply {
             previous: prev.map(|p| p.0.to_vec()).unwrap_or_default(),
         }))
+    }
+
+    async fn delete_ref(
+        &self,
+        req: Request<DeleteRefRequest>,
+    ) -> Result<Response<DeleteRefReply>, Status> {
+        let grant = self.auth.check(&req).await?;
+        grant.require_admin()?;
+        let r = req.get_ref();
+        workspace_ok(&r.workspace)?;
+        let expected = one_id(&r.expected, "expected")?;
+        self.storage
+            .delete_ref(&r.workspace, expected)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(DeleteRefReply {}))
     }
 
     type ListRunsStream = ReceiverStream<Result<ListRunsReply, Status>>;

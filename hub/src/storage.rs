@@ -212,23 +212,30 @@ impl Storage {
     /// A workspace's head.
     pub async fn get_ref(&self, workspace: &str) -> Result<Option<ObjectId>> {
         validate_workspace(workspace)?;
-        Ok(self.get_ref_versioned(workspace).await?.map(|(id, _)| id))
+        Ok(match self.ref_state(workspace).await? {
+            RefState::Present(id, _) => Some(id),
+            RefState::Absent | RefState::Forgotten(_) => None,
+        })
     }
 
-    async fn get_ref_versioned(&self, ws: &str) -> Result<Option<(ObjectId, UpdateVersion)>> {
+    /// A ref object as it is in the bucket: a forgotten workspace keeps a
+    /// tombstone, so that forgetting is a conditional write like every
+    /// other ref change (object stores have no conditional delete).
+    async fn ref_state(&self, ws: &str) -> Result<RefState> {
         let s = &self.inner;
         match &s.refs {
             RefBackend::LocalLocked { dir } => {
                 let refs = Refs::new(dir.join("refs"));
-                Ok(refs.get(ws)?.map(|id| {
-                    (
+                Ok(match refs.get(ws)? {
+                    Some(id) => RefState::Present(
                         id,
                         UpdateVersion {
                             e_tag: None,
                             version: None,
                         },
-                    )
-                }))
+                    ),
+                    None => RefState::Absent,
+                })
             }
             RefBackend::Conditional => {
                 let key = s.prefix.clone().join("refs").join(ws);
@@ -239,18 +246,70 @@ impl Storage {
                             version: r.meta.version.clone(),
                         };
                         let b = r.bytes().await?;
-                        let id = std::str::from_utf8(&b)
-                            .ok()
-                            .and_then(|t| t.trim().parse().ok())
-                            .ok_or_else(|| {
-                                HubError::Corrupt(format!("ref object {key} is corrupt"))
-                            })?;
-                        Ok(Some((id, v)))
+                        let text = std::str::from_utf8(&b).map(str::trim);
+                        if text == Ok(TOMBSTONE) {
+                            return Ok(RefState::Forgotten(v));
+                        }
+                        let id = text.ok().and_then(|t| t.parse().ok()).ok_or_else(|| {
+                            HubError::Corrupt(format!("ref object {key} is corrupt"))
+                        })?;
+                        Ok(RefState::Present(id, v))
                     }
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(object_store::Error::NotFound { .. }) => Ok(RefState::Absent),
                     Err(e) => Err(e.into()),
                 }
             }
+        }
+    }
+
+    /// Removes `workspace`'s ref if it is still at `expected`.
+    pub async fn delete_ref(&self, workspace: &str, expected: ObjectId) -> Result<()> {
+        validate_workspace(workspace)?;
+        let s = &self.inner;
+        match &s.refs {
+            RefBackend::LocalLocked { dir } => {
+                let dir = dir.clone();
+                let ws = workspace.to_string();
+                tokio::task::spawn_blocking(move || -> Result<()> {
+                    let _lock = flock(&dir.join("refs.lock"))?;
+                    let refs = Refs::new(dir.join("refs"));
+                    let actual = refs.get(&ws)?;
+                    if actual != Some(expected) {
+                        return Err(HubError::RefConflict {
+                            workspace: ws,
+                            expected: Some(expected),
+                            actual,
+                        });
+                    }
+                    Ok(refs.delete(&ws, expected)?)
+                })
+                .await
+                .map_err(|e| HubError::Internal(format!("ref delete task failed: {e}")))?
+            }
+            RefBackend::Conditional => loop {
+                let (actual, v) = match self.ref_state(workspace).await? {
+                    RefState::Present(id, v) => (Some(id), Some(v)),
+                    _ => (None, None),
+                };
+                let Some(v) = v.filter(|_| actual == Some(expected)) else {
+                    return Err(HubError::RefConflict {
+                        workspace: workspace.to_string(),
+                        expected: Some(expected),
+                        actual,
+                    });
+                };
+                let key = s.prefix.clone().join("refs").join(workspace);
+                let body = PutPayload::from(format!("{TOMBSTONE}\n").into_bytes());
+                match s
+                    .objects
+                    .put_opts(&key, body, PutOptions::from(PutMode::Update(v)))
+                    .await
+                {
+                    Ok(_) => return Ok(()),
+                    Err(object_store::Error::Precondition { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            },
         }
     }
 
@@ -275,8 +334,12 @@ impl Storage {
                     .map_err(|e| HubError::Internal(format!("ref update task failed: {e}")))?
             }
             RefBackend::Conditional => loop {
-                let current = self.get_ref_versioned(workspace).await?;
-                let actual = current.as_ref().map(|(id, _)| *id);
+                let (actual, mode) = match self.ref_state(workspace).await? {
+                    RefState::Present(id, v) => (Some(id), PutMode::Update(v)),
+                    // A forgotten workspace is created again over its tombstone.
+                    RefState::Forgotten(v) => (None, PutMode::Update(v)),
+                    RefState::Absent => (None, PutMode::Create),
+                };
                 if !force && actual != expected {
                     return Err(HubError::RefConflict {
                         workspace: workspace.to_string(),
@@ -284,10 +347,6 @@ impl Storage {
                         actual,
                     });
                 }
-                let mode = match current {
-                    Some((_, v)) => PutMode::Update(v),
-                    None => PutMode::Create,
-                };
                 let key = s.prefix.clone().join("refs").join(workspace);
                 let body = PutPayload::from(format!("{new}\n").into_bytes());
                 match s.objects.put_opts(&key, body, PutOptions::from(mode)).await {
@@ -391,6 +450,16 @@ fn local_swap(
     }
     refs.swap(ws, actual, new)?;
     Ok(actual)
+}
+
+/// What a forgotten workspace's ref object holds.
+const TOMBSTONE: &str = "forgotten";
+
+/// A ref in the bucket.
+enum RefState {
+    Absent,
+    Forgotten(UpdateVersion),
+    Present(ObjectId, UpdateVersion),
 }
 
 /// Checks that the store refuses a second create and an update against a

@@ -203,6 +203,19 @@ impl Remote {
     }
 
     /// A token limited to `workspaces`, or (with `runner`) a runner token.
+    /// Removes `workspace`'s ref on the hub (admin tokens), if it is still
+    /// at `expected`.
+    pub async fn delete_ref(&mut self, workspace: &str, expected: ObjectId) -> Result<()> {
+        self.client
+            .delete_ref(ds_proto::v1::DeleteRefRequest {
+                workspace: workspace.into(),
+                expected: expected.0.to_vec(),
+            })
+            .await?;
+        self.round_trips += 1;
+        Ok(())
+    }
+
     pub async fn create_token(
         &mut self,
         workspaces: Vec<String>,

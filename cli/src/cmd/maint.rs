@@ -20,6 +20,15 @@ use crate::progress::Bar;
 pub struct ForgetArgs {
     /// Workspace to forget
     workspace: String,
+    /// Forget it on this hub instead of in the local store (an admin token:
+    /// --token or DS_TOKEN); its data stays until the hub's gc
+    #[arg(long, value_name = "URL|NAME")]
+    hub: Option<String>,
+    #[arg(long, value_name = "TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM file of the CA that signed an https hub's certificate
+    #[arg(long, env = "DS_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +112,38 @@ pub(super) fn gc(store: &Store, a: GcArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+impl ForgetArgs {
+    /// Only an explicit --hub forgets on a hub (not DS_HUB or a saved
+    /// default remote: forgetting is not to be aimed by the environment).
+    pub fn on_hub(&self) -> bool {
+        self.hub.is_some()
+    }
+}
+
+/// `ds forget W --hub URL`: the hub's ref, by compare-and-delete.
+pub(super) fn forget_on_hub(store_path: &std::path::Path, a: ForgetArgs) -> Result<ExitCode> {
+    let hub = crate::sync::HubArgs {
+        hub: a.hub,
+        token: a.token,
+        ca_cert: a.ca_cert,
+        json: false,
+    };
+    let (url, token) = crate::sync::target(store_path, &hub)?;
+    crate::sync::runtime()?.block_on(async {
+        let mut r = ds_sync::Remote::connect(&url, &token, hub.ca_cert.as_deref()).await?;
+        let Some(head) = r.get_ref(&a.workspace).await? else {
+            anyhow::bail!("no workspace {:?} on {url}", a.workspace);
+        };
+        r.delete_ref(&a.workspace, head).await?;
+        eprintln!(
+            "ds: forgot workspace {} on {url} (was at {}); the hub's gc frees its data",
+            a.workspace,
+            head.short()
+        );
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Opened for writing by the caller, like every ref change.

@@ -540,3 +540,77 @@ fn tls_hub_serves_clients_that_trust_its_ca_and_only_those() {
     ok(hub_cmd(&b, &hub, &hub.admin, &["clone", "w"]).env("DS_CA_CERT", &ca));
     assert_eq!(head(&b, "w"), head(&a, "w"));
 }
+
+/// `ds forget W --hub`: on a hub over local storage and over S3 (where
+/// forgetting is a conditional write of a tombstone).
+fn forget_on_a_hub(storage: Option<&str>, env: &[(&str, &str)]) {
+    let t = tempfile::tempdir().unwrap();
+    let hub = start_hub_with(&t.path().join("hub"), storage, env, &[]);
+    let me = t.path().join("me");
+    let work = t.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("f"), b"one").unwrap();
+    ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "gone"]));
+    ok(ds(&me).args(["push", "gone", "--hub", &hub.url, "--token", &hub.admin]));
+    let limited = String::from_utf8(
+        ok(ds(&me).args([
+            "token", "-w", "gone", "--hub", &hub.url, "--token", &hub.admin,
+        ]))
+        .stdout,
+    )
+    .unwrap();
+    // Only an admin may forget a workspace on the hub.
+    let out = ds(&me)
+        .args([
+            "forget",
+            "gone",
+            "--hub",
+            &hub.url,
+            "--token",
+            limited.trim(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("admin"),
+        "{out:?}"
+    );
+    let out = ok(ds(&me).args(["forget", "gone", "--hub", &hub.url, "--token", &hub.admin]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("forgot workspace gone"));
+    // Gone from the hub (clone, the API), kept in the local store.
+    let other = t.path().join("other");
+    let out = ds(&other)
+        .args(["clone", "gone", "--hub", &hub.url, "--token", &hub.admin])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let listed = Command::new("curl")
+        .args(["-s", "-H", &format!("Authorization: Bearer {}", hub.admin)])
+        .arg(format!("{}/api/v1/workspaces", hub.url))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&listed.stdout), "[]");
+    ok(ds(&me).args(["log", "gone"]));
+    // Forgetting it again says there is nothing; pushing it again works.
+    let out = ds(&me)
+        .args(["forget", "gone", "--hub", &hub.url, "--token", &hub.admin])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no workspace"),
+        "{out:?}"
+    );
+    ok(ds(&me).args(["push", "gone", "--hub", &hub.url, "--token", &hub.admin]));
+    ok(ds(&other).args(["clone", "gone", "--hub", &hub.url, "--token", &hub.admin]));
+}
+
+#[test]
+fn forget_on_a_hub_removes_its_ref_only_for_an_admin() {
+    forget_on_a_hub(None, &[]);
+    if let Some(ep) = s3_endpoint() {
+        let bucket = s3_bucket(&ep, &format!("ds-forget-{}", std::process::id()));
+        forget_on_a_hub(Some(&format!("s3://{bucket}/ds")), &s3_env(&ep));
+    }
+}

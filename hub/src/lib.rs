@@ -6,8 +6,11 @@
 //! [`cache`] of object locations and its admin token. The gRPC [`service`]
 //! answers the protocol in `ds-proto`; [`verify`] rehashes every uploaded
 //! object before a pack is acknowledged. [`tasks`] queues tasks, hands
-//! them to runners under leases and stores their output, all in the bucket. The client end (push, pull, clone)
-//! is the `ds-sync` crate, which does not link this one.
+//! them to runners under leases and stores their output, all in the
+//! bucket. [`web`] serves HTTP on the same listener: the REST API, the web
+//! UI, the relay to task ports and `/metrics`; [`rates`] holds every
+//! caller to a budget. The client end (push, pull, clone) is the `ds-sync`
+//! crate, which does not link this one.
 #![forbid(unsafe_code)]
 
 pub mod auth;

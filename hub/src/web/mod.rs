@@ -1,5 +1,6 @@
-//! The hub's HTTP side: the REST API under `/api/v1/` ([`api`]), the relay
-//! to task ports under `/tasks/<id>/` ([`relay`]) and `/metrics`, served on
+//! The hub's HTTP side: the REST API under `/api/v1/` (`api.rs`,
+//! `files.rs`, `runs.rs`, `tasks.rs`), the web UI (`ui.rs`), the relay to
+//! task ports under `/tasks/<id>/` (`relay.rs`) and `/metrics`, served on
 //! the gRPC listener ([`listen`]).
 //!
 //! Authentication is the gRPC side's: the same bearer tokens, checked by

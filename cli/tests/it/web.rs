@@ -1543,3 +1543,64 @@ fn a_token_past_its_relayed_connections_is_refused_until_one_closes() {
     });
     ok(&mut client(&me, &hub, &hub.admin, &["task", "cancel", &id]));
 }
+
+#[test]
+fn ds_up_with_s3_storage_runs_a_task_and_keeps_it_in_the_bucket() {
+    let Some(ep) = s3_endpoint() else {
+        return;
+    };
+    let bucket = s3_bucket(&ep, &format!("ds-up-{}", std::process::id()));
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let data = t.path().join("up");
+    let port = free_port();
+    let up = |args: &[&str]| {
+        let mut c = ds(&store);
+        c.args(args)
+            .env_remove("DS_HUB")
+            .env_remove("DS_TOKEN")
+            .envs(s3_env(&ep).iter().copied());
+        c
+    };
+    ok(
+        up(&["up", "--background", "--executor", "process", "--storage"])
+            .arg(format!("s3://{bucket}/ds"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data")
+            .arg(&data),
+    );
+    struct Down<'a>(&'a Path, &'a Path);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            let _ = ds(self.0).arg("down").arg("--data").arg(self.1).status();
+        }
+    }
+    let _down = Down(&store, &data);
+    let out = ok(&mut up(&[
+        "run",
+        "-w",
+        "s3demo",
+        "--executor",
+        "process",
+        "--",
+        "sh",
+        "-c",
+        "echo hi > f; cat f",
+    ]));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("hi"),
+        "{out:?}"
+    );
+    ok(up(&["down", "--data"]).arg(&data));
+    // The task's snapshot is in the bucket: a hub started afresh on it serves it.
+    let hub = crate::sync::start_hub_with(
+        &t.path().join("hub2"),
+        Some(&format!("s3://{bucket}/ds")),
+        &s3_env(&ep),
+        &[],
+    );
+    let other = t.path().join("other");
+    ok(ds(&other).args(["clone", "s3demo", "--hub", &hub.url, "--token", &hub.admin]));
+    assert_eq!(ok(ds(&other).args(["cat", "s3demo", "f"])).stdout, b"hi\n");
+}

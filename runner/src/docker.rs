@@ -107,15 +107,18 @@ pub async fn run(
             // The task's port, published on the runner's loopback only (an
             // ephemeral port the engine picks): the relay's tunnels connect
             // there, nothing else can.
-            port_bindings: (spec.port != 0).then(|| {
-                HashMap::from([(
-                    format!("{}/tcp", spec.port),
-                    Some(vec![PortBinding {
-                        host_ip: Some("127.0.0.1".into()),
-                        host_port: Some(String::new()),
-                    }]),
-                )])
-            }),
+            // (With the host's network the port is the host's already; with
+            // none, nothing can reach it.)
+            port_bindings: (spec.port != 0 && !matches!(opts.network.as_str(), "host" | "none"))
+                .then(|| {
+                    HashMap::from([(
+                        format!("{}/tcp", spec.port),
+                        Some(vec![PortBinding {
+                            host_ip: Some("127.0.0.1".into()),
+                            host_port: Some(String::new()),
+                        }]),
+                    )])
+                }),
             ..HostConfig::default()
         }),
         exposed_ports: (spec.port != 0).then(|| vec![format!("{}/tcp", spec.port)]),
@@ -141,7 +144,8 @@ pub async fn run(
         "container {name} of image {} ({image})",
         spec.image
     ));
-    let r = supervise(&d, &name, id, io).await;
+    let host_port = (opts.network == "host").then_some(spec.port);
+    let r = supervise(&d, &name, id, io, host_port).await;
     remove(&d, &name).await;
     r
 }
@@ -182,7 +186,15 @@ fn published(n: Option<bollard::models::NetworkSettings>) -> Option<std::net::So
     Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
-async fn supervise(d: &Docker, name: &str, id: &TaskId, io: Io<'_>) -> Result<Exit, String> {
+/// `host_port`: the task's port when the container shares the host's
+/// network (nothing is published then: the port is the host's own).
+async fn supervise(
+    d: &Docker,
+    name: &str,
+    id: &TaskId,
+    io: Io<'_>,
+    host_port: Option<u32>,
+) -> Result<Exit, String> {
     let Io {
         ledger,
         control,
@@ -200,6 +212,11 @@ async fn supervise(d: &Docker, name: &str, id: &TaskId, io: Io<'_>) -> Result<Ex
         if let Some(a) = published(i.network_settings) {
             control.set_target(a);
         }
+    }
+    if let Some(Ok(port)) = host_port.map(u16::try_from)
+        && port != 0
+    {
+        control.set_target(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     }
     let mut tap = runs.tap();
     let mut logs = d.logs(

@@ -1066,6 +1066,59 @@ fn the_relay_reaches_a_port_inside_a_container() {
         &id,
         &["cancelled", "failed", "succeeded"],
     );
+
+    // On the host's network nothing is published: the port is the host's.
+    let token2 = runner_token(&hub, "c2");
+    let _r2 = start_runner(
+        &hub,
+        &token2,
+        "c2",
+        &t.path().join("cache2"),
+        &[
+            "--executor",
+            "docker",
+            "--docker-network",
+            "host",
+            "--label",
+            "net=host",
+        ],
+    );
+    let port = free_port().to_string();
+    let id = detach(
+        &me,
+        &hub,
+        &hub.admin,
+        "box",
+        &["busybox", "httpd", "-f", "-p", &port, "-h", "/home/ds"],
+        &[
+            "--port",
+            &port,
+            "--executor",
+            "docker",
+            "--image",
+            &image,
+            "--label",
+            "net=host",
+        ],
+    );
+    wait_state(&me, &hub, &hub.admin, &id, &["running"]);
+    wait_until(
+        "the host-network container serves through the relay",
+        60,
+        || {
+            r = get(&hub, &format!("/tasks/{id}/index.html"), &hub.admin);
+            r.status == 200
+        },
+    );
+    assert_eq!(r.body, "hello from the container\n");
+    ok(&mut client(&me, &hub, &hub.admin, &["task", "cancel", &id]));
+    wait_state(
+        &me,
+        &hub,
+        &hub.admin,
+        &id,
+        &["cancelled", "failed", "succeeded"],
+    );
 }
 
 /// JupyterLab from scripts/jupyter.sh (DS_TEST_JUPYTER); required when

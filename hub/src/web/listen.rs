@@ -48,6 +48,9 @@ impl Default for ConnLimits {
         }
     }
 }
+/// HTTP/2 streams per connection: a runner's relayed connections are
+/// streams of its one connection to the hub, beside its Attach stream.
+const MAX_STREAMS: u32 = 4096;
 /// How long open connections get to finish at shutdown.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -258,7 +261,8 @@ pub(crate) async fn serve(
         .timer(TokioTimer::new())
         .initial_stream_window_size(ds_proto::STREAM_WINDOW)
         .initial_connection_window_size(ds_proto::CONNECTION_WINDOW)
-        .max_concurrent_streams(1024);
+        // A runner's tunnels are streams of its one connection.
+        .max_concurrent_streams(MAX_STREAMS);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let rates = Arc::new(Rates::default());

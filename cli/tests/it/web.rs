@@ -1657,3 +1657,78 @@ fn ds_up_with_s3_storage_runs_a_task_and_keeps_it_in_the_bucket() {
     ok(ds(&other).args(["clone", "s3demo", "--hub", &hub.url, "--token", &hub.admin]));
     assert_eq!(ok(ds(&other).args(["cat", "s3demo", "f"])).stdout, b"hi\n");
 }
+
+#[test]
+fn tasks_over_rest_submit_run_and_stream_their_logs_as_server_sent_events() {
+    let t = tempfile::tempdir().unwrap();
+    let hub = hub(t.path(), "10");
+    let token = runner_token(&hub, "r1");
+    let _r = start_runner(&hub, &token, "r1", &t.path().join("cache"), &[]);
+    let spec = r#"{"workspace":"sse","command":["sh","-c","for i in 1 2 3; do echo line $i; sleep 0.3; done; echo oops >&2"],"executor":"process"}"#;
+    let r = curl(
+        &format!("{}/api/v1/tasks", hub.url),
+        &[
+            "-H",
+            &bearer(&hub.admin),
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            spec,
+        ],
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    // Followed while it runs: one `line` event per line, then `end` with
+    // the task in its final state.
+    let r = curl(
+        &format!("{}/api/v1/tasks/{id}/logs?follow=true", hub.url),
+        &["-N", "-H", &bearer(&hub.admin)],
+    );
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let events: Vec<(String, serde_json::Value)> = r
+        .body
+        .split("\n\n")
+        .filter_map(|e| {
+            let kind = e.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = e.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((kind.to_string(), serde_json::from_str(data).unwrap()))
+        })
+        .collect();
+    let lines: Vec<&str> = events
+        .iter()
+        .filter(|(k, v)| k == "line" && v["stream"] == "stdout")
+        .map(|(_, v)| v["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(lines, ["line 1", "line 2", "line 3"], "{}", r.body);
+    assert!(
+        events
+            .iter()
+            .any(|(k, v)| k == "line" && v["stream"] == "stderr" && v["text"] == "oops")
+    );
+    let (kind, end) = events.last().unwrap();
+    assert_eq!(kind, "end");
+    assert_eq!(end["state"], "succeeded", "{end}");
+    // The same lines as JSON once it ended, from a line number on.
+    let all = get(&hub, &format!("/api/v1/tasks/{id}/logs?from=1"), &hub.admin).json();
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["n"].as_u64().unwrap() >= 1)
+    );
+    // Listed, shown, and a cancel of a finished task says so.
+    let listed = get(&hub, "/api/v1/tasks?workspace=sse", &hub.admin).json();
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(
+        get(&hub, &format!("/api/v1/tasks/{id}"), &hub.admin).json()["exit_code"],
+        0
+    );
+    let runners = get(&hub, "/api/v1/runners", &hub.admin).json();
+    assert_eq!(runners[0]["name"], "r1");
+    assert_eq!(get(&hub, "/api/v1/tasks/nonsense", &hub.admin).status, 404);
+}

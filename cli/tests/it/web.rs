@@ -80,6 +80,27 @@ fn workspace(t: &Path, hub: &Hub, ws: &str, files: &[(&str, &[u8])]) -> std::pat
     me
 }
 
+/// SERVER running as a task of workspace `ws` (a workspace of just
+/// srv.py, pushed to `hub`), submitted through `hub` and answering through
+/// its relay: (the store, the task id).
+fn serving_task(t: &Path, hub: &Hub, ws: &str) -> (std::path::PathBuf, String) {
+    let me = workspace(t, hub, ws, &[("srv.py", SERVER.as_bytes())]);
+    let port = free_port().to_string();
+    let id = detach(
+        &me,
+        hub,
+        &hub.admin,
+        ws,
+        &["python3", "srv.py", &port],
+        &["--port", &port, "--executor", "process"],
+    );
+    wait_state(&me, hub, &hub.admin, &id, &["running"]);
+    wait_until("the task serves through the relay", 60, || {
+        get(hub, &format!("/tasks/{id}/x"), &hub.admin).status == 200
+    });
+    (me, id)
+}
+
 /// A token limited to workspace `ws`, made with the admin token.
 fn limited_token(me: &Path, hub: &Hub, ws: &str) -> String {
     let out = ok(ds(me).args(["token", "-w", ws, "--hub", &hub.url, "--token", &hub.admin]));
@@ -475,24 +496,10 @@ fn the_relay_reaches_a_tasks_port_with_a_token_and_never_forwards_the_hubs_crede
         &t.path().join("cache"),
         &["--metrics-listen", &metrics],
     );
-    let me = workspace(t.path(), &hub, "web", &[("srv.py", SERVER.as_bytes())]);
-
-    let port = free_port().to_string();
     // The shape, with a server that shows what it was sent.
-    let id = detach(
-        &me,
-        &hub,
-        &hub.admin,
-        "web",
-        &["python3", "srv.py", &port],
-        &["--port", &port, "--executor", "process"],
-    );
-    wait_state(&me, &hub, &hub.admin, &id, &["running"]);
-    let mut r = get(&hub, &format!("/tasks/{id}/some/path?q=1"), &hub.admin);
-    wait_until("the task serves through the relay", 60, || {
-        r = get(&hub, &format!("/tasks/{id}/some/path?q=1"), &hub.admin);
-        r.status == 200
-    });
+    let (me, id) = serving_task(t.path(), &hub, "web");
+    let r = get(&hub, &format!("/tasks/{id}/some/path?q=1"), &hub.admin);
+    assert_eq!(r.status, 200, "{}", r.body);
     // The prefix is stripped, the query kept, the hub's token not passed.
     assert!(
         r.body.starts_with("GET /some/path?q=1 HTTP/1.1"),
@@ -1232,23 +1239,10 @@ fn a_relay_request_to_another_hub_on_the_bucket_is_forwarded_to_the_runners_hub(
     );
     let token = runner_token(&h1, "r1");
     let _r = start_runner(&h2, &token, "r1", &t.path().join("cache"), &[]);
-    let me = workspace(t.path(), &h1, "two", &[("srv.py", SERVER.as_bytes())]);
-    let port = free_port().to_string();
-    let id = detach(
-        &me,
-        &h1,
-        &h1.admin,
-        "two",
-        &["python3", "srv.py", &port],
-        &["--port", &port, "--executor", "process"],
-    );
-    wait_state(&me, &h1, &h1.admin, &id, &["running"]);
     // Through h1, where the runner is not connected: h1 forwards to h2.
-    let mut r = get(&h1, &format!("/tasks/{id}/x"), &h1.admin);
-    wait_until("the task answers through the other hub", 60, || {
-        r = get(&h1, &format!("/tasks/{id}/x"), &h1.admin);
-        r.status == 200
-    });
+    let (me, id) = serving_task(t.path(), &h1, "two");
+    let r = get(&h1, &format!("/tasks/{id}/x"), &h1.admin);
+    assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.starts_with("GET /x HTTP/1.1"), "{}", r.body);
     assert!(
         !r.body.to_lowercase().contains("authorization"),
@@ -1279,29 +1273,13 @@ fn with_a_tasks_domain_a_task_is_also_relayed_on_its_own_origin() {
     );
     let token = runner_token(&hub, "r1");
     let _r = start_runner(&hub, &token, "r1", &t.path().join("cache"), &[]);
-    let me = workspace(t.path(), &hub, "dom", &[("srv.py", SERVER.as_bytes())]);
-    let port = free_port().to_string();
-    let id = detach(
-        &me,
-        &hub,
-        &hub.admin,
-        "dom",
-        &["python3", "srv.py", &port],
-        &["--port", &port, "--executor", "process"],
-    );
-    wait_state(&me, &hub, &hub.admin, &id, &["running"]);
+    let (me, id) = serving_task(t.path(), &hub, "dom");
     let host = format!("Host: {id}.tasks.ds.example.test");
-    let mut r = curl(
+    let r = curl(
         &format!("{}/a/b?c=d", hub.url),
         &["-H", &host, "-H", &bearer(&hub.admin)],
     );
-    wait_until("the task answers on its own origin", 60, || {
-        r = curl(
-            &format!("{}/a/b?c=d", hub.url),
-            &["-H", &host, "-H", &bearer(&hub.admin)],
-        );
-        r.status == 200
-    });
+    assert_eq!(r.status, 200, "{}", r.body);
     // The whole path, as the app sees it on its own origin.
     assert!(r.body.starts_with("GET /a/b?c=d HTTP/1.1"), "{}", r.body);
     // The hub's API is not reachable on a task's origin.
@@ -1464,20 +1442,7 @@ fn a_browser_that_stops_reading_stalls_only_its_own_tunnel() {
     let hub = hub(t.path(), "3");
     let token = runner_token(&hub, "r1");
     let _r = start_runner(&hub, &token, "r1", &t.path().join("cache"), &[]);
-    let me = workspace(t.path(), &hub, "slow", &[("srv.py", SERVER.as_bytes())]);
-    let port = free_port().to_string();
-    let id = detach(
-        &me,
-        &hub,
-        &hub.admin,
-        "slow",
-        &["python3", "srv.py", &port],
-        &["--port", &port, "--executor", "process"],
-    );
-    wait_state(&me, &hub, &hub.admin, &id, &["running"]);
-    wait_until("the task serves through the relay", 60, || {
-        get(&hub, &format!("/tasks/{id}/x"), &hub.admin).status == 200
-    });
+    let (me, id) = serving_task(t.path(), &hub, "slow");
     let rss_before = hub.rss_mib();
     let mut stalled: Vec<std::process::Child> = (0..4)
         .map(|_| {
@@ -1547,20 +1512,7 @@ fn a_token_past_its_relayed_connections_is_refused_until_one_closes() {
     );
     let token = runner_token(&hub, "r1");
     let _r = start_runner(&hub, &token, "r1", &t.path().join("cache"), &[]);
-    let me = workspace(t.path(), &hub, "cap", &[("srv.py", SERVER.as_bytes())]);
-    let port = free_port().to_string();
-    let id = detach(
-        &me,
-        &hub,
-        &hub.admin,
-        "cap",
-        &["python3", "srv.py", &port],
-        &["--port", &port, "--executor", "process"],
-    );
-    wait_state(&me, &hub, &hub.admin, &id, &["running"]);
-    wait_until("the task serves through the relay", 60, || {
-        get(&hub, &format!("/tasks/{id}/x"), &hub.admin).status == 200
-    });
+    let (me, id) = serving_task(t.path(), &hub, "cap");
     let mut hold = Command::new("python3")
         .arg("-c")
         .arg(HOLD_CLIENT)

@@ -6,4 +6,4 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../src/upload.rs"]
 mod upload;
 
-fuzz_target!(|data: &[u8]| upload::upload(data));
+fuzz_target!(|data: &[u8]| upload::upload(data, ds_fuzz::verified_pack));

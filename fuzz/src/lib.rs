@@ -443,8 +443,15 @@ pub fn pack_verify(data: &[u8]) {
         .checked_sub(40)
         .and_then(|s| PackId::from_slice(&data[s..s + 32]))
         .unwrap_or(PackId::ZERO);
+    verified_pack(&claimed, data);
+}
+
+/// `check::verify_pack` of `data` claimed as pack `claimed`, with and
+/// without its children held: whatever it accepts must lie before the
+/// trailer and decode to its id. Shared with the `upload` target.
+pub fn verified_pack(claimed: &PackId, data: &[u8]) {
     for holds_all in [false, true] {
-        let Ok((entries, tstart)) = check::verify_pack(&claimed, data, &mut |_| holds_all) else {
+        let Ok((entries, tstart)) = check::verify_pack(claimed, data, &mut |_| holds_all) else {
             continue;
         };
         assert!(tstart >= pack::HEADER.len() && tstart <= data.len());

@@ -6,6 +6,11 @@
 #[path = "../../fuzz/src/upload.rs"]
 mod upload;
 
+/// The fuzz checks (they depend on ds-format and std only).
+#[path = "../../fuzz/src/lib.rs"]
+#[allow(dead_code)]
+mod checks;
+
 #[test]
 fn upload_corpus_replays_cleanly() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus-proto/upload");
@@ -23,7 +28,7 @@ fn upload_corpus_replays_cleanly() {
     let mut accepted = 0;
     for f in files {
         let data = std::fs::read(&f).unwrap();
-        if std::panic::catch_unwind(|| upload::upload(&data)).is_err() {
+        if std::panic::catch_unwind(|| upload::upload(&data, checks::verified_pack)).is_err() {
             panic!("{} fails the upload check", f.display());
         }
         accepted += usize::from(

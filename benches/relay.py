@@ -32,7 +32,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tasks import Proc, ds_bin, start_hub  # noqa: E402
+from tasks import Proc, ds_bin, runner_token, start_hub, start_runner  # noqa: E402
 
 SERVER = r'''
 import socket, sys, threading
@@ -220,12 +220,9 @@ def main() -> int:
             f.write(SERVER)
         subprocess.run([ds, "snapshot", work, "-w", "relay"], env=env, check=True, capture_output=True)
         subprocess.run([ds, "push", "relay"], env=henv, check=True, capture_output=True)
-        token = subprocess.run([ds, "token", "--runner", "bench"], env=henv, check=True,
-                               capture_output=True, text=True).stdout.strip()
-        r = Proc([ds, "runner", "--hub", url, "--token", token, "--name", "bench",
-                  "--executor", "process", "--cache", os.path.join(tmp, "cache")], env)
+        r = start_runner(ds, url, runner_token(ds, henv), os.path.join(tmp, "cache"), env,
+                         ["--executor", "process"])
         procs.append(r)
-        r.wait_for("connected to")
         port = free_port()
         task = json.loads(subprocess.run(
             [ds, "run", "-d", "--json", "-w", "relay", "--port", str(port), "--executor", "process",

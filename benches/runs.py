@@ -32,7 +32,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tasks import Proc, ds_bin, start_hub  # noqa: E402
+from tasks import Proc, ds_bin, runner_token, start_hub, start_runner  # noqa: E402
 
 
 def timed(cmd: list[str], env: dict[str, str], **kw) -> tuple[float, subprocess.CompletedProcess]:
@@ -64,12 +64,9 @@ def main() -> int:
             f.write(os.urandom(64 << 20))
         subprocess.run([ds, "snapshot", work, "-w", "w"], env=env, check=True, capture_output=True)
         subprocess.run([ds, "push", "w"], env=henv, check=True, capture_output=True)
-        token = subprocess.run([ds, "token", "--runner", "bench"], env=henv, check=True,
-                               capture_output=True, text=True).stdout.strip()
-        r = Proc([ds, "runner", "--hub", url, "--token", token, "--name", "bench",
-                  "--executor", "process", "--cache", os.path.join(tmp, "cache")], env)
+        r = start_runner(ds, url, runner_token(ds, henv), os.path.join(tmp, "cache"), env,
+                         ["--executor", "process"])
         procs.append(r)
-        r.wait_for("connected to")
 
         def task(markers: bool) -> float:
             # Each run touches one small file, then announces itself; the

@@ -86,6 +86,21 @@ def start_hub(ds: str, tmp: str, env: dict[str, str]) -> tuple[Proc, str, str]:
     return hub, url, admin
 
 
+def runner_token(ds: str, env: dict[str, str]) -> str:
+    """A runner token for runner `bench`, made with the admin token in ENV."""
+    return subprocess.run([ds, "token", "--runner", "bench"], env=env, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def start_runner(ds: str, url: str, token: str, cache: str, env: dict[str, str],
+                 extra: list[str] | None = None) -> Proc:
+    """`ds runner` named bench on URL with its cache at CACHE, once connected."""
+    r = Proc([ds, "runner", "--hub", url, "--token", token, "--name", "bench",
+              "--cache", cache] + (extra or []), env)
+    r.wait_for("connected to")
+    return r
+
+
 def first_line_seconds(cmd: list[str], env: dict[str, str]) -> float:
     """Seconds from starting `cmd` to its first stdout line; waits for its end."""
     t = time.perf_counter()
@@ -128,16 +143,12 @@ def main() -> int:
             i += 1
         subprocess.run([ds, "snapshot", work, "-w", "w"], env=env, check=True, capture_output=True)
         subprocess.run([ds, "push", "w"], env=env, check=True, capture_output=True)
-        token = subprocess.run([ds, "token", "--runner", "bench"], env=env, check=True,
-                               capture_output=True, text=True).stdout.strip()
+        token = runner_token(ds, env)
 
         def runner(cache: str) -> Proc:
-            r = Proc([ds, "runner", "--hub", url, "--token", token, "--name", "bench",
-                      "--cache", os.path.join(tmp, cache)]
-                     + (["--executor", "process", "--executor", "docker", "--docker-network", "none"]
-                        if docker else []), env)
-            r.wait_for("connected to")
-            return r
+            return start_runner(ds, url, token, os.path.join(tmp, cache), env,
+                                ["--executor", "process", "--executor", "docker", "--docker-network", "none"]
+                                if docker else [])
 
         image = os.environ.get("DS_TEST_IMAGE", "")
         docker = bool(os.environ.get("DOCKER_HOST") and image)

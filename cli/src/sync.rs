@@ -164,6 +164,22 @@ pub struct HubServeArgs {
     /// have open; past this: HTTP 429 `limit relay_connections_per_token`
     #[arg(long, value_name = "N", default_value_t = ds_hub::rates::RELAYS_PER_TOKEN)]
     relays_per_token: usize,
+    /// Hub gc waits this long between condemning a pack and deleting it,
+    /// whatever its --grace: every hub on the bucket must write an index
+    /// object or a ref within this time of reading gc's state (raise it for
+    /// slow object storage; tests lower it). Give every hub the same value
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = parse_settle)]
+    gc_settle: f64,
+}
+
+fn parse_settle(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(1.0..=3600.0).contains(&v) {
+        return Err("the gc settle time is 1 to 3600 seconds".into());
+    }
+    Ok(v)
 }
 
 fn parse_lease(s: &str) -> Result<f64, String> {
@@ -516,6 +532,7 @@ pub fn hub(a: HubServeArgs) -> Result<ExitCode> {
             relays_per_token: a.relays_per_token.max(1),
         },
         tasks: ds_hub::tasks::TaskOptions::with_lease(std::time::Duration::from_secs_f64(a.lease)),
+        gc_settle: std::time::Duration::from_secs_f64(a.gc_settle),
     };
     runtime()?.block_on(async {
         let shutdown = async {

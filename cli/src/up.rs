@@ -187,6 +187,7 @@ fn foreground(store: &Path, a: UpArgs, data: &Path) -> Result<ExitCode> {
         tasks_domain: None,
         conn_limits: Default::default(),
         tasks: ds_hub::tasks::TaskOptions::with_lease(Duration::from_secs(30)),
+        gc_settle: ds_hub::gc::SETTLE,
     };
     let rt = crate::sync::runtime()?;
     // The hub stops after the runner (whose final pushes go to it); the

@@ -6,6 +6,11 @@
 //! loses a committed pack. Lookups that must not miss (a ref update, a
 //! download) refresh it first.
 //!
+//! Hub gc deletes packs (see `gc`): the hub forgets a deleted pack's key
+//! here, and an object whose recorded pack is forgotten, condemned or
+//! being deleted does not count as held (its pointer is left behind; a
+//! re-upload puts it in a new pack, which overwrites it).
+//!
 //! Every RocksDB call runs on tokio's blocking pool, a batch of ids per
 //! call, so a slow disk never stalls the executor serving other clients.
 
@@ -19,7 +24,23 @@ use ds_store::index::{Index, IndexMode, Location};
 use tokio::sync::Mutex;
 
 use crate::error::{HubError, Result};
+use crate::gc::Sight;
 use crate::storage::Storage;
+
+/// Whether packs are known, asked once per pack in a batch.
+#[derive(Default)]
+struct PackMemo(std::collections::HashMap<PackId, bool>);
+
+impl PackMemo {
+    fn known(&mut self, ix: &Index, p: &PackId) -> Result<bool> {
+        if let Some(k) = self.0.get(p) {
+            return Ok(*k);
+        }
+        let k = ix.has_pack(p)?;
+        self.0.insert(*p, k);
+        Ok(k)
+    }
+}
 
 /// How stale an answer to `Have` may be before the bucket is listed again.
 const HAVE_STALENESS: Duration = Duration::from_secs(2);
@@ -97,16 +118,65 @@ impl Cache {
         Ok(())
     }
 
-    /// Where each of `ids` is, if the cache knows.
+    /// Where each of `ids` is, if the cache knows (in a pack not deleted).
     pub async fn get_all(&self, ids: Vec<ObjectId>) -> Result<Vec<Option<Location>>> {
-        self.with_index(move |ix| ids.iter().map(|id| Ok(ix.get(id)?)).collect())
-            .await
+        self.with_index(move |ix| {
+            let mut packs = PackMemo::default();
+            ids.iter()
+                .map(|id| {
+                    Ok(match ix.get(id)? {
+                        Some(l) if packs.known(ix, &l.pack)? => Some(l),
+                        _ => None,
+                    })
+                })
+                .collect()
+        })
+        .await
     }
 
-    /// Whether the cache knows each of `ids`.
-    pub async fn contains_all(&self, ids: Vec<ObjectId>) -> Result<Vec<bool>> {
-        self.with_index(move |ix| ids.iter().map(|id| Ok(ix.contains(id)?)).collect())
-            .await
+    /// Whether each of `ids` is held: in a pack the cache knows and `sight`
+    /// lets the hub rely on.
+    pub async fn held_all(&self, ids: Vec<ObjectId>, sight: Arc<Sight>) -> Result<Vec<bool>> {
+        self.with_index(move |ix| {
+            let mut packs = PackMemo::default();
+            ids.iter()
+                .map(|id| {
+                    Ok(match ix.get(id)? {
+                        Some(l) => sight.usable(&l.pack) && packs.known(ix, &l.pack)?,
+                        None => false,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Forgets packs hub gc deleted (or is deleting).
+    pub async fn forget_packs(&self, packs: Vec<PackId>) -> Result<()> {
+        if packs.is_empty() {
+            return Ok(());
+        }
+        self.with_index(move |ix| {
+            for p in &packs {
+                if ix.has_pack(p)? {
+                    ix.remove_pack(p, &[])?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Forgets every pack the bucket no longer lists, then indexes the
+    /// ones it does not know.
+    pub async fn reconcile(&self, storage: &Storage) -> Result<()> {
+        let listed: std::collections::HashSet<PackId> =
+            storage.list_packs().await?.into_iter().collect();
+        let known = self.with_index(|ix| Ok(ix.packs()?)).await?;
+        let gone = known.into_iter().filter(|p| !listed.contains(p)).collect();
+        self.forget_packs(gone).await?;
+        self.refresh(storage).await?;
+        Ok(())
     }
 
     /// Records a stored pack's objects.

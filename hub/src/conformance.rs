@@ -98,6 +98,39 @@ pub async fn run(a: &Storage, b: &Storage) {
         "multipart pack reads back differently"
     );
 
+    // Hub gc's primitives: bytes stored but not committed are listed as
+    // such and invisible to list_packs; a deleted pack leaves every listing;
+    // deleting twice is no error.
+    let (oid, odata, _, _) = pack_of(&[b"orphan bytes"]);
+    a.put_pack_data(&oid, Bytes::from(odata.clone())).await.unwrap();
+    assert!(!b.has_pack(&oid).await.unwrap());
+    let files = b.list_pack_files().await.unwrap();
+    let f = files.iter().find(|f| f.id == oid).expect("orphan listed");
+    assert!(f.committed.is_none());
+    assert_eq!(f.data.map(|d| d.0), Some(odata.len() as u64));
+    let f = files.iter().find(|f| f.id == id).expect("pack listed");
+    assert!(f.committed.is_some() && f.data.is_some());
+    assert!(!b.list_packs().await.unwrap().contains(&oid));
+    b.delete_pack(&oid).await.unwrap();
+    b.delete_pack(&bid).await.unwrap();
+    b.delete_pack(&bid).await.unwrap();
+    assert_eq!(a.list_packs().await.unwrap(), vec![id]);
+    assert!(!a.has_pack(&bid).await.unwrap());
+    assert!(
+        a.list_pack_files()
+            .await
+            .unwrap()
+            .iter()
+            .all(|f| f.id == id)
+    );
+    // A deleted pack can be stored again.
+    assert!(
+        a.put_pack(&bid, Bytes::from(bdata.clone()), &btrailer)
+            .await
+            .unwrap()
+    );
+    b.delete_pack(&bid).await.unwrap();
+
     // Refs: create, compare-and-swap, conflicts that say what is there, force.
     let s = |n: u8| ObjectId([n; 32]);
     assert_eq!(a.get_ref("w").await.unwrap(), None);

@@ -49,6 +49,13 @@ pub enum HubError {
     /// relay answers 502).
     #[error("{0}")]
     Unreachable(String),
+    /// Hub gc condemned packs after answers a request relied on: start
+    /// over (ABORTED).
+    #[error("{0}")]
+    Stale(String),
+    /// Another hub gc holds the lease, or the gc state moved under this one.
+    #[error("{0}")]
+    GcBusy(String),
     /// A bug or a failed task in the hub.
     #[error("{0}")]
     Internal(String),

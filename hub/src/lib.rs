@@ -19,6 +19,7 @@ pub mod cache;
 pub mod conformance;
 pub mod docs;
 pub mod error;
+pub mod gc;
 mod history;
 pub mod limits;
 pub mod metrics;

@@ -39,6 +39,8 @@ pub struct HubOptions {
     /// Connection cap and first-bytes timeout.
     pub conn_limits: crate::web::listen::ConnLimits,
     pub tasks: TaskOptions,
+    /// Hub gc's settle time (`crate::gc::SETTLE`).
+    pub gc_settle: std::time::Duration,
 }
 
 /// Reads the admin token, creating it (mode 0600) on first start.
@@ -108,7 +110,7 @@ pub async fn run(
     let tasks = TasksServer::new(tasks_service.clone())
         .max_decoding_message_size(ds_proto::MAX_TASK_MESSAGE)
         .max_encoding_message_size(ds_proto::MAX_TASK_MESSAGE);
-    let sync = SyncService::new(storage, cache, auth.clone());
+    let sync = SyncService::new(storage, cache, auth.clone()).with_gc_settle(opts.gc_settle);
     let svc = SyncServer::new(sync.clone())
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);

@@ -26,6 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::{Auth, Grant, new_token};
 use crate::cache::Cache;
 use crate::error::HubError;
+use crate::gc::GcView;
 use crate::storage::Storage;
 use crate::verify::verify_pack;
 
@@ -38,6 +39,7 @@ const WINDOW: u64 = 16 << 20;
 pub struct SyncService {
     storage: Storage,
     cache: Cache,
+    gc: GcView,
     auth: Arc<Auth>,
     pub(crate) summaries: crate::runs::Summaries,
     uploads: Arc<crate::limits::Uploads>,
@@ -50,7 +52,8 @@ pub(crate) fn status(e: HubError) -> Status {
     let m = e.to_string();
     match e {
         HubError::Refused(_) | HubError::Format(_) => Status::invalid_argument(m),
-        HubError::RefConflict { .. } => Status::failed_precondition(m),
+        HubError::RefConflict { .. } | HubError::GcBusy(_) => Status::failed_precondition(m),
+        HubError::Stale(_) => Status::aborted(m),
         HubError::Corrupt(_) => Status::data_loss(m),
         HubError::Storage(_) | HubError::Transport(_) | HubError::Unreachable(_) => {
             Status::unavailable(m)
@@ -104,6 +107,7 @@ fn workspace_ok(ws: &str) -> Result<(), Status> {
 impl SyncService {
     pub fn new(storage: Storage, cache: Cache, auth: Arc<Auth>) -> Self {
         SyncService {
+            gc: GcView::new(storage.clone(), cache.clone(), crate::gc::SETTLE),
             storage,
             cache,
             auth,
@@ -115,6 +119,25 @@ impl SyncService {
 
     pub(crate) fn storage(&self) -> &Storage {
         &self.storage
+    }
+
+    /// Sets hub gc's settle time (`ds hub --gc-settle`; see `gc::SETTLE`).
+    pub fn with_gc_settle(mut self, settle: std::time::Duration) -> Self {
+        self.gc = GcView::new(self.storage.clone(), self.cache.clone(), settle);
+        self
+    }
+
+    /// Records a pack this hub wrote itself (hub gc's repacking).
+    pub(crate) async fn add_to_cache(
+        &self,
+        id: PackId,
+        entries: Vec<ds_format::pack::PackEntry>,
+    ) -> crate::Result<()> {
+        self.cache.add_pack(id, entries).await
+    }
+
+    pub(crate) fn gc_view(&self) -> &GcView {
+        &self.gc
     }
 
     /// Locations of `ids` (None: not on the hub), refreshing the cache once
@@ -262,17 +285,27 @@ impl Sync for SyncService {
     async fn have(&self, req: Request<HaveRequest>) -> Result<Response<HaveReply>, Status> {
         self.auth.check(&req).await?;
         let ids = ids_of(&req.get_ref().ids)?;
-        let mut bits = self.cache.contains_all(ids.clone()).await.map_err(status)?;
+        let sight = self.gc.current().await.map_err(status)?;
+        let mut bits = self
+            .cache
+            .held_all(ids.clone(), sight.clone())
+            .await
+            .map_err(status)?;
         if bits.iter().any(|b| !b) {
             // Another hub may have stored them since we last looked.
             self.cache
                 .refresh_if_stale(&self.storage)
                 .await
                 .map_err(status)?;
-            bits = self.cache.contains_all(ids).await.map_err(status)?;
+            bits = self
+                .cache
+                .held_all(ids, sight.clone())
+                .await
+                .map_err(status)?;
         }
         Ok(Response::new(HaveReply {
             bitmap: bitmap(bits),
+            gc_epoch: sight.epoch,
         }))
     }
 
@@ -293,8 +326,9 @@ impl Sync for SyncService {
         let (id, data) = upload.finish().map_err(refused)?;
         let size = data.len() as u64;
         let index = self.cache.index().clone();
+        let sight = self.gc.current().await.map_err(status)?;
         let (data, verified) = tokio::task::spawn_blocking(move || {
-            let v = verify_pack(&id, &data, &index);
+            let v = verify_pack(&id, &data, &index, &sight);
             (data, v)
         })
         .await
@@ -305,17 +339,44 @@ impl Sync for SyncService {
         })?;
         METRICS.inc("ds_packs_verified_total", &[]);
         METRICS.add("ds_pack_bytes_total", &[], size);
-        let stored = self
-            .storage
-            .put_pack(&id, Bytes::from(data), &verified.trailer)
-            .await
-            .map_err(|e| Status::unavailable(format!("storing pack {id}: {e}")))?;
+        let unavailable = |e: HubError| Status::unavailable(format!("storing pack {id}: {e}"));
+        let had = self.storage.has_pack(&id).await.map_err(unavailable)?;
+        if !had {
+            self.storage
+                .put_pack_data(&id, Bytes::from(data))
+                .await
+                .map_err(unavailable)?;
+        }
+        // Afresh before committing: gc may have condemned what the pack
+        // leans on since the view it was checked under (see gc/mod.rs).
+        let mut sight = self.gc.fresh().await.map_err(status)?;
+        if let Some(p) = verified.leaned_on.iter().find(|p| !sight.usable(p)) {
+            return Err(status(HubError::Stale(format!(
+                "hub gc condemned pack {} while pack {} that refers into it was uploading; \
+                 push again",
+                p.short(),
+                id.short()
+            ))));
+        }
+        if had && !sight.usable(&id) {
+            sight = self.gc.revive(id).await.map_err(status)?;
+        }
+        if !had {
+            self.storage
+                .commit_pack(&id, size, &verified.trailer)
+                .await
+                .map_err(unavailable)?;
+        }
         let objects = verified.entries.len() as u64;
         self.cache
             .add_pack(id, verified.entries)
             .await
             .map_err(status)?;
-        Ok(Response::new(UploadPackReply { objects, stored }))
+        Ok(Response::new(UploadPackReply {
+            objects,
+            stored: !had,
+            gc_epoch: sight.epoch,
+        }))
     }
 
     type GetObjectsStream = ReceiverStream<Result<GetObjectsReply, Status>>;
@@ -397,11 +458,25 @@ impl Sync for SyncService {
         grant.require(&r.workspace)?;
         let new = one_id(&r.new, "new")?;
         let expected = opt_id(&r.expected, "expected")?;
-        let loc = self.locate(&[new]).await.map_err(|_| {
+        // The fence against hub gc (gc/mod.rs): answers given before a
+        // condemnation may name objects that are about to go.
+        let sight = self.gc.fresh().await.map_err(status)?;
+        if r.gc_epoch < sight.epoch {
+            return Err(status(HubError::Stale(format!(
+                "hub gc condemned unreachable packs while this push ran (gc epoch {} → {}); \
+                 push again (ds push does so by itself)",
+                r.gc_epoch, sight.epoch
+            ))));
+        }
+        let missing = || {
             Status::failed_precondition(format!(
                 "the hub does not hold snapshot {new}: upload its objects before moving a ref to it"
             ))
-        })?;
+        };
+        let loc = self.locate(&[new]).await.map_err(|_| missing())?;
+        if !sight.usable(&loc[0].pack) {
+            return Err(missing());
+        }
         if loc[0].kind != ObjectKind::Snapshot {
             return Err(Status::invalid_argument(format!("{new} is not a snapshot")));
         }
@@ -413,6 +488,37 @@ impl Sync for SyncService {
         Ok(Response::new(UpdateRefReply {
             previous: prev.map(|p| p.0.to_vec()).unwrap_or_default(),
         }))
+    }
+
+    async fn gc(
+        &self,
+        req: Request<ds_proto::v1::GcRequest>,
+    ) -> Result<Response<ds_proto::v1::GcReply>, Status> {
+        let grant = self.auth.check(&req).await?;
+        grant.require_admin()?;
+        let r = req.get_ref();
+        let grace = std::time::Duration::from_secs(r.grace_seconds);
+        // On its own task: a client that goes away does not stop a gc
+        // half way (it would finish on a rerun, but hold the lease meanwhile).
+        let svc = self.clone();
+        let opts = crate::gc::run::Options {
+            grace,
+            dry_run: r.dry_run,
+            max_unused: match r.max_unused {
+                m if m > 0.0 && m <= 1.0 => m,
+                0.0 => crate::gc::run::MAX_UNUSED,
+                m => {
+                    return Err(Status::invalid_argument(format!(
+                        "max_unused must be a fraction in (0, 1], not {m}"
+                    )));
+                }
+            },
+        };
+        let rep = tokio::spawn(async move { crate::gc::run::collect(&svc, opts).await })
+            .await
+            .map_err(|e| Status::internal(format!("the gc task failed: {e}")))?
+            .map_err(status)?;
+        Ok(Response::new(rep))
     }
 
     async fn delete_ref(

@@ -49,6 +49,15 @@ pub(crate) enum RefBackend {
     LocalLocked { dir: PathBuf },
 }
 
+/// A pack as hub gc lists it: when its index object was written (unix
+/// seconds; none for bytes never committed) and its bytes' size and time.
+#[derive(Debug, Clone)]
+pub struct PackFile {
+    pub id: PackId,
+    pub committed: Option<i64>,
+    pub data: Option<(u64, i64)>,
+}
+
 /// The bucket (or directory) a hub serves.
 #[derive(Debug, Clone)]
 pub struct Storage {
@@ -135,16 +144,20 @@ impl Storage {
         &self.inner.url
     }
 
-    /// Stores a verified pack; returns false when it was already there.
-    /// The index object is written last: it is what makes the pack visible.
-    pub async fn put_pack(&self, id: &PackId, pack: Bytes, trailer: &[u8]) -> Result<bool> {
+    /// Whether pack `id` is committed (its index object exists).
+    pub async fn has_pack(&self, id: &PackId) -> Result<bool> {
         let s = &self.inner;
-        let idx = pack_key(&s.prefix, id, "idx");
-        if s.objects.head(&idx).await.is_ok() {
-            return Ok(false);
+        match s.objects.head(&pack_key(&s.prefix, id, "idx")).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
         }
+    }
+
+    /// Stores a verified pack's bytes. Invisible until [`Self::commit_pack`].
+    pub async fn put_pack_data(&self, id: &PackId, pack: Bytes) -> Result<()> {
+        let s = &self.inner;
         let key = pack_key(&s.prefix, id, "pack");
-        let len = pack.len() as u64;
         // Parts only where they help: over HTTP. A local file is one write.
         let local = matches!(s.refs, RefBackend::LocalLocked { .. });
         if pack.len() >= MULTIPART_THRESHOLD && !local {
@@ -155,11 +168,77 @@ impl Storage {
         } else {
             s.objects.put(&key, PutPayload::from(pack)).await?;
         }
+        Ok(())
+    }
+
+    /// Writes the index object of a stored pack of `len` bytes: what makes
+    /// the pack visible.
+    pub async fn commit_pack(&self, id: &PackId, len: u64, trailer: &[u8]) -> Result<()> {
+        let s = &self.inner;
         let mut ix = Vec::with_capacity(8 + trailer.len());
         ix.extend_from_slice(&len.to_le_bytes());
         ix.extend_from_slice(trailer);
-        s.objects.put(&idx, PutPayload::from(ix)).await?;
+        s.objects
+            .put(&pack_key(&s.prefix, id, "idx"), PutPayload::from(ix))
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a verified pack; returns false when it was already there.
+    pub async fn put_pack(&self, id: &PackId, pack: Bytes, trailer: &[u8]) -> Result<bool> {
+        if self.has_pack(id).await? {
+            return Ok(false);
+        }
+        let len = pack.len() as u64;
+        self.put_pack_data(id, pack).await?;
+        self.commit_pack(id, len, trailer).await?;
         Ok(true)
+    }
+
+    /// Every pack file and index object in the bucket (hub gc's listing).
+    pub async fn list_pack_files(&self) -> Result<Vec<PackFile>> {
+        let s = &self.inner;
+        let prefix = s.prefix.clone().join("packs");
+        let metas: Vec<_> = s.objects.list(Some(&prefix)).try_collect().await?;
+        let mut by_id: std::collections::BTreeMap<PackId, PackFile> = Default::default();
+        for m in metas {
+            let Some(name) = m.location.filename() else {
+                continue;
+            };
+            let (stem, idx) = match (name.strip_suffix(".idx"), name.strip_suffix(".pack")) {
+                (Some(s), _) => (s, true),
+                (_, Some(s)) => (s, false),
+                _ => continue,
+            };
+            let Ok(id) = stem.parse::<PackId>() else {
+                continue;
+            };
+            let f = by_id.entry(id).or_insert(PackFile {
+                id,
+                committed: None,
+                data: None,
+            });
+            let when = m.last_modified.timestamp();
+            if idx {
+                f.committed = Some(when);
+            } else {
+                f.data = Some((m.size, when));
+            }
+        }
+        Ok(by_id.into_values().collect())
+    }
+
+    /// Deletes a pack: its index object first (the pack leaves every
+    /// listing at once), then its bytes. Missing parts are no error.
+    pub async fn delete_pack(&self, id: &PackId) -> Result<()> {
+        let s = &self.inner;
+        for ext in ["idx", "pack"] {
+            match s.objects.delete(&pack_key(&s.prefix, id, ext)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// Every committed pack (those whose index object exists), sorted.

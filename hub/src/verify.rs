@@ -4,6 +4,12 @@
 //! which keeps the sync invariant (holding an object means holding its
 //! whole subtree) true whatever a client sends. The checks themselves are
 //! [`ds_format::check::verify_pack`], where the fuzzers reach them.
+//!
+//! "Already on the hub" means in a pack hub gc lets the hub rely on (see
+//! `gc`); the packs leaned on are returned so that the upload can check
+//! them again, afresh, just before it commits.
+
+use std::collections::{HashMap, HashSet};
 
 use ds_format::PackId;
 use ds_format::check;
@@ -11,23 +17,41 @@ use ds_format::pack::PackEntry;
 use ds_store::index::Index;
 
 use crate::error::{HubError, Result};
+use crate::gc::Sight;
 
 /// A pack that passed every check.
 #[derive(Debug)]
 pub struct Verified {
     pub entries: Vec<PackEntry>,
     pub trailer: Vec<u8>,
+    /// The packs holding the children it references outside itself.
+    pub leaned_on: HashSet<PackId>,
 }
 
 /// Checks `data` is the pack `claimed` against what `index` says the hub
-/// holds. An index read error counts as "not held", so it refuses the pack
-/// rather than accept a dangling reference.
-pub fn verify_pack(claimed: &PackId, data: &[u8], index: &Index) -> Result<Verified> {
-    let mut held = |c: &ds_format::ObjectId| index.contains(c).unwrap_or(false);
+/// holds and `sight` lets it rely on. An index read error counts as "not
+/// held", so it refuses the pack rather than accept a dangling reference.
+pub fn verify_pack(claimed: &PackId, data: &[u8], index: &Index, sight: &Sight) -> Result<Verified> {
+    let mut leaned_on = HashSet::new();
+    let mut known: HashMap<PackId, bool> = HashMap::new();
+    let mut held = |c: &ds_format::ObjectId| {
+        let Ok(Some(loc)) = index.get(c) else {
+            return false;
+        };
+        let ok = sight.usable(&loc.pack)
+            && *known
+                .entry(loc.pack)
+                .or_insert_with(|| index.has_pack(&loc.pack).unwrap_or(false));
+        if ok {
+            leaned_on.insert(loc.pack);
+        }
+        ok
+    };
     let (entries, tstart) = check::verify_pack(claimed, data, &mut held)
         .map_err(|e| HubError::Refused(format!("pack {} refused: {e}", claimed.short())))?;
     Ok(Verified {
         entries,
         trailer: data[tstart..].to_vec(),
+        leaned_on,
     })
 }

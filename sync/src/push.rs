@@ -13,9 +13,37 @@ use crate::descent::Descent;
 use crate::remote::Remote;
 use crate::{Event, Progress, Result, Side, SyncError, SyncReport, blocking, local_head};
 
+/// How many times a push starts over when hub gc ran during it (after
+/// 0.2 s, 0.4 s, … : the hub's next gc round is seconds away).
+const GC_RETRIES: u32 = 5;
+
 /// Pushes workspace `ws` of `store` to the hub. Refuses, unless `force`,
 /// when the hub's head is not in the local history of `ws`.
+///
+/// If hub gc condemned packs while the push ran, the hub refuses the ref
+/// update (ABORTED: the push's "the hub has these" answers may be stale);
+/// the push then starts over, asking again, a few times.
 pub async fn push(
+    store: Arc<Store>,
+    remote: &mut Remote,
+    ws: &WorkspaceName,
+    force: bool,
+    progress: Progress<'_>,
+) -> Result<SyncReport> {
+    let mut tries = 0;
+    loop {
+        remote.forget_answers();
+        match push_once(store.clone(), remote, ws, force, progress).await {
+            Err(SyncError::Rpc(s)) if s.code() == tonic::Code::Aborted && tries < GC_RETRIES => {
+                tokio::time::sleep(std::time::Duration::from_millis(200 << tries)).await;
+                tries += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+async fn push_once(
     store: Arc<Store>,
     remote: &mut Remote,
     ws: &WorkspaceName,

@@ -75,6 +75,9 @@ pub struct Remote {
     client: SyncClient<InterceptedService<Channel, Bearer>>,
     max_batch: usize,
     pub round_trips: u64,
+    /// The smallest hub gc epoch of the answers relied on since the last
+    /// ref update (see `UpdateRefRequest.gc_epoch`).
+    answered_epoch: Option<u64>,
 }
 
 /// The whole chain of causes: tonic's own message is just "transport error".
@@ -101,6 +104,7 @@ impl Remote {
             client,
             max_batch: ds_proto::MAX_BATCH,
             round_trips: 0,
+            answered_epoch: None,
         };
         let hello = r
             .client
@@ -124,6 +128,15 @@ impl Remote {
         Ok(ObjectId::from_slice(&r.snapshot))
     }
 
+    fn answered(&mut self, epoch: u64) {
+        self.answered_epoch = Some(self.answered_epoch.map_or(epoch, |e| e.min(epoch)));
+    }
+
+    /// Forgets the answers gathered so far: a push starts over.
+    pub fn forget_answers(&mut self) {
+        self.answered_epoch = None;
+    }
+
     /// Which of `ids` the hub holds (with their subtrees).
     pub async fn have(&mut self, ids: &[ObjectId]) -> Result<Vec<bool>> {
         let mut out = Vec::with_capacity(ids.len());
@@ -136,6 +149,7 @@ impl Remote {
                 .await?
                 .into_inner();
             self.round_trips += 1;
+            self.answered(r.gc_epoch);
             out.extend((0..batch.len()).map(|i| bit(&r.bitmap, i)));
         }
         Ok(out)
@@ -158,6 +172,7 @@ impl Remote {
             .await?
             .into_inner();
         self.round_trips += 1;
+        self.answered(r.gc_epoch);
         Ok(r.stored)
     }
 
@@ -195,11 +210,33 @@ impl Remote {
                 expected: expected.map(|e| e.0.to_vec()).unwrap_or_default(),
                 new: new.0.to_vec(),
                 force,
+                // Relied on no answer: nothing gc did can matter.
+                gc_epoch: self.answered_epoch.take().unwrap_or(u64::MAX),
             })
             .await?
             .into_inner();
         self.round_trips += 1;
         Ok(ObjectId::from_slice(&r.previous))
+    }
+
+    /// Runs hub gc (admin tokens): see `GcRequest`.
+    pub async fn gc(
+        &mut self,
+        grace_seconds: u64,
+        dry_run: bool,
+        max_unused: f64,
+    ) -> Result<ds_proto::v1::GcReply> {
+        let r = self
+            .client
+            .gc(ds_proto::v1::GcRequest {
+                grace_seconds,
+                dry_run,
+                max_unused,
+            })
+            .await?
+            .into_inner();
+        self.round_trips += 1;
+        Ok(r)
     }
 
     /// A token limited to `workspaces`, or (with `runner`) a runner token.

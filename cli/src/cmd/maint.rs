@@ -36,9 +36,27 @@ pub struct GcArgs {
     /// Report what would be freed without deleting anything
     #[arg(long)]
     dry_run: bool,
+    /// Collect garbage on this hub instead of in the local store (an admin
+    /// token: --token or DS_TOKEN). Packs no ref reaches are condemned, and
+    /// deleted by a later `ds gc --hub` once --grace has passed, while
+    /// pushes and pulls go on
+    #[arg(long, value_name = "URL|NAME")]
+    hub: Option<String>,
+    /// With --hub: how long condemned packs (and packs uploaded recently)
+    /// wait before they may be deleted, e.g. 30m, 1h, 2d. `0s` deletes what
+    /// no ref reaches in this one run (it waits ~10 s for the hubs to see
+    /// the condemnation)
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    grace: u64,
+    #[arg(long, value_name = "TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM file of the CA that signed an https hub's certificate
+    #[arg(long, env = "DS_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
     /// Rewrite packs in which more than this percentage of bytes is garbage
-    #[arg(long, default_value_t = 5.0)]
-    max_unused: f64,
+    /// (default 5 locally, 50 on a hub, where rewriting costs a transfer)
+    #[arg(long, value_name = "PERCENT")]
+    max_unused: Option<f64>,
     /// Print JSON on stdout
     #[arg(long)]
     json: bool,
@@ -83,14 +101,118 @@ pub(super) fn verify(store: &Store, a: JsonArgs) -> Result<ExitCode> {
     })
 }
 
+/// `90`, `90s`, `10m`, `1h30m`, `2d` → seconds.
+fn parse_duration(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a duration (like 0s, 90s, 10m, 1h30m, 2d)");
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(n);
+    }
+    let (mut total, mut num) = (0u64, String::new());
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        num.clear();
+    }
+    if !num.is_empty() || s.is_empty() {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+impl GcArgs {
+    /// Only an explicit --hub collects on a hub (as for `forget`).
+    pub fn on_hub(&self) -> bool {
+        self.hub.is_some()
+    }
+}
+
+/// `ds gc --hub URL`: the hub's gc, run by the hub (see ARCHITECTURE.md).
+pub(super) fn gc_on_hub(store_path: &std::path::Path, a: GcArgs) -> Result<ExitCode> {
+    let hub = crate::sync::HubArgs {
+        hub: a.hub,
+        token: a.token,
+        ca_cert: a.ca_cert,
+        json: a.json,
+    };
+    let (url, token) = crate::sync::target(store_path, &hub)?;
+    let r = crate::sync::runtime()?.block_on(async {
+        let mut r = ds_sync::Remote::connect(&url, &token, hub.ca_cert.as_deref()).await?;
+        let max_unused = a.max_unused.unwrap_or(50.0);
+        if !(0.0..=100.0).contains(&max_unused) {
+            bail!("--max-unused must be a percentage between 0 and 100");
+        }
+        // 0 % on the wire means "the hub's default": ask for the least above it.
+        let fraction = (max_unused / 100.0).max(1e-9);
+        Ok::<_, anyhow::Error>(r.gc(a.grace, a.dry_run, fraction).await?)
+    })?;
+    if a.json {
+        print_json(&super::json::HubGcJson::new(&url, a.grace, a.dry_run, &r))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (verb, cverb) = if a.dry_run {
+        ("would delete", "would condemn")
+    } else {
+        ("deleted", "condemned")
+    };
+    println!(
+        "hub gc on {url}: {verb} {} packs ({}), {cverb} {} packs ({}); {} workspaces, {} objects reachable",
+        r.deleted,
+        fmt::bytes(r.deleted_bytes),
+        r.condemned,
+        fmt::bytes(r.condemned_bytes),
+        r.workspaces,
+        r.reachable_objects
+    );
+    if r.repacked > 0 {
+        println!(
+            "{} mostly-garbage packs {}: {} copied into {} new packs",
+            r.repacked,
+            if a.dry_run { "would be repacked" } else { "repacked and condemned" },
+            fmt::bytes(r.repack_bytes_written),
+            r.repack_packs_written
+        );
+    }
+    if r.rescued > 0 {
+        println!("{} condemned packs were reachable again and are kept", r.rescued);
+    }
+    if r.pending > 0 && !a.dry_run {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let wait = (r.next_deletion_unix - now).max(0);
+        println!(
+            "{} condemned packs ({}) wait for their grace; run `ds gc --hub` again in {} s or later to delete them",
+            r.pending,
+            fmt::bytes(r.pending_bytes),
+            wait
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(super) fn gc(store: &Store, a: GcArgs) -> Result<ExitCode> {
-    if !(0.0..=100.0).contains(&a.max_unused) {
+    let max_unused = a.max_unused.unwrap_or(5.0);
+    if !(0.0..=100.0).contains(&max_unused) {
         bail!("--max-unused must be a percentage between 0 and 100");
     }
     let r = gc::gc(
         store,
         GcOptions {
-            max_unused: a.max_unused / 100.0,
+            max_unused: max_unused / 100.0,
             dry_run: a.dry_run,
         },
     )?;

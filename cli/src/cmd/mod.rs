@@ -83,6 +83,7 @@ pub fn run(store_path: &Path, cmd: Command) -> Result<ExitCode> {
         Command::Diff(a) => browse::diff(&open(store_path, Access::Read)?, a),
         Command::Restore(a) => restore::restore(&open(store_path, Access::Read)?, a),
         Command::Verify(a) => maint::verify(&open(store_path, Access::Read)?, a),
+        Command::Gc(a) if a.on_hub() => maint::gc_on_hub(store_path, a),
         Command::Gc(a) => maint::gc(&open(store_path, Access::Exclusive)?, a),
         Command::Forget(a) if a.on_hub() => maint::forget_on_hub(store_path, a),
         Command::Forget(a) => maint::forget(&open(store_path, Access::Write)?, a),

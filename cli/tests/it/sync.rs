@@ -17,6 +17,12 @@ pub struct Hub {
 }
 
 impl Hub {
+    /// SIGKILLs the hub process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The hub process's resident memory, in MiB.
     pub fn rss_mib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();

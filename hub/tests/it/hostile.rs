@@ -52,6 +52,7 @@ async fn start_hub() -> Hub {
         tasks_domain: None,
         conn_limits: Default::default(),
         tasks: Default::default(),
+        gc_settle: ds_hub::gc::SETTLE,
     };
     tokio::spawn(async move {
         run(
@@ -249,6 +250,7 @@ async fn hostile_clients_are_refused_and_nothing_changes() {
             expected: vec![],
             new: vec![5; 32],
             force: false,
+            gc_epoch: u64::MAX,
         })
         .await,
         Code::FailedPrecondition,
@@ -260,6 +262,7 @@ async fn hostile_clients_are_refused_and_nothing_changes() {
             expected: vec![],
             new: vec![5; 32],
             force: false,
+            gc_epoch: u64::MAX,
         })
         .await,
         Code::InvalidArgument,
@@ -279,6 +282,7 @@ async fn hostile_clients_are_refused_and_nothing_changes() {
             expected: vec![],
             new: vec![5; 32],
             force: true,
+            gc_epoch: u64::MAX,
         })
         .await,
         Code::PermissionDenied,

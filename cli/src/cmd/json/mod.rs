@@ -315,6 +315,57 @@ impl<'a> VerifyJson<'a> {
     }
 }
 
+/// `ds gc --hub URL --json`.
+#[derive(Debug, Serialize)]
+pub(super) struct HubGcJson {
+    hub: String,
+    dry_run: bool,
+    grace_seconds: u64,
+    workspaces: u32,
+    packs: u64,
+    reachable_objects: u64,
+    packs_condemned: u64,
+    bytes_condemned: u64,
+    packs_deleted: u64,
+    bytes_freed: u64,
+    packs_rescued: u64,
+    packs_pending: u64,
+    bytes_pending: u64,
+    orphans_deleted: u64,
+    packs_repacked: u64,
+    repack_bytes_written: u64,
+    repack_packs_written: u64,
+    epoch: u64,
+    /// Unix seconds after which a gc may delete the pending packs (null: none).
+    next_deletion: Option<i64>,
+}
+
+impl HubGcJson {
+    pub(super) fn new(hub: &str, grace: u64, dry_run: bool, r: &ds_proto::v1::GcReply) -> Self {
+        HubGcJson {
+            hub: hub.to_string(),
+            dry_run,
+            grace_seconds: grace,
+            workspaces: r.workspaces,
+            packs: r.packs,
+            reachable_objects: r.reachable_objects,
+            packs_condemned: r.condemned,
+            bytes_condemned: r.condemned_bytes,
+            packs_deleted: r.deleted,
+            bytes_freed: r.deleted_bytes,
+            packs_rescued: r.rescued,
+            packs_pending: r.pending,
+            bytes_pending: r.pending_bytes,
+            orphans_deleted: r.orphans_deleted,
+            packs_repacked: r.repacked,
+            repack_bytes_written: r.repack_bytes_written,
+            repack_packs_written: r.repack_packs_written,
+            epoch: r.epoch,
+            next_deletion: (r.next_deletion_unix > 0).then_some(r.next_deletion_unix),
+        }
+    }
+}
+
 /// `ds gc --json`.
 #[derive(Debug, Serialize)]
 pub(super) struct GcJson {

@@ -1,0 +1,328 @@
+//! Hub gc (`ds gc --hub`): what it deletes, what it must never delete while
+//! pushes run through several hubs, and SIGKILLs of the hub running it.
+//! Hubs run with `--gc-settle 1` so that condemn → delete takes a second.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::sync::{Hub, start_hub_with};
+use super::{assert_same_tree, ds, json, noise, ok, s3_bucket, s3_endpoint, s3_env};
+
+const SETTLE: &[&str] = &["--gc-settle", "1"];
+
+fn gc(store: &Path, hub: &Hub, args: &[&str]) -> serde_json::Value {
+    json(&ok(ds(store)
+        .args(["gc", "--json", "--hub", &hub.url, "--token", &hub.admin])
+        .args(args)))
+}
+
+fn num(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"))
+}
+
+fn push(store: &Path, ws: &str, hub: &Hub) {
+    ok(ds(store).args(["push", ws, "--hub", &hub.url, "--token", &hub.admin]));
+}
+
+/// Clones `ws` into a new store, verifies it and compares it with `dir`.
+fn clone_matches(t: &Path, name: &str, ws: &str, hub: &Hub, dir: &Path) {
+    let store = t.join(format!("clone-{name}"));
+    ok(ds(&store).args(["clone", ws, "--hub", &hub.url, "--token", &hub.admin]));
+    ok(ds(&store).arg("verify"));
+    let out = t.join(format!("restored-{name}"));
+    ok(ds(&store).arg("restore").arg(ws).arg(&out));
+    assert_same_tree(dir, &out);
+}
+
+fn pack_files(storage: &Path) -> usize {
+    fn walk(p: &Path, n: &mut usize) {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, n);
+            } else if p.extension().is_some_and(|x| x == "pack") {
+                *n += 1;
+            }
+        }
+    }
+    let mut n = 0;
+    walk(&storage.join("packs"), &mut n);
+    n
+}
+
+fn tree(dir: &Path, files: &[(&str, Vec<u8>)]) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    for (n, b) in files {
+        std::fs::write(dir.join(n), b).unwrap();
+    }
+}
+
+fn deletes_only_what_no_ref_reaches(storage: Option<&str>, env: &[(&str, &str)]) {
+    let t = tempfile::tempdir().unwrap();
+    let t = t.path();
+    let hub = start_hub_with(&t.join("hub"), storage, env, SETTLE);
+    let local = storage.is_none().then(|| t.join("hub/storage"));
+    let me = t.join("me");
+    let (keep, gone) = (t.join("keep"), t.join("gone"));
+    tree(&keep, &[("shared", noise(2 << 20, 1)), ("own", noise(1 << 20, 2))]);
+    tree(&gone, &[("shared", noise(2 << 20, 1)), ("own", noise(3 << 20, 3))]);
+    ok(ds(&me).arg("snapshot").arg(&keep).args(["-w", "keep"]));
+    ok(ds(&me).arg("snapshot").arg(&gone).args(["-w", "gone"]));
+    push(&me, "keep", &hub);
+    push(&me, "gone", &hub);
+
+    // Only an admin may collect.
+    let limited = String::from_utf8(
+        ok(ds(&me).args(["token", "-w", "keep", "--hub", &hub.url, "--token", &hub.admin])).stdout,
+    )
+    .unwrap();
+    let out = ds(&me)
+        .args(["gc", "--hub", &hub.url, "--grace", "0s", "--token", limited.trim()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin"), "{out:?}");
+
+    // Everything is referenced: nothing to do.
+    let r = gc(&me, &hub, &["--grace", "0s"]);
+    assert_eq!((num(&r, "packs_condemned"), num(&r, "packs_deleted")), (0, 0), "{r}");
+    assert_eq!(num(&r, "workspaces"), 2);
+
+    ok(ds(&me).args(["forget", "gone", "--hub", &hub.url, "--token", &hub.admin]));
+    let r = gc(&me, &hub, &["--grace", "0s", "--dry-run"]);
+    assert!(num(&r, "packs_condemned") >= 1, "{r}");
+    assert_eq!(r["dry_run"], true);
+    let before = local.as_deref().map(pack_files);
+    let r = gc(&me, &hub, &["--grace", "0s"]);
+    assert!(num(&r, "packs_deleted") >= 1, "{r}");
+    assert!(num(&r, "bytes_freed") >= 3 << 20, "{r}");
+    assert!(num(&r, "bytes_freed") < 5 << 20, "only gone's own data goes: {r}");
+    if let (Some(dir), Some(n)) = (&local, before) {
+        assert_eq!(pack_files(dir), n - num(&r, "packs_deleted") as usize);
+    }
+    // What a ref reaches is whole; the forgotten workspace is gone.
+    clone_matches(t, "keep", "keep", &hub, &keep);
+    let out = ds(&t.join("nothing"))
+        .args(["clone", "gone", "--hub", &hub.url, "--token", &hub.admin])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // Pushing it again uploads what gc deleted (the hub no longer claims it).
+    push(&me, "gone", &hub);
+    clone_matches(t, "gone", "gone", &hub, &gone);
+
+    // A grace keeps condemned packs, and a push of the same data revives
+    // them (the client uploads the very same pack again).
+    ok(ds(&me).args(["forget", "gone", "--hub", &hub.url, "--token", &hub.admin]));
+    std::thread::sleep(Duration::from_millis(2200));
+    let r = gc(&me, &hub, &["--grace", "2s"]);
+    assert!(num(&r, "packs_condemned") >= 1, "{r}");
+    assert_eq!(num(&r, "packs_deleted"), 0, "{r}");
+    assert!(num(&r, "packs_pending") >= 1, "{r}");
+    assert!(r["next_deletion"].as_i64().is_some(), "{r}");
+    push(&me, "gone", &hub);
+    clone_matches(t, "gone2", "gone", &hub, &gone);
+    std::thread::sleep(Duration::from_millis(2200));
+    let r = gc(&me, &hub, &["--grace", "0s"]);
+    assert_eq!(num(&r, "packs_deleted"), 0, "{r}");
+    assert!(num(&r, "packs_rescued") >= 1, "{r}");
+    clone_matches(t, "gone3", "gone", &hub, &gone);
+    clone_matches(t, "keep2", "keep", &hub, &keep);
+    // The text report says what waits.
+    ok(ds(&me).args(["forget", "gone", "--hub", &hub.url, "--token", &hub.admin]));
+    let out = ok(ds(&me).args(["gc", "--hub", &hub.url, "--token", &hub.admin, "--grace", "1h"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("hub gc on"), "{text}");
+}
+
+#[test]
+fn hub_gc_deletes_only_what_no_ref_reaches() {
+    deletes_only_what_no_ref_reaches(None, &[]);
+    if let Some(ep) = s3_endpoint() {
+        let bucket = s3_bucket(&ep, &format!("ds-hubgc-{}", std::process::id()));
+        deletes_only_what_no_ref_reaches(Some(&format!("s3://{bucket}/ds")), &s3_env(&ep));
+    }
+}
+
+/// One writer's workspace: its files after `round` rounds.
+fn writer_files(w: u64, round: u64) -> Vec<(String, Vec<u8>)> {
+    let mut v = vec![
+        // Shared by every writer and by the churner's garbage.
+        ("common".to_string(), noise(300 << 10, 7 + round % 2)),
+    ];
+    for r in round.saturating_sub(1)..=round {
+        v.push((format!("f{r}"), noise(150 << 10, w * 100 + r)));
+    }
+    v
+}
+
+fn write_files(dir: &Path, files: &[(String, Vec<u8>)]) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    for (n, b) in files {
+        std::fs::write(dir.join(n), b).unwrap();
+    }
+}
+
+/// Pushes through two hubs on one bucket while others make garbage that
+/// shares chunks with them and hub gc runs with `--grace 0s` again and
+/// again, through either hub; then every workspace's last push must clone
+/// and verify. The interleavings are the threads' own, with seeded pauses.
+fn races(storage: &str, env: &[(&str, &str)], t: &Path) {
+    let hubs = [
+        start_hub_with(&t.join("hub1"), Some(storage), env, SETTLE),
+        start_hub_with(&t.join("hub2"), Some(storage), env, SETTLE),
+    ];
+    let hubs = &hubs;
+    const ROUNDS: u64 = 5;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let done = &done;
+    let gcs = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..3u64)
+            .map(|w| {
+                s.spawn(move || {
+                    let store = t.join(format!("w{w}"));
+                    let dir = t.join(format!("w{w}-dir"));
+                    let ws = format!("w{w}");
+                    for round in 0..ROUNDS {
+                        write_files(&dir, &writer_files(w, round));
+                        ok(ds(&store).arg("snapshot").arg(&dir).args(["-w", &ws]));
+                        let hub = &hubs[((w + round) % 2) as usize];
+                        push(&store, &ws, hub);
+                        std::thread::sleep(Duration::from_millis(noise(1, w * 7 + round)[0] as u64 * 4));
+                    }
+                })
+            })
+            .collect();
+        let churner = s.spawn(move || {
+            let store = t.join("churn");
+            let dir = t.join("churn-dir");
+            for k in 0..ROUNDS * 2 {
+                let mut files = writer_files(9, k);
+                files.push(("mine".into(), noise(200 << 10, 5000 + k)));
+                write_files(&dir, &files);
+                let ws = format!("tmp{k}");
+                ok(ds(&store).arg("snapshot").arg(&dir).args(["-w", &ws]));
+                let hub = &hubs[(k % 2) as usize];
+                push(&store, &ws, hub);
+                ok(ds(&store).args(["forget", &ws, "--hub", &hub.url, "--token", &hub.admin]));
+            }
+        });
+        let collector = s.spawn(move || {
+            let me = t.join("gc");
+            let mut runs = 0;
+            let mut deleted = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let hub = &hubs[runs % 2];
+                let r = gc(&me, hub, &["--grace", "0s"]);
+                deleted += num(&r, "packs_deleted");
+                runs += 1;
+            }
+            (runs, deleted)
+        });
+        for w in writers {
+            w.join().unwrap();
+        }
+        churner.join().unwrap();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        collector.join().unwrap()
+    });
+    assert!(gcs.0 >= 2, "gc ran {} times during the pushes", gcs.0);
+    // A last gc, then every workspace's last push is whole.
+    let r = gc(&t.join("gc"), &hubs[0], &["--grace", "0s"]);
+    assert_eq!(num(&r, "workspaces"), 3, "{r}");
+    eprintln!("gc ran {} times during the pushes, deleting {} packs; then {r}", gcs.0, gcs.1);
+    assert!(gcs.1 + num(&r, "packs_deleted") >= 1, "the churner's garbage was collected");
+    for w in 0..3u64 {
+        let dir = t.join(format!("w{w}-dir"));
+        for (i, hub) in hubs.iter().enumerate() {
+            clone_matches(t, &format!("w{w}-{i}"), &format!("w{w}"), hub, &dir);
+        }
+        // The whole history came along and verifies (clone_matches ran verify).
+        let log = ok(ds(&t.join(format!("clone-w{w}-0"))).args(["log", &format!("w{w}"), "--json"]));
+        assert_eq!(json(&log).as_array().map(|a| a.len()), Some(ROUNDS as usize));
+    }
+}
+
+#[test]
+fn hub_gc_racing_pushes_through_two_hubs_loses_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    match s3_endpoint() {
+        Some(ep) => {
+            let bucket = s3_bucket(&ep, &format!("ds-hubgc-race-{}", std::process::id()));
+            races(&format!("s3://{bucket}/ds"), &s3_env(&ep), t.path());
+        }
+        None => {
+            let storage = format!("file://{}", t.path().join("bucket").display());
+            races(&storage, &[], t.path());
+        }
+    }
+}
+
+/// The hub running gc is SIGKILLed at seeded moments; a restarted hub's
+/// gc finishes the job, and what refs reach is whole throughout.
+#[test]
+fn hub_gc_sigkilled_at_any_moment_loses_nothing_and_reruns_to_completion() {
+    let t = tempfile::tempdir().unwrap();
+    let t = t.path();
+    let data = t.join("hub");
+    let storage = format!("file://{}", t.join("bucket").display());
+    let mut hub = start_hub_with(&data, Some(&storage), &[], SETTLE);
+    let me = t.join("me");
+    let mut dirs: Vec<(String, PathBuf)> = Vec::new();
+    for i in 0..24u64 {
+        let dir = t.join(format!("d{i}"));
+        write_files(
+            &dir,
+            &[
+                ("common".into(), noise(100 << 10, 1)),
+                ("own".into(), noise(300 << 10, 100 + i)),
+            ],
+        );
+        let ws = format!("ws{i}");
+        ok(ds(&me).arg("snapshot").arg(&dir).args(["-w", &ws]));
+        push(&me, &ws, &hub);
+        dirs.push((ws, dir));
+    }
+    for (ws, _) in dirs.iter().skip(8) {
+        ok(ds(&me).args(["forget", ws, "--hub", &hub.url, "--token", &hub.admin]));
+    }
+    for k in 0..4u64 {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ds"));
+        c.env("DS_STORE", &me)
+            .args(["gc", "--hub", &hub.url, "--token", &hub.admin, "--grace", "0s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = c.spawn().unwrap();
+        let pause = 100 + u64::from(noise(2, k)[0]) * 6;
+        std::thread::sleep(Duration::from_millis(pause));
+        hub.kill();
+        let _ = child.wait();
+        hub = start_hub_with(&data, Some(&storage), &[], SETTLE);
+        // What refs reach is whole after every kill.
+        let (ws, dir) = &dirs[k as usize];
+        clone_matches(t, &format!("k{k}"), ws, &hub, dir);
+    }
+    // A dead gc's lease lapses (6 settle times); then gc completes.
+    let r = loop {
+        let out = ds(&me)
+            .args(["gc", "--json", "--hub", &hub.url, "--token", &hub.admin, "--grace", "0s"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break json(&out);
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("already running"), "{err}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let r2 = gc(&me, &hub, &["--grace", "0s"]);
+    assert_eq!(num(&r2, "packs_deleted"), 0, "the first complete gc left nothing: {r} {r2}");
+    assert_eq!(num(&r2, "packs_pending"), 0, "{r2}");
+    assert_eq!(pack_files(&t.join("bucket")), 8, "one pack per kept workspace: {r} {r2}");
+    for (ws, dir) in dirs.iter().take(8) {
+        clone_matches(t, &format!("end-{ws}"), ws, &hub, dir);
+    }
+}

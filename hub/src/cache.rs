@@ -151,6 +151,30 @@ impl Cache {
         .await
     }
 
+    /// Points objects whose recorded pack is `unusable` or unknown at the
+    /// locations hub gc moved them to (when this cache knows those packs).
+    pub async fn repoint(
+        &self,
+        moves: Vec<(ObjectId, Location)>,
+        unusable: std::collections::HashSet<PackId>,
+    ) -> Result<()> {
+        self.with_index(move |ix| {
+            let mut packs = PackMemo::default();
+            let mut set = Vec::new();
+            for (id, to) in moves {
+                let stale = match ix.get(&id)? {
+                    Some(l) => unusable.contains(&l.pack) || !packs.known(ix, &l.pack)?,
+                    None => true,
+                };
+                if stale && !unusable.contains(&to.pack) && packs.known(ix, &to.pack)? {
+                    set.push((id, to));
+                }
+            }
+            Ok(ix.set_locations(&set)?)
+        })
+        .await
+    }
+
     /// Forgets packs hub gc deleted (or is deleting).
     pub async fn forget_packs(&self, packs: Vec<PackId>) -> Result<()> {
         if packs.is_empty() {

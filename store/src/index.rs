@@ -37,7 +37,11 @@ pub struct Location {
 }
 
 impl Location {
-    fn encode(&self) -> [u8; 50] {
+    /// Encoded size.
+    pub const SIZE: usize = 50;
+
+    /// The fixed-size encoding (also what the hub's gc moves carry).
+    pub fn encode(&self) -> [u8; 50] {
         let mut b = [0u8; 50];
         b[..32].copy_from_slice(&self.pack.0);
         b[32] = self.kind as u8;
@@ -48,7 +52,7 @@ impl Location {
         b
     }
 
-    fn decode(b: &[u8]) -> Option<Self> {
+    pub fn decode(b: &[u8]) -> Option<Self> {
         if b.len() != 50 {
             return None;
         }
@@ -262,6 +266,16 @@ impl Index {
         v.extend_from_slice(&(entries.len() as u64).to_le_bytes());
         v.extend_from_slice(&bytes.to_le_bytes());
         b.put_cf(self.cf(CF_PACKS), pack.0, v);
+        self.db.write(b).map_err(|e| self.err(e))
+    }
+
+    /// Points objects at other locations (the hub, after its gc moved or
+    /// found other copies of them); packs are not recorded here.
+    pub fn set_locations(&self, moves: &[(ObjectId, Location)]) -> Result<()> {
+        let mut b = WriteBatch::default();
+        for (id, l) in moves {
+            b.put_cf(self.cf(CF_OBJECTS), id.0, l.encode());
+        }
         self.db.write(b).map_err(|e| self.err(e))
     }
 

@@ -326,3 +326,44 @@ fn hub_gc_sigkilled_at_any_moment_loses_nothing_and_reruns_to_completion() {
         clone_matches(t, &format!("end-{ws}"), ws, &hub, dir);
     }
 }
+
+/// A pack that is mostly garbage (a force-push left most of it behind) is
+/// repacked: what is still needed is copied, the pack is condemned and
+/// deleted, and the workspace clones whole, also through a second hub
+/// whose cache pointed at the old pack.
+#[test]
+fn hub_gc_repacks_mostly_garbage_packs() {
+    let t = tempfile::tempdir().unwrap();
+    let t = t.path();
+    let storage = format!("file://{}", t.join("bucket").display());
+    let hub = start_hub_with(&t.join("hub"), Some(&storage), &[], SETTLE);
+    let other = start_hub_with(&t.join("hub2"), Some(&storage), &[], SETTLE);
+    let (old, new) = (t.join("old"), t.join("new"));
+    write_files(
+        &old,
+        &[("keep".into(), noise(1 << 20, 1)), ("drop".into(), noise(3 << 20, 2))],
+    );
+    write_files(&new, &[("keep".into(), noise(1 << 20, 1))]);
+    let (a, b) = (t.join("a"), t.join("b"));
+    ok(ds(&a).arg("snapshot").arg(&old).args(["-w", "w"]));
+    push(&a, "w", &hub);
+    // The second hub reads the pack before gc moves its objects.
+    clone_matches(t, "before", "w", &other, &old);
+    ok(ds(&b).arg("snapshot").arg(&new).args(["-w", "w"]));
+    ok(ds(&b).args(["push", "w", "--force", "--hub", &hub.url, "--token", &hub.admin]));
+    // Never repacking keeps the pack: it holds something needed.
+    let r = gc(&a, &hub, &["--grace", "0s", "--max-unused", "100"]);
+    assert_eq!((num(&r, "packs_repacked"), num(&r, "packs_deleted")), (0, 0), "{r}");
+    let r = gc(&a, &hub, &["--grace", "0s"]);
+    assert_eq!(num(&r, "packs_repacked"), 1, "{r}");
+    assert!(num(&r, "repack_bytes_written") >= 1 << 20, "{r}");
+    assert!(num(&r, "repack_bytes_written") < 2 << 20, "only what is needed is copied: {r}");
+    assert_eq!(num(&r, "packs_deleted"), 1, "{r}");
+    assert!(num(&r, "bytes_freed") >= 4 << 20, "{r}");
+    for (i, h) in [&hub, &other].into_iter().enumerate() {
+        clone_matches(t, &format!("after{i}"), "w", h, &new);
+    }
+    // Nothing is left to do.
+    let r = gc(&a, &other, &["--grace", "0s"]);
+    assert_eq!((num(&r, "packs_repacked"), num(&r, "packs_deleted")), (0, 0), "{r}");
+}

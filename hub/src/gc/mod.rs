@@ -17,6 +17,10 @@
 //! gc/lease          JSON Lease: one gc at a time, expiring
 //! gc/revive/<pack>  written by a hub that took a condemned pack again
 //!                   (a client re-uploaded it byte for byte)
+//! gc/moves/<epoch>  where the still-needed objects of the packs condemned
+//!                   at that epoch are found (a repacked copy or another
+//!                   pack holding them): hubs repoint their caches, so that
+//!                   nothing they serve is left pointing at a deleted pack
 //! ```
 
 pub(crate) mod run;
@@ -27,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ds_format::PackId;
+use ds_store::index::Location;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
@@ -38,6 +43,7 @@ use crate::storage::Storage;
 const STATE: &str = "gc/state";
 const LEASE: &str = "gc/lease";
 const REVIVE: &str = "gc/revive";
+const MOVES: &str = "gc/moves";
 
 /// How old a hub's view of `gc/state` may be when it answers `Have` or
 /// checks an upload (commits read it afresh).
@@ -72,6 +78,19 @@ pub struct GcState {
     /// Every deletion of a generation at least this one is in `deleted`.
     #[serde(default)]
     pub deleted_since: u64,
+    /// Epochs whose moves document is kept.
+    #[serde(default)]
+    pub moved: Vec<Moved>,
+    /// Every epoch at least this one has its moves document (or moved
+    /// nothing).
+    #[serde(default)]
+    pub moves_since: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Moved {
+    pub epoch: u64,
+    pub at: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,6 +149,47 @@ impl Storage {
                     .into(),
             )),
         }
+    }
+
+    /// Writes where the objects of packs condemned at `epoch` now are.
+    pub(crate) async fn put_gc_moves(
+        &self,
+        epoch: u64,
+        moves: &[(ds_format::ObjectId, Location)],
+    ) -> Result<()> {
+        let mut b = Vec::with_capacity(moves.len() * (32 + Location::SIZE));
+        for (id, l) in moves {
+            b.extend_from_slice(&id.0);
+            b.extend_from_slice(&l.encode());
+        }
+        self.put_doc(&format!("{MOVES}/{epoch}"), Bytes::from(b))
+            .await
+    }
+
+    pub(crate) async fn gc_moves(
+        &self,
+        epoch: u64,
+    ) -> Result<Option<Vec<(ds_format::ObjectId, Location)>>> {
+        let Some((b, _)) = self.get_doc(&format!("{MOVES}/{epoch}")).await? else {
+            return Ok(None);
+        };
+        let bad = || HubError::Corrupt(format!("{MOVES}/{epoch} in the bucket is not valid"));
+        let rec = 32 + Location::SIZE;
+        if b.len() % rec != 0 {
+            return Err(bad());
+        }
+        b.chunks(rec)
+            .map(|r| {
+                let id = ds_format::ObjectId::from_slice(&r[..32]).ok_or_else(bad)?;
+                let l = Location::decode(&r[32..]).ok_or_else(bad)?;
+                Ok((id, l))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    pub(crate) async fn delete_gc_moves(&self, epoch: u64) -> Result<()> {
+        self.delete_doc(&format!("{MOVES}/{epoch}")).await
     }
 
     pub(crate) async fn mark_revived(&self, pack: &PackId) -> Result<()> {
@@ -290,6 +350,24 @@ impl GcView {
             .collect();
         self.cache.forget_packs(gone).await?;
         let condemned: HashSet<PackId> = st.condemned.iter().map(|c| c.pack).collect();
+        // Repoint what moved: at start every kept moves document (the
+        // cache may point anywhere), else those since the last reading.
+        let last_epoch = v.state.epoch;
+        let from = if gap || last_epoch + 1 < st.moves_since {
+            st.moves_since.max(1)
+        } else {
+            last_epoch + 1
+        };
+        if from <= st.epoch {
+            self.cache.refresh(&self.storage).await?;
+            let mut unusable = condemned.clone();
+            unusable.extend(st.deleting.iter().copied());
+            for e in from..=st.epoch {
+                if let Some(moves) = self.storage.gc_moves(e).await? {
+                    self.cache.repoint(moves, unusable.clone()).await?;
+                }
+            }
+        }
         v.revived.retain(|p| condemned.contains(p));
         let deleting: HashSet<PackId> = st.deleting.iter().copied().collect();
         v.generation = Some(st.generation);

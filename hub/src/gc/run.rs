@@ -151,23 +151,53 @@ impl Bucket {
 struct Closure {
     kept: Vec<bool>,
     visited: HashSet<ObjectId>,
-    /// Packs whose objects are visited one by one, never kept whole
-    /// (all of them: a plain object closure).
-    no_expand: Expand,
+    policy: Policy,
+    /// Reached objects whose only copies are in packs being repacked:
+    /// (object, pack, entry).
+    copy: Vec<(ObjectId, usize, usize)>,
 }
 
-enum Expand {
-    All,
-    Except(HashSet<usize>),
-    None,
+/// Which holders of a reached object are kept whole.
+struct Policy {
+    /// Packs kept whole in preference (live ones, not being repacked).
+    preferred: Vec<bool>,
+    /// Packs whose reached objects are copied instead.
+    repack: Vec<bool>,
+    /// With no preferred holder and none to copy from: keep every holder
+    /// (a condemned pack still needed is rescued).
+    fallback: bool,
 }
 
 impl Closure {
-    fn new(b: &Bucket, no_expand: Expand) -> Closure {
+    fn new(b: &Bucket, policy: Policy) -> Closure {
         Closure {
             kept: vec![false; b.files.len()],
             visited: HashSet::new(),
-            no_expand,
+            policy,
+            copy: Vec::new(),
+        }
+    }
+
+    /// Decides what keeps `id` (held by `hs`) and queues what that adds.
+    fn hold(&mut self, b: &Bucket, id: ObjectId, hs: &[(u32, u32)], into: &mut Vec<ObjectId>) {
+        if hs.iter().any(|(p, _)| self.kept[*p as usize]) {
+            return;
+        }
+        let preferred: Vec<usize> = hs
+            .iter()
+            .map(|(p, _)| *p as usize)
+            .filter(|&p| self.policy.preferred[p])
+            .collect();
+        if !preferred.is_empty() {
+            for p in preferred {
+                self.keep(b, p, into);
+            }
+        } else if let Some(&(p, j)) = hs.iter().find(|(p, _)| self.policy.repack[*p as usize]) {
+            self.copy.push((id, p as usize, j as usize));
+        } else if self.policy.fallback {
+            for &(p, _) in hs {
+                self.keep(b, p as usize, into);
+            }
         }
     }
 
@@ -196,9 +226,7 @@ impl Closure {
                          deleted nothing (run `ds verify` against a clone to see what is lost)"
                     )));
                 };
-                for &(p, _) in hs {
-                    self.keep(b, p as usize, &mut next);
-                }
+                self.hold(b, id, hs, &mut next);
                 let (p, j) = (hs[0].0 as usize, hs[0].1 as usize);
                 let e = &b.entries[p][j];
                 if e.kind != ObjectKind::Chunk {
@@ -230,12 +258,7 @@ impl Closure {
     }
 
     fn keep(&mut self, b: &Bucket, p: usize, into: &mut Vec<ObjectId>) {
-        let expand = match &self.no_expand {
-            Expand::All => true,
-            Expand::Except(s) => !s.contains(&p),
-            Expand::None => false,
-        };
-        if expand && !self.kept[p] {
+        if !self.kept[p] {
             self.kept[p] = true;
             into.extend(b.entries[p].iter().map(|e| e.id));
         }
@@ -276,7 +299,15 @@ async fn round(svc: &SyncService, o: Options, rep: &mut GcReply) -> Result<u64> 
 
     // What refs (and held packs) reach, object by object: how much of each
     // live pack is still needed decides whether it is repacked.
-    let mut needed = Closure::new(&b, Expand::None);
+    let n = b.files.len();
+    let mut needed = Closure::new(
+        &b,
+        Policy {
+            preferred: vec![false; n],
+            repack: vec![false; n],
+            fallback: false,
+        },
+    );
     let roots: Vec<ObjectId> = heads
         .iter()
         .copied()
@@ -284,9 +315,11 @@ async fn round(svc: &SyncService, o: Options, rep: &mut GcReply) -> Result<u64> 
         .collect();
     needed.grow(svc, &b, roots, []).await?;
     let young_set: HashSet<usize> = young.iter().copied().collect();
-    let repack: HashSet<usize> = (0..b.files.len())
-        .filter(|&i| live(i) && !young_set.contains(&i))
-        .filter(|&i| {
+    let repack: Vec<bool> = (0..n)
+        .map(|i| {
+            if !live(i) || young_set.contains(&i) {
+                return false;
+            }
             let (mut all, mut used) = (0u64, 0u64);
             for e in &b.entries[i] {
                 all += u64::from(e.stored_len);
@@ -300,23 +333,29 @@ async fn round(svc: &SyncService, o: Options, rep: &mut GcReply) -> Result<u64> 
     let kept_objects = needed.visited.len() as u64;
     drop(needed);
 
-    let mut c = Closure::new(&b, Expand::Except(repack.clone()));
+    // Kept: whole packs, preferring live ones not being repacked; objects
+    // only in packs being repacked are copied; condemned packs still
+    // needed are rescued.
+    let mut c = Closure::new(
+        &b,
+        Policy {
+            preferred: (0..n).map(|i| live(i) && !repack[i]).collect(),
+            repack: repack.clone(),
+            fallback: true,
+        },
+    );
     c.grow(svc, &b, heads, young).await?;
     let kept = c.kept.clone();
-    // What repacking must copy: objects reached whose every copy is in a
-    // pack being repacked.
-    let mut copy: Vec<(ObjectId, usize, usize)> = Vec::new();
-    for id in &c.visited {
-        let hs = &b.holders[id];
-        if hs.iter().all(|(p, _)| !kept[*p as usize]) {
-            if let Some(&(p, j)) = hs.iter().find(|(p, _)| repack.contains(&(*p as usize))) {
-                copy.push((*id, p as usize, j as usize));
-            }
-        }
-    }
+    let mut copy = std::mem::take(&mut c.copy);
     copy.sort_by_key(|&(_, p, j)| (p, b.entries[p][j].offset));
-    c.no_expand = Expand::All;
-    let others: Vec<usize> = (0..b.files.len()).filter(|&i| live(i)).collect();
+    let kept_visited = c.visited.clone();
+    // Touchable: everything below every live pack too.
+    c.policy = Policy {
+        preferred: (0..n).map(live).collect(),
+        repack: vec![false; n],
+        fallback: true,
+    };
+    let others: Vec<usize> = (0..n).filter(|&i| live(i)).collect();
     c.grow(svc, &b, Vec::new(), others).await?;
     let touchable = c.kept;
 
@@ -377,7 +416,7 @@ async fn round(svc: &SyncService, o: Options, rep: &mut GcReply) -> Result<u64> 
     rep.next_deletion_unix = if pending.2 == i64::MAX { 0 } else { pending.2 };
     if dry_run {
         // What a gc now would condemn, repack or delete.
-        rep.repacked = repack.iter().filter(|&&i| !kept[i]).count() as u64;
+        rep.repacked = (0..n).filter(|&i| repack[i] && !kept[i]).count() as u64;
         rep.repack_bytes_written = copy
             .iter()
             .map(|&(_, p, j)| u64::from(b.entries[p][j].stored_len))
@@ -389,12 +428,33 @@ async fn round(svc: &SyncService, o: Options, rep: &mut GcReply) -> Result<u64> 
     }
 
     // Copies first: committed before the packs they leave are condemned.
-    let repacked = repack.iter().filter(|&&i| !kept[i]).count() as u64;
+    let repacked = (0..n).filter(|&i| repack[i] && !kept[i]).count() as u64;
     rep.repacked += repacked;
-    if repacked > 0 {
-        let (bytes, packs) = write_copies(svc, &b, &copy).await?;
-        rep.repack_bytes_written += bytes;
-        rep.repack_packs_written += packs;
+    let mut moves = if copy.is_empty() {
+        Vec::new()
+    } else {
+        write_copies(svc, &b, &copy, rep).await?
+    };
+    // Where hubs find the kept objects of packs condemned now: a copy
+    // written above, or another pack that holds them (see `GcView`).
+    let copied: HashSet<ObjectId> = moves.iter().map(|m| m.0).collect();
+    for &i in &newly {
+        for e in &b.entries[i] {
+            if !kept_visited.contains(&e.id) || copied.contains(&e.id) {
+                continue;
+            }
+            if let Some(&(p, j)) = b.holders[&e.id].iter().find(|(p, _)| kept[*p as usize]) {
+                let (p, j) = (p as usize, j as usize);
+                moves.push((e.id, Location::of(b.files[p].id, &b.entries[p][j])));
+            }
+        }
+    }
+    if !newly.is_empty() {
+        storage.put_gc_moves(state.epoch + 1, &moves).await?;
+        state.moved.push(super::Moved {
+            epoch: state.epoch + 1,
+            at: t0,
+        });
     }
 
     // Condemn and rescue, and mark the doomed as deleting: one write.
@@ -414,7 +474,7 @@ async fn round(svc: &SyncService, o: Options, rep: &mut GcReply) -> Result<u64> 
     }));
     state.deleting = doomed_ids.iter().copied().collect();
     state.deleting.sort();
-    let mut version = storage.swap_gc_state(&state, version.as_ref()).await?;
+    let version = storage.swap_gc_state(&state, version.as_ref()).await?;
     rep.epoch = state.epoch;
 
     // A hub that revived a doomed pack before seeing it deleting left a
@@ -467,8 +527,24 @@ async fn round(svc: &SyncService, o: Options, rep: &mut GcReply) -> Result<u64> 
         state.deleted.retain(|d| d.at >= old);
         state.deleted_since = state.deleted_since.max(last + 1);
     }
-    version = storage.swap_gc_state(&state, Some(&version)).await?;
-    let _ = version;
+    // Moves stay while a pack they move from may exist, and a week.
+    let oldest_condemned = state.condemned.iter().map(|c| c.epoch).min();
+    let mut pruned = Vec::new();
+    state.moved.retain(|m| {
+        let keep = m.at >= old || oldest_condemned.is_some_and(|e| e <= m.epoch);
+        if !keep {
+            pruned.push(m.epoch);
+        }
+        keep
+    });
+    state.moves_since = state
+        .moved
+        .first()
+        .map_or(state.epoch + 1, |m| m.epoch);
+    storage.swap_gc_state(&state, Some(&version)).await?;
+    for e in pruned {
+        storage.delete_gc_moves(e).await?;
+    }
 
     // Markers are done with once their packs are live or gone.
     let still: HashSet<PackId> = state.condemned.iter().map(|c| c.pack).collect();
@@ -487,8 +563,10 @@ async fn write_copies(
     svc: &SyncService,
     b: &Bucket,
     copy: &[(ObjectId, usize, usize)],
-) -> Result<(u64, u64)> {
+    rep: &mut GcReply,
+) -> Result<Vec<(ObjectId, Location)>> {
     let (mut bytes, mut packs) = (0u64, 0u64);
+    let mut moved = Vec::with_capacity(copy.len());
     let mut data = ds_format::pack::HEADER.to_vec();
     let mut framing = ds_format::pack::Framing::new();
     let mut flush = |data: &mut Vec<u8>, framing: &mut ds_format::pack::Framing| {
@@ -522,15 +600,19 @@ async fn write_copies(
             data.extend_from_slice(&o.data);
             if framing.len() >= REPACK_TARGET {
                 let (id, pack, trailer, entries) = flush(&mut data, &mut framing);
+                moved.extend(entries.iter().map(|e| (e.id, Location::of(id, e))));
                 commit_copy(svc, id, pack, &trailer, entries).await?;
             }
         }
     }
     if !framing.is_empty() {
         let (id, pack, trailer, entries) = flush(&mut data, &mut framing);
+        moved.extend(entries.iter().map(|e| (e.id, Location::of(id, e))));
         commit_copy(svc, id, pack, &trailer, entries).await?;
     }
-    Ok((bytes, packs))
+    rep.repack_bytes_written += bytes;
+    rep.repack_packs_written += packs;
+    Ok(moved)
 }
 
 async fn commit_copy(

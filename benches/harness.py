@@ -668,6 +668,15 @@ class Ds(Tool):
             self.labels.append(label)
         return r
 
+    def collect(self, garbage):
+        """Snapshots `garbage` as its own workspace, forgets it, then times `ds gc`."""
+        exe = self.exe(self.h)
+        for cmd in (["snapshot", garbage, "--workspace", "garbage"], ["forget", "garbage"]):
+            r = self.h.runner.run([exe, "--store", self.repo] + cmd, env=self.env(), measured=False)
+            if not r.ok:
+                return r
+        return self.run([exe, "--store", self.repo, "gc"])
+
     def restore(self, label, dest):
         # the workspace name restores its latest snapshot; older ones are bench~N
         back = len(self.labels) - 1 - self.labels.index(label)
@@ -695,6 +704,14 @@ class Restic(Tool):
         # restic picks the previous snapshot of the same path/host as parent by itself
         return self.run(["restic", "backup", "--quiet", "--tag", label, corpus])
 
+    def collect(self, garbage):
+        for cmd in (["backup", "--quiet", "--tag", "garbage", garbage],
+                    ["forget", "--tag", "garbage"]):
+            r = self.h.runner.run(["restic"] + cmd, env=self.env(), measured=False)
+            if not r.ok:
+                return r
+        return self.run(["restic", "prune"])
+
     def restore(self, label, dest):
         r = self.run(["restic", "restore", "latest", "--tag", label, "--target", dest])
         return r, os.path.join(dest, self.h.corpus.lstrip("/"))
@@ -714,6 +731,14 @@ class Borg(Tool):
 
     def snapshot(self, corpus, label):
         return self.run(["borg", "create", "--compression", "lz4", f"{self.repo}::{label}", "."], cwd=corpus)
+
+    def collect(self, garbage):
+        for cmd, cwd in ((["create", f"{self.repo}::garbage", "."], garbage),
+                         (["delete", f"{self.repo}::garbage"], None)):
+            r = self.h.runner.run(["borg"] + cmd, cwd=cwd, env=self.env(), measured=False)
+            if not r.ok:
+                return r
+        return self.run(["borg", "compact", self.repo])
 
     def restore(self, label, dest):
         os.makedirs(dest)
@@ -839,6 +864,12 @@ METRICS: list[Metric] = [
     Metric("push_incr_ratio", "ds push after mutation: bytes shipped / truly changed",
            lambda r, h: r["push_incr_bytes"] / h.mutation_stats["changed_bytes"] if "push_incr_bytes" in r and h.mutation_stats.get("changed_bytes") else None, ratio=False),
     Metric("push_incr_rt", "ds push after mutation: round trips", _v("push_incr_rt"), ratio=False),
+    Metric("gc_s", "gc of 50% garbage: ds gc / restic prune / borg compact (s)", _v("gc_s")),
+    Metric("gc_freed_mib", "gc of 50% garbage: repo shrank by (MiB)",
+           lambda r, h: r["gc_freed"] / MiB if "gc_freed" in r else None),
+    Metric("hub_gc_s", "ds gc --hub --grace 0s of 50% garbage, settle 1 s (s)", _v("hub_gc_s"), ratio=False),
+    Metric("hub_gc_freed_mib", "ds gc --hub: bytes freed (MiB)",
+           lambda r, h: r["hub_gc_freed"] / MiB if "hub_gc_freed" in r else None, ratio=False),
     # ds only: FUSE mounts (phase_fuse); need /dev/fuse, bindfs installed from Debian
     Metric("fuse_read_mibs", "ds mount (read-only): sequential read, warm (MiB/s)", _v("fuse_read_mibs"), ratio=False),
     Metric("fuse_direct_mibs", "ds mount --direct-io: same read (MiB/s)", _v("fuse_direct_mibs"), ratio=False),
@@ -1119,7 +1150,8 @@ class Harness:
         if "hub" not in state:
             data = os.path.join(self.workdir, "hub")
             rmtree(data)
-            p = subprocess.Popen([exe, "hub", "--listen", "127.0.0.1:0", "--data", data],
+            p = subprocess.Popen([exe, "hub", "--listen", "127.0.0.1:0", "--data", data,
+                                  "--gc-settle", "1"],
                                  stderr=subprocess.PIPE, text=True)
             url = None
             for line in p.stderr:
@@ -1152,10 +1184,66 @@ class Harness:
 
     def phase_push_incr(self, rep: int, state: dict) -> None:
         self._push(rep, state, "incr")
+
+    def phase_gc(self, rep: int, state: dict) -> None:
+        """50% garbage: random files as big as the corpus, snapshotted and forgotten, then each
+        tool's collector (ds gc, restic prune, borg compact) and ds's hub gc (the same garbage
+        pushed to the loopback hub, forgotten there, `ds gc --hub --grace 0s`, settle 1 s)."""
+        garbage = os.path.join(self.workdir, "garbage")
         hub = state.pop("hub", None)
-        if hub:
-            hub[0].terminate()
-            hub[0].wait()
+        try:
+            rmtree(garbage)
+            os.makedirs(garbage)
+            rnd, left, i = random.Random(4242), self.corpus_bytes, 0
+            while left > 0:
+                n = min(64 * MiB, left)
+                write_random(os.path.join(garbage, f"g{i:04}.bin"), rnd, n)
+                left, i = left - n, i + 1
+            ds = state["tools"].get("ds")
+            if hub and ds is not None and self.alive(rep, "ds"):
+                self._hub_gc(rep, ds, hub, garbage)
+            for name in self.order(rep):
+                tool = state["tools"].get(name)
+                if tool is None or not self.alive(rep, name) or not hasattr(tool, "collect"):
+                    continue
+                before = tool.repo_bytes()
+                r = tool.collect(garbage)
+                if not r.ok:
+                    self.fail(rep, name, "gc of 50% garbage", r)
+                    continue
+                v = self.values[rep][name]
+                v["gc_s"] = r.seconds
+                v["gc_freed"] = max(0, before - tool.repo_bytes())
+                log(f"  {name} gc: {r.seconds:.2f}s")
+        finally:
+            if hub:
+                hub[0].terminate()
+                hub[0].wait()
+            rmtree(garbage)
+
+    def _hub_gc(self, rep: int, tool: "Tool", hub: tuple, garbage: str) -> None:
+        _, url, token = hub
+        exe = tool.exe(self)
+        store = os.path.join(self.workdir, "hub-gc-client")
+        rmtree(store)
+        auth = ["--hub", url, "--token", token]
+        for cmd in (["snapshot", garbage, "--workspace", "garbage"], ["push", "garbage"] + auth,
+                    ["forget", "garbage"] + auth):
+            r = self.runner.run([exe, "--store", store] + cmd, measured=False)
+            if not r.ok:
+                self.fail(rep, "ds", f"hub gc setup ({cmd[0]})", r)
+                return
+        r = self.runner.run([exe, "--store", store, "gc", "--grace", "0s", "--json"] + auth, capture=True)
+        rmtree(store)
+        if not r.ok:
+            self.fail(rep, "ds", "hub gc", r)
+            return
+        j = json.loads(r.stdout)
+        v = self.values[rep]["ds"]
+        v["hub_gc_s"] = r.seconds
+        v["hub_gc_freed"] = j["bytes_freed"]
+        self.extras[rep]["ds_hub_gc_json"] = j
+        log(f"  ds hub gc: freed {human(j['bytes_freed'])} in {r.seconds:.2f}s")
 
     def _fuse_read(self, path: str) -> float:
         """Seconds to read a file sequentially in 1 MiB requests."""
@@ -1299,7 +1387,7 @@ class Harness:
 
     PHASES: list[str] = ["phase_limits", "phase_cold", "phase_push_cold", "phase_cold_dropped",
                          "phase_mutate", "phase_incremental", "phase_push_incr", "phase_restore",
-                         "phase_ds_verify", "phase_fuse"]
+                         "phase_ds_verify", "phase_gc", "phase_fuse"]
 
     def run_rep(self, rep: int) -> None:
         self.values.append({t: {} for t in self.tools})

@@ -102,7 +102,9 @@ pub async fn run(a: &Storage, b: &Storage) {
     // such and invisible to list_packs; a deleted pack leaves every listing;
     // deleting twice is no error.
     let (oid, odata, _, _) = pack_of(&[b"orphan bytes"]);
-    a.put_pack_data(&oid, Bytes::from(odata.clone())).await.unwrap();
+    a.put_pack_data(&oid, Bytes::from(odata.clone()))
+        .await
+        .unwrap();
     assert!(!b.has_pack(&oid).await.unwrap());
     let files = b.list_pack_files().await.unwrap();
     let f = files.iter().find(|f| f.id == oid).expect("orphan listed");

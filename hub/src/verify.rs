@@ -31,7 +31,12 @@ pub struct Verified {
 /// Checks `data` is the pack `claimed` against what `index` says the hub
 /// holds and `sight` lets it rely on. An index read error counts as "not
 /// held", so it refuses the pack rather than accept a dangling reference.
-pub fn verify_pack(claimed: &PackId, data: &[u8], index: &Index, sight: &Sight) -> Result<Verified> {
+pub fn verify_pack(
+    claimed: &PackId,
+    data: &[u8],
+    index: &Index,
+    sight: &Sight,
+) -> Result<Verified> {
     let mut leaned_on = HashSet::new();
     let mut known: HashMap<PackId, bool> = HashMap::new();
     let mut held = |c: &ds_format::ObjectId| {

@@ -181,13 +181,20 @@ pub(super) fn gc_on_hub(store_path: &std::path::Path, a: GcArgs) -> Result<ExitC
         println!(
             "{} mostly-garbage packs {}: {} copied into {} new packs",
             r.repacked,
-            if a.dry_run { "would be repacked" } else { "repacked and condemned" },
+            if a.dry_run {
+                "would be repacked"
+            } else {
+                "repacked and condemned"
+            },
             fmt::bytes(r.repack_bytes_written),
             r.repack_packs_written
         );
     }
     if r.rescued > 0 {
-        println!("{} condemned packs were reachable again and are kept", r.rescued);
+        println!(
+            "{} condemned packs were reachable again and are kept",
+            r.rescued
+        );
     }
     if r.pending > 0 && !a.dry_run {
         let now = std::time::SystemTime::now()

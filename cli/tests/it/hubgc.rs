@@ -66,8 +66,14 @@ fn deletes_only_what_no_ref_reaches(storage: Option<&str>, env: &[(&str, &str)])
     let local = storage.is_none().then(|| t.join("hub/storage"));
     let me = t.join("me");
     let (keep, gone) = (t.join("keep"), t.join("gone"));
-    tree(&keep, &[("shared", noise(2 << 20, 1)), ("own", noise(1 << 20, 2))]);
-    tree(&gone, &[("shared", noise(2 << 20, 1)), ("own", noise(3 << 20, 3))]);
+    tree(
+        &keep,
+        &[("shared", noise(2 << 20, 1)), ("own", noise(1 << 20, 2))],
+    );
+    tree(
+        &gone,
+        &[("shared", noise(2 << 20, 1)), ("own", noise(3 << 20, 3))],
+    );
     ok(ds(&me).arg("snapshot").arg(&keep).args(["-w", "keep"]));
     ok(ds(&me).arg("snapshot").arg(&gone).args(["-w", "gone"]));
     push(&me, "keep", &hub);
@@ -75,19 +81,37 @@ fn deletes_only_what_no_ref_reaches(storage: Option<&str>, env: &[(&str, &str)])
 
     // Only an admin may collect.
     let limited = String::from_utf8(
-        ok(ds(&me).args(["token", "-w", "keep", "--hub", &hub.url, "--token", &hub.admin])).stdout,
+        ok(ds(&me).args([
+            "token", "-w", "keep", "--hub", &hub.url, "--token", &hub.admin,
+        ]))
+        .stdout,
     )
     .unwrap();
     let out = ds(&me)
-        .args(["gc", "--hub", &hub.url, "--grace", "0s", "--token", limited.trim()])
+        .args([
+            "gc",
+            "--hub",
+            &hub.url,
+            "--grace",
+            "0s",
+            "--token",
+            limited.trim(),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("admin"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("admin"),
+        "{out:?}"
+    );
 
     // Everything is referenced: nothing to do.
     let r = gc(&me, &hub, &["--grace", "0s"]);
-    assert_eq!((num(&r, "packs_condemned"), num(&r, "packs_deleted")), (0, 0), "{r}");
+    assert_eq!(
+        (num(&r, "packs_condemned"), num(&r, "packs_deleted")),
+        (0, 0),
+        "{r}"
+    );
     assert_eq!(num(&r, "workspaces"), 2);
 
     ok(ds(&me).args(["forget", "gone", "--hub", &hub.url, "--token", &hub.admin]));
@@ -98,7 +122,10 @@ fn deletes_only_what_no_ref_reaches(storage: Option<&str>, env: &[(&str, &str)])
     let r = gc(&me, &hub, &["--grace", "0s"]);
     assert!(num(&r, "packs_deleted") >= 1, "{r}");
     assert!(num(&r, "bytes_freed") >= 3 << 20, "{r}");
-    assert!(num(&r, "bytes_freed") < 5 << 20, "only gone's own data goes: {r}");
+    assert!(
+        num(&r, "bytes_freed") < 5 << 20,
+        "only gone's own data goes: {r}"
+    );
     if let (Some(dir), Some(n)) = (&local, before) {
         assert_eq!(pack_files(dir), n - num(&r, "packs_deleted") as usize);
     }
@@ -132,7 +159,9 @@ fn deletes_only_what_no_ref_reaches(storage: Option<&str>, env: &[(&str, &str)])
     clone_matches(t, "keep2", "keep", &hub, &keep);
     // The text report says what waits.
     ok(ds(&me).args(["forget", "gone", "--hub", &hub.url, "--token", &hub.admin]));
-    let out = ok(ds(&me).args(["gc", "--hub", &hub.url, "--token", &hub.admin, "--grace", "1h"]));
+    let out = ok(ds(&me).args([
+        "gc", "--hub", &hub.url, "--token", &hub.admin, "--grace", "1h",
+    ]));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("hub gc on"), "{text}");
 }
@@ -191,7 +220,9 @@ fn races(storage: &str, env: &[(&str, &str)], t: &Path) {
                         ok(ds(&store).arg("snapshot").arg(&dir).args(["-w", &ws]));
                         let hub = &hubs[((w + round) % 2) as usize];
                         push(&store, &ws, hub);
-                        std::thread::sleep(Duration::from_millis(noise(1, w * 7 + round)[0] as u64 * 4));
+                        std::thread::sleep(Duration::from_millis(
+                            noise(1, w * 7 + round)[0] as u64 * 4,
+                        ));
                     }
                 })
             })
@@ -233,16 +264,26 @@ fn races(storage: &str, env: &[(&str, &str)], t: &Path) {
     // A last gc, then every workspace's last push is whole.
     let r = gc(&t.join("gc"), &hubs[0], &["--grace", "0s"]);
     assert_eq!(num(&r, "workspaces"), 3, "{r}");
-    eprintln!("gc ran {} times during the pushes, deleting {} packs; then {r}", gcs.0, gcs.1);
-    assert!(gcs.1 + num(&r, "packs_deleted") >= 1, "the churner's garbage was collected");
+    eprintln!(
+        "gc ran {} times during the pushes, deleting {} packs; then {r}",
+        gcs.0, gcs.1
+    );
+    assert!(
+        gcs.1 + num(&r, "packs_deleted") >= 1,
+        "the churner's garbage was collected"
+    );
     for w in 0..3u64 {
         let dir = t.join(format!("w{w}-dir"));
         for (i, hub) in hubs.iter().enumerate() {
             clone_matches(t, &format!("w{w}-{i}"), &format!("w{w}"), hub, &dir);
         }
         // The whole history came along and verifies (clone_matches ran verify).
-        let log = ok(ds(&t.join(format!("clone-w{w}-0"))).args(["log", &format!("w{w}"), "--json"]));
-        assert_eq!(json(&log).as_array().map(|a| a.len()), Some(ROUNDS as usize));
+        let log =
+            ok(ds(&t.join(format!("clone-w{w}-0"))).args(["log", &format!("w{w}"), "--json"]));
+        assert_eq!(
+            json(&log).as_array().map(|a| a.len()),
+            Some(ROUNDS as usize)
+        );
     }
 }
 
@@ -292,7 +333,9 @@ fn hub_gc_sigkilled_at_any_moment_loses_nothing_and_reruns_to_completion() {
     for k in 0..4u64 {
         let mut c = Command::new(env!("CARGO_BIN_EXE_ds"));
         c.env("DS_STORE", &me)
-            .args(["gc", "--hub", &hub.url, "--token", &hub.admin, "--grace", "0s"])
+            .args([
+                "gc", "--hub", &hub.url, "--token", &hub.admin, "--grace", "0s",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         let mut child = c.spawn().unwrap();
@@ -308,7 +351,9 @@ fn hub_gc_sigkilled_at_any_moment_loses_nothing_and_reruns_to_completion() {
     // A dead gc's lease lapses (6 settle times); then gc completes.
     let r = loop {
         let out = ds(&me)
-            .args(["gc", "--json", "--hub", &hub.url, "--token", &hub.admin, "--grace", "0s"])
+            .args([
+                "gc", "--json", "--hub", &hub.url, "--token", &hub.admin, "--grace", "0s",
+            ])
             .output()
             .unwrap();
         if out.status.success() {
@@ -319,9 +364,17 @@ fn hub_gc_sigkilled_at_any_moment_loses_nothing_and_reruns_to_completion() {
         std::thread::sleep(Duration::from_millis(500));
     };
     let r2 = gc(&me, &hub, &["--grace", "0s"]);
-    assert_eq!(num(&r2, "packs_deleted"), 0, "the first complete gc left nothing: {r} {r2}");
+    assert_eq!(
+        num(&r2, "packs_deleted"),
+        0,
+        "the first complete gc left nothing: {r} {r2}"
+    );
     assert_eq!(num(&r2, "packs_pending"), 0, "{r2}");
-    assert_eq!(pack_files(&t.join("bucket")), 8, "one pack per kept workspace: {r} {r2}");
+    assert_eq!(
+        pack_files(&t.join("bucket")),
+        8,
+        "one pack per kept workspace: {r} {r2}"
+    );
     for (ws, dir) in dirs.iter().take(8) {
         clone_matches(t, &format!("end-{ws}"), ws, &hub, dir);
     }
@@ -341,7 +394,10 @@ fn hub_gc_repacks_mostly_garbage_packs() {
     let (old, new) = (t.join("old"), t.join("new"));
     write_files(
         &old,
-        &[("keep".into(), noise(1 << 20, 1)), ("drop".into(), noise(3 << 20, 2))],
+        &[
+            ("keep".into(), noise(1 << 20, 1)),
+            ("drop".into(), noise(3 << 20, 2)),
+        ],
     );
     write_files(&new, &[("keep".into(), noise(1 << 20, 1))]);
     let (a, b) = (t.join("a"), t.join("b"));
@@ -350,14 +406,23 @@ fn hub_gc_repacks_mostly_garbage_packs() {
     // The second hub reads the pack before gc moves its objects.
     clone_matches(t, "before", "w", &other, &old);
     ok(ds(&b).arg("snapshot").arg(&new).args(["-w", "w"]));
-    ok(ds(&b).args(["push", "w", "--force", "--hub", &hub.url, "--token", &hub.admin]));
+    ok(ds(&b).args([
+        "push", "w", "--force", "--hub", &hub.url, "--token", &hub.admin,
+    ]));
     // Never repacking keeps the pack: it holds something needed.
     let r = gc(&a, &hub, &["--grace", "0s", "--max-unused", "100"]);
-    assert_eq!((num(&r, "packs_repacked"), num(&r, "packs_deleted")), (0, 0), "{r}");
+    assert_eq!(
+        (num(&r, "packs_repacked"), num(&r, "packs_deleted")),
+        (0, 0),
+        "{r}"
+    );
     let r = gc(&a, &hub, &["--grace", "0s"]);
     assert_eq!(num(&r, "packs_repacked"), 1, "{r}");
     assert!(num(&r, "repack_bytes_written") >= 1 << 20, "{r}");
-    assert!(num(&r, "repack_bytes_written") < 2 << 20, "only what is needed is copied: {r}");
+    assert!(
+        num(&r, "repack_bytes_written") < 2 << 20,
+        "only what is needed is copied: {r}"
+    );
     assert_eq!(num(&r, "packs_deleted"), 1, "{r}");
     assert!(num(&r, "bytes_freed") >= 4 << 20, "{r}");
     for (i, h) in [&hub, &other].into_iter().enumerate() {
@@ -365,5 +430,9 @@ fn hub_gc_repacks_mostly_garbage_packs() {
     }
     // Nothing is left to do.
     let r = gc(&a, &other, &["--grace", "0s"]);
-    assert_eq!((num(&r, "packs_repacked"), num(&r, "packs_deleted")), (0, 0), "{r}");
+    assert_eq!(
+        (num(&r, "packs_repacked"), num(&r, "packs_deleted")),
+        (0, 0),
+        "{r}"
+    );
 }

@@ -308,7 +308,7 @@ impl GcView {
     /// A view at most [`VIEW_STALENESS`] old.
     pub async fn current(&self) -> Result<Arc<Sight>> {
         let mut v = self.inner.lock().await;
-        if !v.read_at.is_some_and(|t| t.elapsed() < VIEW_STALENESS) {
+        if v.read_at.is_none_or(|t| t.elapsed() >= VIEW_STALENESS) {
             self.reload(&mut v).await?;
         }
         Ok(v.sight.clone())

@@ -279,8 +279,11 @@ async fn round(svc: &SyncService, o: Options, rep: &mut GcReply) -> Result<u64> 
     let grace_s = grace.as_secs() as i64;
     let settle_s = svc.gc_view().settle().as_secs() as i64;
 
-    let condemned: HashMap<PackId, Condemned> =
-        state.condemned.iter().map(|c| (c.pack, c.clone())).collect();
+    let condemned: HashMap<PackId, Condemned> = state
+        .condemned
+        .iter()
+        .map(|c| (c.pack, c.clone()))
+        .collect();
     let deleting: HashSet<PackId> = state.deleting.iter().copied().collect();
     let committed = |i: usize| b.files[i].committed.is_some() && b.files[i].data.is_some();
     let live = |i: usize| {
@@ -311,7 +314,11 @@ async fn round(svc: &SyncService, o: Options, rep: &mut GcReply) -> Result<u64> 
     let roots: Vec<ObjectId> = heads
         .iter()
         .copied()
-        .chain(young.iter().flat_map(|&i| b.entries[i].iter().map(|e| e.id)))
+        .chain(
+            young
+                .iter()
+                .flat_map(|&i| b.entries[i].iter().map(|e| e.id)),
+        )
         .collect();
     needed.grow(svc, &b, roots, []).await?;
     let young_set: HashSet<usize> = young.iter().copied().collect();
@@ -537,10 +544,7 @@ async fn round(svc: &SyncService, o: Options, rep: &mut GcReply) -> Result<u64> 
         }
         keep
     });
-    state.moves_since = state
-        .moved
-        .first()
-        .map_or(state.epoch + 1, |m| m.epoch);
+    state.moves_since = state.moved.first().map_or(state.epoch + 1, |m| m.epoch);
     storage.swap_gc_state(&state, Some(&version)).await?;
     for e in pruned {
         storage.delete_gc_moves(e).await?;

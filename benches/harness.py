@@ -668,14 +668,17 @@ class Ds(Tool):
             self.labels.append(label)
         return r
 
-    def collect(self, garbage):
-        """Snapshots `garbage` as its own workspace, forgets it, then times `ds gc`."""
+    def add_garbage(self, garbage):
+        """Snapshots `garbage` as its own workspace and forgets it."""
         exe = self.exe(self.h)
         for cmd in (["snapshot", garbage, "--workspace", "garbage"], ["forget", "garbage"]):
             r = self.h.runner.run([exe, "--store", self.repo] + cmd, env=self.env(), measured=False)
             if not r.ok:
                 return r
-        return self.run([exe, "--store", self.repo, "gc"])
+        return r
+
+    def collect(self):
+        return self.run([self.exe(self.h), "--store", self.repo, "gc"])
 
     def restore(self, label, dest):
         # the workspace name restores its latest snapshot; older ones are bench~N
@@ -704,12 +707,19 @@ class Restic(Tool):
         # restic picks the previous snapshot of the same path/host as parent by itself
         return self.run(["restic", "backup", "--quiet", "--tag", label, corpus])
 
-    def collect(self, garbage):
-        for cmd in (["backup", "--quiet", "--tag", "garbage", garbage],
-                    ["forget", "--tag", "garbage"]):
-            r = self.h.runner.run(["restic"] + cmd, env=self.env(), measured=False)
-            if not r.ok:
-                return r
+    def add_garbage(self, garbage):
+        r = self.h.runner.run(["restic", "backup", "--quiet", "--tag", "garbage", garbage],
+                              env=self.env(), measured=False)
+        if not r.ok:
+            return r
+        r = self.h.runner.run(["restic", "snapshots", "--tag", "garbage", "--json"], env=self.env(),
+                              capture=True, measured=False)
+        if not r.ok:
+            return r
+        ids = [s["id"] for s in json.loads(r.stdout)]
+        return self.h.runner.run(["restic", "forget"] + ids, env=self.env(), measured=False)
+
+    def collect(self):
         return self.run(["restic", "prune"])
 
     def restore(self, label, dest):
@@ -732,12 +742,15 @@ class Borg(Tool):
     def snapshot(self, corpus, label):
         return self.run(["borg", "create", "--compression", "lz4", f"{self.repo}::{label}", "."], cwd=corpus)
 
-    def collect(self, garbage):
+    def add_garbage(self, garbage):
         for cmd, cwd in ((["create", f"{self.repo}::garbage", "."], garbage),
                          (["delete", f"{self.repo}::garbage"], None)):
             r = self.h.runner.run(["borg"] + cmd, cwd=cwd, env=self.env(), measured=False)
             if not r.ok:
                 return r
+        return r
+
+    def collect(self):
         return self.run(["borg", "compact", self.repo])
 
     def restore(self, label, dest):
@@ -1206,8 +1219,12 @@ class Harness:
                 tool = state["tools"].get(name)
                 if tool is None or not self.alive(rep, name) or not hasattr(tool, "collect"):
                     continue
+                r = tool.add_garbage(garbage)
+                if not r.ok:
+                    self.fail(rep, name, "adding 50% garbage", r)
+                    continue
                 before = tool.repo_bytes()
-                r = tool.collect(garbage)
+                r = tool.collect()
                 if not r.ok:
                     self.fail(rep, name, "gc of 50% garbage", r)
                     continue

@@ -84,6 +84,46 @@ impl Storage {
         }
     }
 
+    /// The document if it is no longer at `seen` (`Ok(None)`: unchanged).
+    /// On S3 a conditional GET, so an unchanged document costs no transfer.
+    pub async fn get_doc_if_changed(
+        &self,
+        key: &str,
+        seen: Option<&Version>,
+    ) -> Result<Option<Option<(Bytes, Version)>>> {
+        let Some(seen) = seen else {
+            return self.get_doc(key).await.map(Some);
+        };
+        if self.local_dir().is_some() {
+            let got = self.get_doc(key).await?;
+            return Ok((got.as_ref().map(|(_, v)| v) != Some(seen)).then_some(got));
+        }
+        let Some(tag) = seen.0.e_tag.clone() else {
+            return self.get_doc(key).await.map(Some);
+        };
+        let opts = object_store::GetOptions {
+            if_none_match: Some(tag),
+            ..Default::default()
+        };
+        match self
+            .inner()
+            .objects
+            .get_opts(&self.doc_key(key), opts)
+            .await
+        {
+            Ok(r) => {
+                let v = Version(UpdateVersion {
+                    e_tag: r.meta.e_tag.clone(),
+                    version: r.meta.version.clone(),
+                });
+                Ok(Some(Some((r.bytes().await?, v))))
+            }
+            Err(object_store::Error::NotModified { .. }) => Ok(None),
+            Err(object_store::Error::NotFound { .. }) => Ok(Some(None)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Writes `body` if the document is still at `expected` (`None`: if it
     /// does not exist yet).
     pub async fn swap_doc(

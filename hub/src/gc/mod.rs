@@ -134,6 +134,18 @@ impl Storage {
         }
     }
 
+    /// The gc state if it changed since `seen` (`None`: unchanged).
+    pub(crate) async fn gc_state_if_changed(
+        &self,
+        seen: Option<&Version>,
+    ) -> Result<Option<(GcState, Option<Version>)>> {
+        Ok(match self.get_doc_if_changed(STATE, seen).await? {
+            None => None,
+            Some(None) => Some((GcState::default(), None)),
+            Some(Some((b, v))) => Some((serde_json::from_slice(&b).map_err(corrupt)?, Some(v))),
+        })
+    }
+
     /// Writes the gc state if it is still at `expected`.
     pub(crate) async fn swap_gc_state(
         &self,
@@ -268,7 +280,9 @@ impl Sight {
 
 #[derive(Debug, Default)]
 struct ViewState {
+    /// When the last reading began.
     read_at: Option<Instant>,
+    version: Option<Version>,
     generation: Option<u64>,
     state: GcState,
     /// Condemned packs this hub took again (a marker is in the bucket).
@@ -314,16 +328,25 @@ impl GcView {
         Ok(v.sight.clone())
     }
 
-    /// The view as the bucket has it now.
+    /// The view as the bucket has it now: from a reading that began after
+    /// this call did (callers waiting together share one).
     pub async fn fresh(&self) -> Result<Arc<Sight>> {
+        let asked = Instant::now();
         let mut v = self.inner.lock().await;
-        self.reload(&mut v).await?;
+        if v.read_at.is_none_or(|t| t < asked) {
+            self.reload(&mut v).await?;
+        }
         Ok(v.sight.clone())
     }
 
     async fn reload(&self, v: &mut ViewState) -> Result<()> {
-        let (st, _) = self.storage.gc_state().await?;
-        v.read_at = Some(Instant::now());
+        let began = Instant::now();
+        let changed = self.storage.gc_state_if_changed(v.version.as_ref()).await?;
+        v.read_at = Some(began);
+        let Some((st, version)) = changed else {
+            return Ok(());
+        };
+        v.version = version;
         if v.generation == Some(st.generation) {
             return Ok(());
         }

@@ -2,14 +2,14 @@
 //! [`Index`] (object id → pack location), filled from the packs' index
 //! objects. It is only a cache — delete it and the hub rebuilds it from the
 //! bucket — and it may lag behind packs another hub stored: a stale "don't
-//! have" costs a re-upload, never a wrong answer, because the bucket never
-//! loses a committed pack. Lookups that must not miss (a ref update, a
-//! download) refresh it first.
+//! have" costs a re-upload, never a wrong answer. Lookups that must not
+//! miss (a ref update, a download) refresh it first.
 //!
-//! Hub gc deletes packs (see `gc`): the hub forgets a deleted pack's key
-//! here, and an object whose recorded pack is forgotten, condemned or
-//! being deleted does not count as held (its pointer is left behind; a
-//! re-upload puts it in a new pack, which overwrites it).
+//! Only hub gc deletes packs, never without condemning them first (see
+//! `gc`): the hub forgets a deleted pack's key here, an object whose
+//! recorded pack is forgotten, condemned or being deleted does not count
+//! as held, and gc's moves repoint objects that are still needed at their
+//! other copy (a re-upload, which writes a new pack, repoints them too).
 //!
 //! Every RocksDB call runs on tokio's blocking pool, a batch of ids per
 //! call, so a slow disk never stalls the executor serving other clients.

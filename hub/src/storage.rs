@@ -10,6 +10,8 @@
 //! tokens/<hash>        JSON grant of the token whose BLAKE3 is <hash>
 //! tasks/, queue/, …    task records and their indexes (see `docs` and
 //!                      `tasks::store`)
+//! gc/…                 hub gc's state, lease, revive markers and moves
+//!                      (see `gc`); packs are deleted only by hub gc
 //! ```
 //!
 //! Refs move by conditional PUT (`PutMode::Create` / `PutMode::Update` on

@@ -150,9 +150,15 @@ struct Built {
     chunks: u64,
 }
 
+/// Chunk packs uploading at once. Chunks have no children, so a chunk
+/// pack is complete whatever else is in flight; tree nodes follow, one
+/// pack at a time, once every chunk pack is acknowledged.
+const CHUNK_PACKS_IN_FLIGHT: usize = 3;
+
 /// Builds packs from the local stored bytes on a thread (no
-/// recompression) while the previous pack uploads; packs go up one at a
-/// time, in order, so the hub holds only complete subtrees at any moment.
+/// recompression) while earlier packs upload: first packs of chunks,
+/// several in flight, then packs of tree nodes in children-first order,
+/// one at a time — so the hub holds only complete subtrees at any moment.
 async fn upload(
     store: &Arc<Store>,
     remote: &mut Remote,
@@ -161,43 +167,78 @@ async fn upload(
     progress: Progress<'_>,
 ) -> Result<()> {
     let target = store.config().pack_size.min(ds_proto::MAX_PACK / 2);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Built>>(1);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Built>>(2);
     let st = store.clone();
     let producer = std::thread::Builder::new()
         .name("ds-push-packer".into())
         .spawn(move || {
-            let mut pack = PackBuilder::default();
-            for (id, kind) in order {
-                if let Err(e) = pack.add(&st, id, kind) {
-                    let _ = tx.blocking_send(Err(e));
+            let (chunks, nodes): (Vec<_>, Vec<_>) = order
+                .into_iter()
+                .partition(|(_, k)| *k == ObjectKind::Chunk);
+            for part in [chunks, nodes] {
+                let mut pack = PackBuilder::default();
+                for (id, kind) in part {
+                    if let Err(e) = pack.add(&st, id, kind) {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                    if pack.framing.len() >= target && tx.blocking_send(Ok(pack.build())).is_err() {
+                        return;
+                    }
+                }
+                if !pack.framing.is_empty() && tx.blocking_send(Ok(pack.build())).is_err() {
                     return;
                 }
-                if pack.framing.len() >= target && tx.blocking_send(Ok(pack.build())).is_err() {
-                    return;
-                }
-            }
-            if !pack.framing.is_empty() {
-                let _ = tx.blocking_send(Ok(pack.build()));
             }
         })
         .map_err(|e| SyncError::Internal(format!("starting the pack builder: {e}")))?;
-    while let Some(b) = rx.recv().await {
-        let b = b?;
-        let len = b.data.len() as u64;
-        remote.upload_pack(&b.id, b.data).await?;
+    let mut flying: tokio::task::JoinSet<(Result<ds_proto::v1::UploadPackReply>, (u64, u64, u64))> =
+        tokio::task::JoinSet::new();
+    let mut done = |remote: &mut Remote, r: ds_proto::v1::UploadPackReply, b: (u64, u64, u64)| {
+        remote.note_upload(&r);
+        let (len, objects, chunks) = b;
         rep.bytes_sent += len;
         rep.packs_sent += 1;
-        rep.objects_sent += b.objects;
-        rep.chunks_sent += b.chunks;
-        progress(Event::Moved {
-            bytes: len,
-            chunks: b.chunks,
-        });
+        rep.objects_sent += objects;
+        rep.chunks_sent += chunks;
+        progress(Event::Moved { bytes: len, chunks });
+    };
+    let result = async {
+        while let Some(b) = rx.recv().await {
+            let b = b?;
+            let sizes = (b.data.len() as u64, b.objects, b.chunks);
+            let only_chunks = b.chunks == b.objects;
+            if !only_chunks {
+                // Tree nodes lean on every chunk: all of those first.
+                while let Some(j) = flying.join_next().await {
+                    let (r, sizes) = j?;
+                    done(remote, r?, sizes);
+                }
+            }
+            let up = remote.uploader().upload_pack(b.id, b.data);
+            flying.spawn(async move { (up.await, sizes) });
+            let limit = if only_chunks {
+                CHUNK_PACKS_IN_FLIGHT
+            } else {
+                1
+            };
+            while flying.len() >= limit {
+                let (r, sizes) = flying.join_next().await.expect("an upload is in flight")?;
+                done(remote, r?, sizes);
+            }
+        }
+        while let Some(j) = flying.join_next().await {
+            let (r, sizes) = j?;
+            done(remote, r?, sizes);
+        }
+        Ok(())
     }
+    .await;
+    drop(rx);
     producer
         .join()
         .map_err(|_| SyncError::Internal("the pack builder thread panicked".into()))?;
-    Ok(())
+    result
 }
 
 /// One pack being assembled from stored bytes.

@@ -80,6 +80,45 @@ pub struct Remote {
     answered_epoch: Option<u64>,
 }
 
+/// Uploads packs beside other calls on the same connection (each upload is
+/// its own HTTP/2 stream); see [`Remote::uploader`].
+#[derive(Debug, Clone)]
+pub struct Uploader {
+    client: SyncClient<InterceptedService<Channel, Bearer>>,
+}
+
+impl Uploader {
+    /// Uploads one pack, cutting it into pieces only as they are sent.
+    pub async fn upload_pack(
+        mut self,
+        id: PackId,
+        pack: Vec<u8>,
+    ) -> Result<ds_proto::v1::UploadPackReply> {
+        let header = UploadPackRequest {
+            part: Some(upload_pack_request::Part::Header(PackHeader {
+                id: id.0.to_vec(),
+                size: pack.len() as u64,
+            })),
+        };
+        let pack = std::sync::Arc::new(pack);
+        let pieces = pack.len().div_ceil(UPLOAD_PIECE);
+        let data = (0..pieces).map(move |i| {
+            let end = ((i + 1) * UPLOAD_PIECE).min(pack.len());
+            UploadPackRequest {
+                part: Some(upload_pack_request::Part::Data(
+                    pack[i * UPLOAD_PIECE..end].to_vec(),
+                )),
+            }
+        });
+        let msgs = std::iter::once(header).chain(data);
+        Ok(self
+            .client
+            .upload_pack(tokio_stream::iter(msgs))
+            .await?
+            .into_inner())
+    }
+}
+
 /// The whole chain of causes: tonic's own message is just "transport error".
 fn causes(e: &dyn std::error::Error) -> String {
     let mut why = e.to_string();
@@ -157,23 +196,23 @@ impl Remote {
 
     /// Uploads one pack; returns whether the hub stored it (false: it had it).
     pub async fn upload_pack(&mut self, id: &PackId, pack: Vec<u8>) -> Result<bool> {
-        let mut msgs = vec![UploadPackRequest {
-            part: Some(upload_pack_request::Part::Header(PackHeader {
-                id: id.0.to_vec(),
-                size: pack.len() as u64,
-            })),
-        }];
-        msgs.extend(pack.chunks(UPLOAD_PIECE).map(|p| UploadPackRequest {
-            part: Some(upload_pack_request::Part::Data(p.to_vec())),
-        }));
-        let r = self
-            .client
-            .upload_pack(tokio_stream::iter(msgs))
-            .await?
-            .into_inner();
+        let r = self.uploader().upload_pack(*id, pack).await?;
+        self.note_upload(&r);
+        Ok(r.stored)
+    }
+
+    /// A handle for uploads that run beside each other on this connection.
+    pub fn uploader(&self) -> Uploader {
+        Uploader {
+            client: self.client.clone(),
+        }
+    }
+
+    /// Counts an upload made through an [`Uploader`] (its round trip and
+    /// the gc epoch it was answered under).
+    pub fn note_upload(&mut self, r: &ds_proto::v1::UploadPackReply) {
         self.round_trips += 1;
         self.answered(r.gc_epoch);
-        Ok(r.stored)
     }
 
     /// The most ids one request may carry (the hub's limit, at most ours).

@@ -442,3 +442,49 @@ fn hub_gc_repacks_mostly_garbage_packs() {
         "{r}"
     );
 }
+
+/// A push with several packs in flight, its hub SIGKILLed part way: the
+/// push fails, a push to the restarted hub completes from what the first
+/// one left, and the clone is whole.
+#[test]
+fn a_pipelined_push_across_a_hub_restart_resumes_and_loses_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let t = t.path();
+    let data = t.join("hub");
+    let storage = format!("file://{}", t.join("bucket").display());
+    let mut hub = start_hub_with(&data, Some(&storage), &[], &[]);
+    let dir = t.join("big");
+    let files: Vec<(String, Vec<u8>)> = (0..12u64)
+        .map(|i| (format!("f{i}"), noise(24 << 20, 300 + i)))
+        .collect();
+    write_files(&dir, &files);
+    let me = t.join("me");
+    ok(ds(&me).args(["init", "--pack-size", "16777216"]));
+    ok(ds(&me).arg("snapshot").arg(&dir).args(["-w", "big"]));
+    let child = ds(&me)
+        .args(["push", "big", "--hub", &hub.url, "--token", &hub.admin])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill the hub once some packs are in.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while pack_files(&t.join("bucket")) < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    hub.kill();
+    let out = child.wait_with_output().unwrap();
+    let partial = pack_files(&t.join("bucket"));
+    hub = start_hub_with(&data, Some(&storage), &[], &[]);
+    if out.status.success() {
+        eprintln!("the push finished before the kill; only the clone is checked");
+    }
+    let out = ok(ds(&me).args(["push", "big", "--json", "--hub", &hub.url, "--token", &hub.admin]));
+    let r = json(&out);
+    eprintln!("{partial} packs were in before the kill; the second push: {r}");
+    assert!(
+        num(&r, "bytes_sent") < (12 * 24) << 20 || partial == 0,
+        "the second push resends only what is missing: {r}"
+    );
+    clone_matches(t, "big", "big", &hub, &dir);
+}

@@ -874,6 +874,9 @@ METRICS: list[Metric] = [
     Metric("restore_ok", "restore byte-identical", _v("restore_ok"), ratio=False),
     # ds only: push to a `ds hub` over loopback (file:// storage under the workdir)
     Metric("push_cold_mibs", "ds push, cold: new data MiB/s over loopback", _div(lambda r, h: (r.get("push_cold_bytes") or 0) / MiB, "push_cold_s"), ratio=False),
+    Metric("push_vs_snapshot", "ds push cold: cold snapshot time / push time (goal >= 0.8)", _div("cold_s", "push_cold_s"), ratio=False),
+    Metric("clone_cold_s", "ds clone, cold, into an empty store over loopback (s)", _v("clone_cold_s"), ratio=False),
+    Metric("clone_vs_snapshot", "ds clone cold: cold snapshot time / clone time (goal >= 0.8)", _div("cold_s", "clone_cold_s"), ratio=False),
     Metric("push_incr_ratio", "ds push after mutation: bytes shipped / truly changed",
            lambda r, h: r["push_incr_bytes"] / h.mutation_stats["changed_bytes"] if "push_incr_bytes" in r and h.mutation_stats.get("changed_bytes") else None, ratio=False),
     Metric("push_incr_rt", "ds push after mutation: round trips", _v("push_incr_rt"), ratio=False),
@@ -1191,6 +1194,18 @@ class Harness:
         self.extras[rep][f"ds_push_{key}_json"] = rep_json
         log(f"  push {key}: {human(rep_json['bytes_sent'])} in {r.seconds:.2f}s, "
             f"{rep_json['round_trips']} round trips")
+        if key == "cold":
+            # A runner's first task: clone the whole workspace into an empty store.
+            dest = os.path.join(self.workdir, "clone-store")
+            rmtree(dest)
+            r = self.runner.run([exe, "--store", dest, "clone", "bench", "--hub", url,
+                                 "--token", token, "--json"], capture=True)
+            if not r.ok:
+                self.fail(rep, "ds", "clone (cold)", r)
+            else:
+                v["clone_cold_s"] = r.seconds
+                log(f"  clone cold: {r.seconds:.2f}s")
+            rmtree(dest)
 
     def phase_push_cold(self, rep: int, state: dict) -> None:
         self._push(rep, state, "cold")

@@ -256,6 +256,34 @@ impl PackWriter {
         }))
     }
 
+    /// Hands over an object already in stored form (`stored` bytes whose
+    /// plaintext, `raw_len` long, the caller has checked against `id`):
+    /// a pull keeps what the hub sent as it is, without compressing it
+    /// again — unless this store is set to store objects uncompressed.
+    pub fn put_stored(
+        &self,
+        kind: ObjectKind,
+        id: ObjectId,
+        stored: Stored,
+        raw_len: u32,
+        bytes: Vec<u8>,
+        raw: impl FnOnce() -> Vec<u8>,
+    ) -> Result<()> {
+        if raw_len > pack::MAX_OBJECT {
+            return Err(StoreError::BadInput(format!("object {id} too large")));
+        }
+        if matches!(self.compression, Compression::None) && stored != Stored::Raw {
+            return self.put(kind, id, Payload::Owned(raw()));
+        }
+        self.put_encoded(Encoded(Put {
+            id,
+            kind,
+            stored,
+            raw_len,
+            data: Payload::Owned(bytes),
+        }))
+    }
+
     /// The second half of [`PackWriter::put`]: queues an encoded object;
     /// objects are packed in the order they are queued.
     pub fn put_encoded(&self, obj: Encoded) -> Result<()> {

@@ -195,7 +195,8 @@ fn accept(
             }
         };
         let moved = o.data.len() as u64;
-        let raw = ds_store::decode_stored(stored, o.data, o.raw_len)
+        let bytes = o.data;
+        let raw = ds_format::check::decode_stored(stored, &bytes, o.raw_len)
             .map_err(|why| SyncError::Protocol(format!("the hub sent {id} undecodable: {why}")))?;
         if kind.hash(&raw) != id {
             return Err(SyncError::Protocol(format!(
@@ -203,7 +204,13 @@ fn accept(
             )));
         }
         if kind == ObjectKind::Chunk {
-            w.put(kind, id, Payload::Owned(raw))?;
+            // Kept as the hub stored it: no second compression.
+            let raw_len = raw.len() as u32;
+            if stored == Stored::Raw {
+                w.put_stored(kind, id, stored, raw_len, raw, Vec::new)?;
+            } else {
+                w.put_stored(kind, id, stored, raw_len, bytes, move || raw)?;
+            }
             out.push((id, kind, None, moved));
         } else {
             out.push((id, kind, Some(raw), moved));

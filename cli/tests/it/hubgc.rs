@@ -479,7 +479,9 @@ fn a_pipelined_push_across_a_hub_restart_resumes_and_loses_nothing() {
     if out.status.success() {
         eprintln!("the push finished before the kill; only the clone is checked");
     }
-    let out = ok(ds(&me).args(["push", "big", "--json", "--hub", &hub.url, "--token", &hub.admin]));
+    let out = ok(ds(&me).args([
+        "push", "big", "--json", "--hub", &hub.url, "--token", &hub.admin,
+    ]));
     let r = json(&out);
     eprintln!("{partial} packs were in before the kill; the second push: {r}");
     assert!(
@@ -487,4 +489,52 @@ fn a_pipelined_push_across_a_hub_restart_resumes_and_loses_nothing() {
         "the second push resends only what is missing: {r}"
     );
     clone_matches(t, "big", "big", &hub, &dir);
+}
+
+/// A pull keeps chunks as the hub stored them (no second compression),
+/// unless the receiving store is set to store them uncompressed.
+#[test]
+fn a_clone_keeps_stored_chunks_as_sent_unless_the_store_stores_raw() {
+    let t = tempfile::tempdir().unwrap();
+    let t = t.path();
+    let hub = start_hub_with(&t.join("hub"), None, &[], &[]);
+    let dir = t.join("text");
+    // Compressible (2 bits per byte) and without repeats to dedup.
+    let text: Vec<u8> = noise(4 << 20, 9)
+        .iter()
+        .map(|b| b"acgt"[usize::from(b % 4)])
+        .collect();
+    write_files(&dir, &[("t.txt".into(), text)]);
+    let me = t.join("me");
+    ok(ds(&me).arg("snapshot").arg(&dir).args(["-w", "t"]));
+    push(&me, "t", &hub);
+    let packs = |store: &Path| {
+        let mut n = 0u64;
+        for e in walkdir(&store.join("packs")) {
+            n += std::fs::metadata(e).unwrap().len();
+        }
+        n
+    };
+    let kept = t.join("kept");
+    clone_matches(t, "kept", "t", &hub, &dir);
+    std::fs::rename(t.join("clone-kept"), &kept).unwrap();
+    let raw = t.join("clone-raw");
+    ok(ds(&raw).args(["init", "--compression", "none"]));
+    clone_matches(t, "raw", "t", &hub, &dir);
+    let (k, r) = (packs(&kept), packs(&raw));
+    assert!(k * 2 < r, "compressed as sent {k} B, raw {r} B");
+    assert!(r >= 4 << 20, "stored raw: {r} B");
+}
+
+fn walkdir(p: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

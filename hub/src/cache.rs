@@ -45,10 +45,19 @@ impl PackMemo {
 /// How stale an answer to `Have` may be before the bucket is listed again.
 const HAVE_STALENESS: Duration = Duration::from_secs(2);
 
+/// How often a lookup that found only pointers into deleted packs may
+/// re-read every index object in the bucket.
+const REINDEX_EVERY: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone)]
 pub struct Cache {
     index: Arc<Index>,
     last_refresh: Arc<Mutex<Option<Instant>>>,
+    last_reindex: Arc<Mutex<Option<Instant>>>,
+    /// Packs hub gc condemned or is deleting (kept by `GcView`): indexed
+    /// before the others, so that where an object has several copies the
+    /// pointer lands on one that stays.
+    unusable: Arc<std::sync::RwLock<std::collections::HashSet<PackId>>>,
 }
 
 impl Cache {
@@ -60,11 +69,74 @@ impl Cache {
         Ok(Cache {
             index: Arc::new(Index::open(dir, IndexMode::Primary)?),
             last_refresh: Arc::new(Mutex::new(None)),
+            last_reindex: Arc::new(Mutex::new(None)),
+            unusable: Default::default(),
         })
     }
 
     pub fn index(&self) -> &Arc<Index> {
         &self.index
+    }
+
+    /// Records which packs hub gc condemned or is deleting.
+    pub(crate) fn set_unusable(&self, packs: std::collections::HashSet<PackId>) {
+        *self.unusable.write().expect("poisoned") = packs;
+    }
+
+    /// Unusable packs first, so that usable copies are indexed last.
+    fn usable_last(&self, packs: &mut [PackId]) {
+        let u = self.unusable.read().expect("poisoned");
+        packs.sort_by_key(|p| !u.contains(p));
+    }
+
+    /// Lookups found only pointers into packs that are gone (hub gc
+    /// deleted a copy, another copy lives in a pack this cache indexed
+    /// earlier): re-reads every index object, usable packs last, and drops
+    /// the pointers of `ids` that still lead nowhere. At most every
+    /// [`REINDEX_EVERY`].
+    pub async fn reindex_for(&self, storage: &Storage, ids: Vec<ObjectId>) -> Result<()> {
+        let stale = self
+            .with_index({
+                let ids = ids.clone();
+                move |ix| {
+                    let mut packs = PackMemo::default();
+                    for id in &ids {
+                        if let Some(l) = ix.get(id)?
+                            && !packs.known(ix, &l.pack)?
+                        {
+                            return Ok(true);
+                        }
+                    }
+                    Ok(false)
+                }
+            })
+            .await?;
+        if !stale {
+            return Ok(());
+        }
+        let mut last = self.last_reindex.lock().await;
+        if last.is_some_and(|t| t.elapsed() < REINDEX_EVERY) {
+            return Ok(());
+        }
+        let mut listed = storage.list_packs().await?;
+        self.usable_last(&mut listed);
+        for id in listed {
+            let entries = storage.pack_entries(&id).await?;
+            self.add_pack(id, entries).await?;
+        }
+        *last = Some(Instant::now());
+        self.with_index(move |ix| {
+            let mut packs = PackMemo::default();
+            for id in &ids {
+                if let Some(l) = ix.get(id)?
+                    && !packs.known(ix, &l.pack)?
+                {
+                    ix.remove_pack(&l.pack, &[*id])?;
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Runs `f` on the index off the executor.
@@ -85,7 +157,7 @@ impl Cache {
         let mut last = self.last_refresh.lock().await;
         let mut added = 0;
         let listed = storage.list_packs().await?;
-        let new: Vec<_> = self
+        let mut new: Vec<_> = self
             .with_index(move |ix| {
                 let mut new = Vec::new();
                 for id in listed {
@@ -96,6 +168,7 @@ impl Cache {
                 Ok(new)
             })
             .await?;
+        self.usable_last(&mut new);
         for id in new {
             let entries = storage.pack_entries(&id).await?;
             self.add_pack(id, entries).await?;

@@ -151,6 +151,20 @@ impl SyncService {
             self.cache.refresh(&self.storage).await.map_err(status)?;
             found = self.cache.get_all(ids.to_vec()).await.map_err(status)?;
         }
+        if found.iter().any(Option::is_none) {
+            // A pointer into a pack hub gc deleted, another copy elsewhere?
+            let missing = ids
+                .iter()
+                .zip(&found)
+                .filter(|(_, l)| l.is_none())
+                .map(|(i, _)| *i)
+                .collect();
+            self.cache
+                .reindex_for(&self.storage, missing)
+                .await
+                .map_err(status)?;
+            found = self.cache.get_all(ids.to_vec()).await.map_err(status)?;
+        }
         Ok(found)
     }
 
@@ -172,6 +186,20 @@ impl SyncService {
         let mut found = self.cache.get_all(ids.to_vec()).await.map_err(status)?;
         if found.iter().any(Option::is_none) {
             self.cache.refresh(&self.storage).await.map_err(status)?;
+            found = self.cache.get_all(ids.to_vec()).await.map_err(status)?;
+        }
+        if found.iter().any(Option::is_none) {
+            // A pointer into a pack hub gc deleted, another copy elsewhere?
+            let missing = ids
+                .iter()
+                .zip(&found)
+                .filter(|(_, l)| l.is_none())
+                .map(|(i, _)| *i)
+                .collect();
+            self.cache
+                .reindex_for(&self.storage, missing)
+                .await
+                .map_err(status)?;
             found = self.cache.get_all(ids.to_vec()).await.map_err(status)?;
         }
         ids.iter()

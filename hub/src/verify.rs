@@ -39,6 +39,9 @@ pub fn verify_pack(
 ) -> Result<Verified> {
     let mut leaned_on = HashSet::new();
     let mut known: HashMap<PackId, bool> = HashMap::new();
+    // A child the hub held until gc took its pack away: the client's
+    // answers are stale, not its pack bad.
+    let mut hidden_by_gc = false;
     let mut held = |c: &ds_format::ObjectId| {
         let Ok(Some(loc)) = index.get(c) else {
             return false;
@@ -49,11 +52,23 @@ pub fn verify_pack(
                 .or_insert_with(|| index.has_pack(&loc.pack).unwrap_or(false));
         if ok {
             leaned_on.insert(loc.pack);
+        } else {
+            hidden_by_gc = true;
         }
         ok
     };
-    let (entries, tstart) = check::verify_pack(claimed, data, &mut held)
-        .map_err(|e| HubError::Refused(format!("pack {} refused: {e}", claimed.short())))?;
+    let checked = check::verify_pack(claimed, data, &mut held);
+    let (entries, tstart) = checked.map_err(|e| {
+        if hidden_by_gc {
+            HubError::Stale(format!(
+                "pack {} refers to objects whose packs hub gc condemned since this push asked \
+                 ({e}); push again",
+                claimed.short()
+            ))
+        } else {
+            HubError::Refused(format!("pack {} refused: {e}", claimed.short()))
+        }
+    })?;
     Ok(Verified {
         entries,
         trailer: data[tstart..].to_vec(),

@@ -215,8 +215,8 @@ async fn upload(
                     done(remote, r?, sizes);
                 }
             }
-            let up = remote.uploader().upload_pack(b.id, b.data);
-            flying.spawn(async move { (up.await, sizes) });
+            let up = remote.uploader();
+            flying.spawn(async move { (upload_patiently(up, b.id, b.data).await, sizes) });
             let limit = if only_chunks {
                 CHUNK_PACKS_IN_FLIGHT
             } else {
@@ -239,6 +239,30 @@ async fn upload(
         .join()
         .map_err(|_| SyncError::Internal("the pack builder thread panicked".into()))?;
     result
+}
+
+/// Uploads one pack, waiting and trying again while the hub says the
+/// token has too many uploads in flight (other clients on the same token).
+async fn upload_patiently(
+    up: crate::remote::Uploader,
+    id: PackId,
+    data: Vec<u8>,
+) -> Result<ds_proto::v1::UploadPackReply> {
+    let data = Arc::new(data);
+    let mut tries = 0u32;
+    loop {
+        match up.clone().upload_pack(id, data.clone()).await {
+            Err(SyncError::Rpc(s))
+                if s.code() == tonic::Code::ResourceExhausted
+                    && s.message().contains("in flight")
+                    && tries < 8 =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(100 << tries.min(5))).await;
+                tries += 1;
+            }
+            r => return r,
+        }
+    }
 }
 
 /// One pack being assembled from stored bytes.

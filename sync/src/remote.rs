@@ -92,7 +92,7 @@ impl Uploader {
     pub async fn upload_pack(
         mut self,
         id: PackId,
-        pack: Vec<u8>,
+        pack: std::sync::Arc<Vec<u8>>,
     ) -> Result<ds_proto::v1::UploadPackReply> {
         let header = UploadPackRequest {
             part: Some(upload_pack_request::Part::Header(PackHeader {
@@ -100,7 +100,6 @@ impl Uploader {
                 size: pack.len() as u64,
             })),
         };
-        let pack = std::sync::Arc::new(pack);
         let pieces = pack.len().div_ceil(UPLOAD_PIECE);
         let data = (0..pieces).map(move |i| {
             let end = ((i + 1) * UPLOAD_PIECE).min(pack.len());
@@ -196,7 +195,10 @@ impl Remote {
 
     /// Uploads one pack; returns whether the hub stored it (false: it had it).
     pub async fn upload_pack(&mut self, id: &PackId, pack: Vec<u8>) -> Result<bool> {
-        let r = self.uploader().upload_pack(*id, pack).await?;
+        let r = self
+            .uploader()
+            .upload_pack(*id, std::sync::Arc::new(pack))
+            .await?;
         self.note_upload(&r);
         Ok(r.stored)
     }

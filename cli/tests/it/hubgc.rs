@@ -253,12 +253,16 @@ fn races(storage: &str, env: &[(&str, &str)], t: &Path) {
             }
             (runs, deleted)
         });
-        for w in writers {
-            w.join().unwrap();
-        }
-        churner.join().unwrap();
+        // Stop the collector whatever the others did, then report.
+        let results: Vec<_> = writers.into_iter().map(|w| w.join()).collect();
+        let churned = churner.join();
         done.store(true, std::sync::atomic::Ordering::SeqCst);
-        collector.join().unwrap()
+        let gcs = collector.join();
+        for r in results {
+            r.unwrap();
+        }
+        churned.unwrap();
+        gcs.unwrap()
     });
     assert!(gcs.0 >= 2, "gc ran {} times during the pushes", gcs.0);
     // A last gc, then every workspace's last push is whole.

@@ -395,16 +395,22 @@ impl GcView {
         let deleting: HashSet<PackId> = st.deleting.iter().copied().collect();
         v.generation = Some(st.generation);
         v.state = st;
-        Self::resight(v, condemned, deleting);
+        Self::resight(&self.cache, v, condemned, deleting);
         Ok(())
     }
 
-    fn resight(v: &mut ViewState, condemned: HashSet<PackId>, deleting: HashSet<PackId>) {
-        let unusable = condemned
+    fn resight(
+        cache: &Cache,
+        v: &mut ViewState,
+        condemned: HashSet<PackId>,
+        deleting: HashSet<PackId>,
+    ) {
+        let unusable: HashSet<PackId> = condemned
             .difference(&v.revived)
             .copied()
             .chain(deleting.iter().copied())
             .collect();
+        cache.set_unusable(unusable.clone());
         v.sight = Arc::new(Sight {
             epoch: v.state.epoch,
             unusable,
@@ -430,7 +436,7 @@ impl GcView {
         v.revived.insert(pack);
         let condemned = v.state.condemned.iter().map(|c| c.pack).collect();
         let deleting = v.sight.deleting.clone();
-        Self::resight(&mut v, condemned, deleting);
+        Self::resight(&self.cache, &mut v, condemned, deleting);
         Ok(v.sight.clone())
     }
 }

@@ -434,6 +434,14 @@ async fn round(svc: &SyncService, o: Options, rep: &mut GcReply) -> Result<u64> 
         return Ok(newly.len() as u64);
     }
 
+    // Nothing to condemn, rescue or delete: leave the state (and every
+    // hub's reading of it) alone.
+    if newly.is_empty() && rescued.is_empty() && doomed.is_empty() && vanished.is_empty() {
+        rep.epoch = state.epoch;
+        delete_orphans(storage, &b, t0 - grace_s - ORPHAN_AGE_SECS, rep).await?;
+        return Ok(0);
+    }
+
     // Copies first: committed before the packs they leave are condemned.
     let repacked = (0..n).filter(|&i| repack[i] && !kept[i]).count() as u64;
     rep.repacked += repacked;
@@ -505,16 +513,7 @@ async fn round(svc: &SyncService, o: Options, rep: &mut GcReply) -> Result<u64> 
         deleted.push(b.files[i].id);
     }
 
-    // Bytes never committed, long enough ago that no upload is at them.
-    for f in &b.files {
-        if f.committed.is_none()
-            && let Some((_, when)) = f.data
-            && when < t0 - grace_s - ORPHAN_AGE_SECS
-        {
-            storage.delete_pack(&f.id).await?;
-            rep.orphans_deleted += 1;
-        }
-    }
+    delete_orphans(storage, &b, t0 - grace_s - ORPHAN_AGE_SECS, rep).await?;
 
     state.generation += 1;
     state.deleting.clear();
@@ -630,4 +629,23 @@ async fn commit_copy(
         .put_pack(&id, bytes::Bytes::from(pack), trailer)
         .await?;
     svc.add_to_cache(id, entries).await
+}
+
+/// Bytes never committed, from before `before`: no upload is at them.
+async fn delete_orphans(
+    storage: &crate::storage::Storage,
+    b: &Bucket,
+    before: i64,
+    rep: &mut GcReply,
+) -> Result<()> {
+    for f in &b.files {
+        if f.committed.is_none()
+            && let Some((_, when)) = f.data
+            && when < before
+        {
+            storage.delete_pack(&f.id).await?;
+            rep.orphans_deleted += 1;
+        }
+    }
+    Ok(())
 }

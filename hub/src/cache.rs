@@ -121,8 +121,9 @@ impl Cache {
         let mut listed = storage.list_packs().await?;
         self.usable_last(&mut listed);
         for id in listed {
-            let entries = storage.pack_entries(&id).await?;
-            self.add_pack(id, entries).await?;
+            if let Some(entries) = storage.pack_entries_if_present(&id).await? {
+                self.add_pack(id, entries).await?;
+            }
         }
         *last = Some(Instant::now());
         self.with_index(move |ix| {
@@ -170,9 +171,11 @@ impl Cache {
             .await?;
         self.usable_last(&mut new);
         for id in new {
-            let entries = storage.pack_entries(&id).await?;
-            self.add_pack(id, entries).await?;
-            added += 1;
+            // Listed, then deleted by hub gc: nothing to index.
+            if let Some(entries) = storage.pack_entries_if_present(&id).await? {
+                self.add_pack(id, entries).await?;
+                added += 1;
+            }
         }
         *last = Some(Instant::now());
         Ok(added)

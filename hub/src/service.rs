@@ -183,25 +183,7 @@ impl SyncService {
 
     /// Locations of `ids`, refreshing the cache once if any is unknown.
     async fn locate(&self, ids: &[ObjectId]) -> Result<Vec<Location>, Status> {
-        let mut found = self.cache.get_all(ids.to_vec()).await.map_err(status)?;
-        if found.iter().any(Option::is_none) {
-            self.cache.refresh(&self.storage).await.map_err(status)?;
-            found = self.cache.get_all(ids.to_vec()).await.map_err(status)?;
-        }
-        if found.iter().any(Option::is_none) {
-            // A pointer into a pack hub gc deleted, another copy elsewhere?
-            let missing = ids
-                .iter()
-                .zip(&found)
-                .filter(|(_, l)| l.is_none())
-                .map(|(i, _)| *i)
-                .collect();
-            self.cache
-                .reindex_for(&self.storage, missing)
-                .await
-                .map_err(status)?;
-            found = self.cache.get_all(ids.to_vec()).await.map_err(status)?;
-        }
+        let found = self.locate_some(ids).await?;
         ids.iter()
             .zip(found)
             .map(|(id, loc)| {

@@ -256,6 +256,16 @@ impl Storage {
         Ok(out)
     }
 
+    /// Like [`Self::pack_entries`], but `None` for a pack that is gone
+    /// (hub gc deleted it after a listing named it).
+    pub async fn pack_entries_if_present(&self, id: &PackId) -> Result<Option<Vec<PackEntry>>> {
+        match self.pack_entries(id).await {
+            Ok(e) => Ok(Some(e)),
+            Err(HubError::Storage(object_store::Error::NotFound { .. })) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A committed pack's entries, checked against its id.
     pub async fn pack_entries(&self, id: &PackId) -> Result<Vec<PackEntry>> {
         let s = &self.inner;

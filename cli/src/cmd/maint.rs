@@ -45,9 +45,9 @@ pub struct GcArgs {
     /// With --hub: how long condemned packs (and packs uploaded recently)
     /// wait before they may be deleted, e.g. 30m, 1h, 2d. `0s` deletes what
     /// no ref reaches in this one run (it waits ~10 s for the hubs to see
-    /// the condemnation)
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
-    grace: u64,
+    /// the condemnation) [default: 1h]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "hub")]
+    grace: Option<u64>,
     #[arg(long, value_name = "TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// PEM file of the CA that signed an https hub's certificate
@@ -149,6 +149,7 @@ pub(super) fn gc_on_hub(store_path: &std::path::Path, a: GcArgs) -> Result<ExitC
         json: a.json,
     };
     let (url, token) = crate::sync::target(store_path, &hub)?;
+    let grace = a.grace.unwrap_or(3600);
     let r = crate::sync::runtime()?.block_on(async {
         let mut r = ds_sync::Remote::connect(&url, &token, hub.ca_cert.as_deref()).await?;
         let max_unused = a.max_unused.unwrap_or(50.0);
@@ -157,10 +158,10 @@ pub(super) fn gc_on_hub(store_path: &std::path::Path, a: GcArgs) -> Result<ExitC
         }
         // 0 % on the wire means "the hub's default": ask for the least above it.
         let fraction = (max_unused / 100.0).max(1e-9);
-        Ok::<_, anyhow::Error>(r.gc(a.grace, a.dry_run, fraction).await?)
+        Ok::<_, anyhow::Error>(r.gc(grace, a.dry_run, fraction).await?)
     })?;
     if a.json {
-        print_json(&super::json::HubGcJson::new(&url, a.grace, a.dry_run, &r))?;
+        print_json(&super::json::HubGcJson::new(&url, grace, a.dry_run, &r))?;
         return Ok(ExitCode::SUCCESS);
     }
     let (verb, cverb) = if a.dry_run {

@@ -146,6 +146,8 @@ impl SyncService {
         &self,
         ids: &[ObjectId],
     ) -> Result<Vec<Option<Location>>, Status> {
+        // Deletions and moves by hub gc reach this cache through the view.
+        self.gc.current().await.map_err(status)?;
         let mut found = self.cache.get_all(ids.to_vec()).await.map_err(status)?;
         if found.iter().any(Option::is_none) {
             self.cache.refresh(&self.storage).await.map_err(status)?;
@@ -172,13 +174,24 @@ impl SyncService {
         self.locate(ids).await
     }
 
-    /// The stored form of objects at known locations.
+    /// The stored form of objects at known locations. A pack found gone
+    /// (hub gc deleted it after this hub last read gc's state) is
+    /// forgotten, and the objects are located again, once.
     pub(crate) async fn fetch(
         &self,
         ids: &[ObjectId],
         locs: &[Location],
     ) -> Result<Vec<StoredObject>, Status> {
-        fetch_window(&self.storage, ids, locs).await
+        match fetch_window_raw(&self.storage, ids, locs).await {
+            Ok(o) => Ok(o),
+            Err(Fetch::Failed(s)) => Err(s),
+            Err(Fetch::Gone(p)) => {
+                self.gc.fresh().await.map_err(status)?;
+                self.cache.forget_packs(vec![p]).await.map_err(status)?;
+                let locs = self.locate(ids).await?;
+                fetch_window(&self.storage, ids, &locs).await
+            }
+        }
     }
 
     /// Locations of `ids`, refreshing the cache once if any is unknown.
@@ -204,13 +217,33 @@ async fn next_part(
     })?
 }
 
-/// Reads one window of objects from the bucket, coalescing nearby ranges of
-/// the same pack into single reads.
+/// Why a window could not be read.
+enum Fetch {
+    /// The pack is not in the bucket (any more).
+    Gone(PackId),
+    Failed(Status),
+}
+
 async fn fetch_window(
     storage: &Storage,
     ids: &[ObjectId],
     locs: &[Location],
 ) -> Result<Vec<StoredObject>, Status> {
+    fetch_window_raw(storage, ids, locs)
+        .await
+        .map_err(|f| match f {
+            Fetch::Gone(p) => Status::unavailable(format!("pack {p} is gone (hub gc deleted it)")),
+            Fetch::Failed(s) => s,
+        })
+}
+
+/// Reads one window of objects from the bucket, coalescing nearby ranges of
+/// the same pack into single reads.
+async fn fetch_window_raw(
+    storage: &Storage,
+    ids: &[ObjectId],
+    locs: &[Location],
+) -> Result<Vec<StoredObject>, Fetch> {
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_by_key(|&i| (locs[i].pack, locs[i].offset));
     let mut data: Vec<Option<Bytes>> = vec![None; ids.len()];
@@ -232,16 +265,19 @@ async fn fetch_window(
         let got = storage
             .read_ranges(&pack, &ranges)
             .await
-            .map_err(|e| Status::unavailable(format!("reading pack {pack}: {e}")))?;
+            .map_err(|e| match e {
+                HubError::Storage(object_store::Error::NotFound { .. }) => Fetch::Gone(pack),
+                e => Fetch::Failed(Status::unavailable(format!("reading pack {pack}: {e}"))),
+            })?;
         for (obj, r) in members {
             let l = &locs[obj];
             let base = ranges[r].start;
             let s = (l.offset - base) as usize;
             let e = s + l.stored_len as usize;
             if e > got[r].len() {
-                return Err(Status::data_loss(format!(
+                return Err(Fetch::Failed(Status::data_loss(format!(
                     "pack {pack} is shorter than its index"
-                )));
+                ))));
             }
             data[obj] = Some(got[r].slice(s..e));
         }
@@ -411,7 +447,7 @@ impl Sync for SyncService {
             .open(&crate::auth::bearer_hash(&req).unwrap_or_default())?;
         let locs = self.locate(&ids).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
-        let storage = self.storage.clone();
+        let svc = self.clone();
         // A client that takes no reply for DOWNLOAD_STALL loses the stream.
         let send = move |tx: tokio::sync::mpsc::Sender<Result<GetObjectsReply, Status>>,
                          r: Result<GetObjectsReply, Status>| async move {
@@ -430,7 +466,7 @@ impl Sync for SyncService {
                     bytes += u64::from(locs[end].stored_len);
                     end += 1;
                 }
-                let objs = match fetch_window(&storage, &ids[start..end], &locs[start..end]).await {
+                let objs = match svc.fetch(&ids[start..end], &locs[start..end]).await {
                     Ok(o) => o,
                     Err(e) => {
                         send(tx, Err(e)).await;

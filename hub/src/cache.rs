@@ -27,9 +27,10 @@ use crate::error::{HubError, Result};
 use crate::gc::Sight;
 use crate::storage::Storage;
 
-/// Whether packs are known, asked once per pack in a batch.
+/// Whether packs are known, asked once per pack in a batch; and the one
+/// rule of what the hub holds.
 #[derive(Default)]
-struct PackMemo(std::collections::HashMap<PackId, bool>);
+pub(crate) struct PackMemo(std::collections::HashMap<PackId, bool>);
 
 impl PackMemo {
     fn known(&mut self, ix: &Index, p: &PackId) -> Result<bool> {
@@ -39,6 +40,20 @@ impl PackMemo {
         let k = ix.has_pack(p)?;
         self.0.insert(*p, k);
         Ok(k)
+    }
+
+    /// Whether an object recorded at `l` counts as held: its pack is one
+    /// this cache knows (not deleted) and `sight` lets the hub rely on it.
+    pub(crate) fn held_at(&mut self, ix: &Index, sight: &Sight, l: &Location) -> Result<bool> {
+        Ok(sight.usable(&l.pack) && self.known(ix, &l.pack)?)
+    }
+
+    /// The location of `id` if it points into a pack this cache forgot.
+    fn stale(&mut self, ix: &Index, id: &ObjectId) -> Result<Option<Location>> {
+        Ok(match ix.get(id)? {
+            Some(l) if !self.known(ix, &l.pack)? => Some(l),
+            _ => None,
+        })
     }
 }
 
@@ -83,10 +98,23 @@ impl Cache {
         *self.unusable.write().expect("poisoned") = packs;
     }
 
-    /// Unusable packs first, so that usable copies are indexed last.
-    fn usable_last(&self, packs: &mut [PackId]) {
-        let u = self.unusable.read().expect("poisoned");
-        packs.sort_by_key(|p| !u.contains(p));
+    /// Indexes `packs` from their index objects, unusable ones first so
+    /// that where an object has several copies the pointer lands on one
+    /// that stays; a pack listed, then deleted by hub gc, is skipped.
+    /// Returns how many were indexed.
+    async fn index_packs(&self, storage: &Storage, mut packs: Vec<PackId>) -> Result<u64> {
+        {
+            let u = self.unusable.read().expect("poisoned");
+            packs.sort_by_key(|p| !u.contains(p));
+        }
+        let mut added = 0;
+        for id in packs {
+            if let Some(entries) = storage.pack_entries_if_present(&id).await? {
+                self.add_pack(id, entries).await?;
+                added += 1;
+            }
+        }
+        Ok(added)
     }
 
     /// Lookups found only pointers into packs that are gone (hub gc
@@ -101,9 +129,7 @@ impl Cache {
                 move |ix| {
                     let mut packs = PackMemo::default();
                     for id in &ids {
-                        if let Some(l) = ix.get(id)?
-                            && !packs.known(ix, &l.pack)?
-                        {
+                        if packs.stale(ix, id)?.is_some() {
                             return Ok(true);
                         }
                     }
@@ -118,20 +144,13 @@ impl Cache {
         if last.is_some_and(|t| t.elapsed() < REINDEX_EVERY) {
             return Ok(());
         }
-        let mut listed = storage.list_packs().await?;
-        self.usable_last(&mut listed);
-        for id in listed {
-            if let Some(entries) = storage.pack_entries_if_present(&id).await? {
-                self.add_pack(id, entries).await?;
-            }
-        }
+        let listed = storage.list_packs().await?;
+        self.index_packs(storage, listed).await?;
         *last = Some(Instant::now());
         self.with_index(move |ix| {
             let mut packs = PackMemo::default();
             for id in &ids {
-                if let Some(l) = ix.get(id)?
-                    && !packs.known(ix, &l.pack)?
-                {
+                if let Some(l) = packs.stale(ix, id)? {
                     ix.remove_pack(&l.pack, &[*id])?;
                 }
             }
@@ -156,9 +175,8 @@ impl Cache {
     /// Returns how many were added.
     pub async fn refresh(&self, storage: &Storage) -> Result<u64> {
         let mut last = self.last_refresh.lock().await;
-        let mut added = 0;
         let listed = storage.list_packs().await?;
-        let mut new: Vec<_> = self
+        let new: Vec<_> = self
             .with_index(move |ix| {
                 let mut new = Vec::new();
                 for id in listed {
@@ -169,14 +187,7 @@ impl Cache {
                 Ok(new)
             })
             .await?;
-        self.usable_last(&mut new);
-        for id in new {
-            // Listed, then deleted by hub gc: nothing to index.
-            if let Some(entries) = storage.pack_entries_if_present(&id).await? {
-                self.add_pack(id, entries).await?;
-                added += 1;
-            }
-        }
+        let added = self.index_packs(storage, new).await?;
         *last = Some(Instant::now());
         Ok(added)
     }
@@ -218,7 +229,7 @@ impl Cache {
             ids.iter()
                 .map(|id| {
                     Ok(match ix.get(id)? {
-                        Some(l) => sight.usable(&l.pack) && packs.known(ix, &l.pack)?,
+                        Some(l) => packs.held_at(ix, &sight, &l)?,
                         None => false,
                     })
                 })

@@ -9,13 +9,14 @@
 //! `gc`); the packs leaned on are returned so that the upload can check
 //! them again, afresh, just before it commits.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use ds_format::PackId;
 use ds_format::check;
 use ds_format::pack::PackEntry;
 use ds_store::index::Index;
 
+use crate::cache::PackMemo;
 use crate::error::{HubError, Result};
 use crate::gc::Sight;
 
@@ -38,7 +39,7 @@ pub fn verify_pack(
     sight: &Sight,
 ) -> Result<Verified> {
     let mut leaned_on = HashSet::new();
-    let mut known: HashMap<PackId, bool> = HashMap::new();
+    let mut packs = PackMemo::default();
     // A child the hub held until gc took its pack away: the client's
     // answers are stale, not its pack bad.
     let mut hidden_by_gc = false;
@@ -46,10 +47,7 @@ pub fn verify_pack(
         let Ok(Some(loc)) = index.get(c) else {
             return false;
         };
-        let ok = sight.usable(&loc.pack)
-            && *known
-                .entry(loc.pack)
-                .or_insert_with(|| index.has_pack(&loc.pack).unwrap_or(false));
+        let ok = packs.held_at(index, sight, &loc).unwrap_or(false);
         if ok {
             leaned_on.insert(loc.pack);
         } else {

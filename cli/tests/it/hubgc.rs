@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::sync::{Hub, start_hub_with};
+use super::sync::{Hub, limited_token, start_hub_with};
 use super::{assert_same_tree, ds, json, noise, ok, s3_bucket, s3_endpoint, s3_env};
 
 const SETTLE: &[&str] = &["--gc-settle", "1"];
@@ -36,22 +36,23 @@ fn clone_matches(t: &Path, name: &str, ws: &str, hub: &Hub, dir: &Path) {
 }
 
 fn pack_files(storage: &Path) -> usize {
-    fn walk(p: &Path, n: &mut usize) {
-        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, n);
-            } else if p.extension().is_some_and(|x| x == "pack") {
-                *n += 1;
-            }
-        }
-    }
-    let mut n = 0;
-    walk(&storage.join("packs"), &mut n);
-    n
+    files_ending(storage, "pack")
 }
 
-fn tree(dir: &Path, files: &[(&str, Vec<u8>)]) {
+/// Packs whose index object is written: committed, visible to every hub.
+fn committed_packs(storage: &Path) -> usize {
+    files_ending(storage, "idx")
+}
+
+fn files_ending(storage: &Path, ext: &str) -> usize {
+    walkdir(&storage.join("packs"))
+        .iter()
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .count()
+}
+
+/// Replaces `dir` with exactly `files`.
+fn write_files<N: AsRef<Path>>(dir: &Path, files: &[(N, Vec<u8>)]) {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     for (n, b) in files {
@@ -66,11 +67,11 @@ fn deletes_only_what_no_ref_reaches(storage: Option<&str>, env: &[(&str, &str)])
     let local = storage.is_none().then(|| t.join("hub/storage"));
     let me = t.join("me");
     let (keep, gone) = (t.join("keep"), t.join("gone"));
-    tree(
+    write_files(
         &keep,
         &[("shared", noise(2 << 20, 1)), ("own", noise(1 << 20, 2))],
     );
-    tree(
+    write_files(
         &gone,
         &[("shared", noise(2 << 20, 1)), ("own", noise(3 << 20, 3))],
     );
@@ -80,22 +81,10 @@ fn deletes_only_what_no_ref_reaches(storage: Option<&str>, env: &[(&str, &str)])
     push(&me, "gone", &hub);
 
     // Only an admin may collect.
-    let limited = String::from_utf8(
-        ok(ds(&me).args([
-            "token", "-w", "keep", "--hub", &hub.url, "--token", &hub.admin,
-        ]))
-        .stdout,
-    )
-    .unwrap();
+    let limited = limited_token(&me, &hub, "keep");
     let out = ds(&me)
         .args([
-            "gc",
-            "--hub",
-            &hub.url,
-            "--grace",
-            "0s",
-            "--token",
-            limited.trim(),
+            "gc", "--hub", &hub.url, "--grace", "0s", "--token", &limited,
         ])
         .output()
         .unwrap();
@@ -185,14 +174,6 @@ fn writer_files(w: u64, round: u64) -> Vec<(String, Vec<u8>)> {
         v.push((format!("f{r}"), noise(150 << 10, w * 100 + r)));
     }
     v
-}
-
-fn write_files(dir: &Path, files: &[(String, Vec<u8>)]) {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).unwrap();
-    for (n, b) in files {
-        std::fs::write(dir.join(n), b).unwrap();
-    }
 }
 
 /// Pushes through two hubs on one bucket while others make garbage that
@@ -323,8 +304,8 @@ fn hub_gc_sigkilled_at_any_moment_loses_nothing_and_reruns_to_completion() {
         write_files(
             &dir,
             &[
-                ("common".into(), noise(100 << 10, 1)),
-                ("own".into(), noise(300 << 10, 100 + i)),
+                ("common", noise(100 << 10, 1)),
+                ("own", noise(300 << 10, 100 + i)),
             ],
         );
         let ws = format!("ws{i}");
@@ -402,12 +383,9 @@ fn hub_gc_repacks_mostly_garbage_packs() {
     let (old, new) = (t.join("old"), t.join("new"));
     write_files(
         &old,
-        &[
-            ("keep".into(), noise(1 << 20, 1)),
-            ("drop".into(), noise(3 << 20, 2)),
-        ],
+        &[("keep", noise(1 << 20, 1)), ("drop", noise(3 << 20, 2))],
     );
-    write_files(&new, &[("keep".into(), noise(1 << 20, 1))]);
+    write_files(&new, &[("keep", noise(1 << 20, 1))]);
     let (a, b) = (t.join("a"), t.join("b"));
     ok(ds(&a).arg("snapshot").arg(&old).args(["-w", "w"]));
     push(&a, "w", &hub);
@@ -471,14 +449,15 @@ fn a_pipelined_push_across_a_hub_restart_resumes_and_loses_nothing() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Kill the hub once some packs are in.
+    // Kill the hub once some packs are committed (with three uploads in
+    // flight, pack bytes can be there long before any index object).
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while pack_files(&t.join("bucket")) < 3 && std::time::Instant::now() < deadline {
+    while committed_packs(&t.join("bucket")) < 2 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     hub.kill();
     let out = child.wait_with_output().unwrap();
-    let partial = pack_files(&t.join("bucket"));
+    let partial = committed_packs(&t.join("bucket"));
     hub = start_hub_with(&data, Some(&storage), &[], &[]);
     if out.status.success() {
         eprintln!("the push finished before the kill; only the clone is checked");
@@ -487,7 +466,7 @@ fn a_pipelined_push_across_a_hub_restart_resumes_and_loses_nothing() {
         "push", "big", "--json", "--hub", &hub.url, "--token", &hub.admin,
     ]));
     let r = json(&out);
-    eprintln!("{partial} packs were in before the kill; the second push: {r}");
+    eprintln!("{partial} packs were committed before the kill; the second push: {r}");
     assert!(
         num(&r, "bytes_sent") < (12 * 24) << 20 || partial == 0,
         "the second push resends only what is missing: {r}"
@@ -508,7 +487,7 @@ fn a_clone_keeps_stored_chunks_as_sent_unless_the_store_stores_raw() {
         .iter()
         .map(|b| b"acgt"[usize::from(b % 4)])
         .collect();
-    write_files(&dir, &[("t.txt".into(), text)]);
+    write_files(&dir, &[("t.txt", text)]);
     let me = t.join("me");
     ok(ds(&me).arg("snapshot").arg(&dir).args(["-w", "t"]));
     push(&me, "t", &hub);

@@ -43,6 +43,12 @@ impl Drop for Hub {
     }
 }
 
+/// A token limited to workspace `ws`, made with the admin token.
+pub fn limited_token(me: &Path, hub: &Hub, ws: &str) -> String {
+    let out = ok(ds(me).args(["token", "-w", ws, "--hub", &hub.url, "--token", &hub.admin]));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 pub fn start_hub(data: &Path, storage: Option<&str>, env: &[(&str, &str)]) -> Hub {
     start_hub_with(data, storage, env, &[])
 }
@@ -558,23 +564,10 @@ fn forget_on_a_hub(storage: Option<&str>, env: &[(&str, &str)]) {
     std::fs::write(work.join("f"), b"one").unwrap();
     ok(ds(&me).arg("snapshot").arg(&work).args(["-w", "gone"]));
     ok(ds(&me).args(["push", "gone", "--hub", &hub.url, "--token", &hub.admin]));
-    let limited = String::from_utf8(
-        ok(ds(&me).args([
-            "token", "-w", "gone", "--hub", &hub.url, "--token", &hub.admin,
-        ]))
-        .stdout,
-    )
-    .unwrap();
+    let limited = limited_token(&me, &hub, "gone");
     // Only an admin may forget a workspace on the hub.
     let out = ds(&me)
-        .args([
-            "forget",
-            "gone",
-            "--hub",
-            &hub.url,
-            "--token",
-            limited.trim(),
-        ])
+        .args(["forget", "gone", "--hub", &hub.url, "--token", &limited])
         .output()
         .unwrap();
     assert!(!out.status.success());

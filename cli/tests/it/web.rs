@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::sync::Hub;
+use crate::sync::{Hub, limited_token};
 use crate::tasks::{client, detach, hub, runner_token, start_runner, wait_state, wait_until};
 use crate::*;
 
@@ -99,12 +99,6 @@ fn serving_task(t: &Path, hub: &Hub, ws: &str) -> (std::path::PathBuf, String) {
         get(hub, &format!("/tasks/{id}/x"), &hub.admin).status == 200
     });
     (me, id)
-}
-
-/// A token limited to workspace `ws`, made with the admin token.
-fn limited_token(me: &Path, hub: &Hub, ws: &str) -> String {
-    let out = ok(ds(me).args(["token", "-w", ws, "--hub", &hub.url, "--token", &hub.admin]));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 fn push(t: &Path, hub: &Hub, ws: &str, content: &[u8]) {

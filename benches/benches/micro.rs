@@ -83,6 +83,9 @@ fn dir_entries(n: usize) -> Vec<Entry> {
             name: format!("file-{i:08}.csv").into_bytes(),
             mode: 0o644,
             mtime_ns: 1_700_000_000_000_000_000 + i as i64,
+            owner: None,
+            xattrs: Vec::new(),
+            link: None,
             data: EntryData::File(FileRef {
                 size: i as u64 * 1000 + 1,
                 height: 0,

@@ -58,10 +58,13 @@ pub struct MountArgs {
     /// then checks permissions from modes and owners (allow_other + default_permissions)
     #[arg(long)]
     allow_other: bool,
-    /// Owner shown for files (ds records no owners) [default: the mountpoint's owner]
+    /// Show every file as owned by this user, whatever the snapshot
+    /// records (what chown sets is still recorded). Without it, recorded
+    /// owners are shown, and the mountpoint's owner for snapshots made
+    /// before ds recorded owners
     #[arg(long)]
     uid: Option<u32>,
-    /// Group shown for files [default: the mountpoint's group]
+    /// Show every file's group as this group (see --uid)
     #[arg(long)]
     gid: Option<u32>,
     /// Memory for verified chunks, in MiB. The kernel's page cache keeps
@@ -136,8 +139,10 @@ pub fn mount(store_path: &Path, a: MountArgs) -> Result<ExitCode> {
     let cfg = Config {
         source,
         vfs: VfsOptions {
-            uid: a.uid.unwrap_or(meta.uid()),
-            gid: a.gid.unwrap_or(meta.gid()),
+            uid: meta.uid(),
+            gid: meta.gid(),
+            force_owner: (a.uid.is_some() || a.gid.is_some())
+                .then(|| (a.uid.unwrap_or(meta.uid()), a.gid.unwrap_or(meta.gid()))),
             cache_bytes: a.cache_mib.max(1) << 20,
             ..VfsOptions::default()
         },

@@ -38,7 +38,10 @@ pub fn children(kind: ObjectKind, raw: &[u8], out: &mut Vec<(ObjectId, ObjectKin
                         }
                         EntryData::File(f) => out.push((f.root, ObjectKind::FileNode)),
                         EntryData::Dir(d) => out.push((d.root, ObjectKind::DirNode)),
-                        EntryData::Symlink(_) => {}
+                        EntryData::Symlink(_)
+                        | EntryData::Fifo
+                        | EntryData::Socket
+                        | EntryData::Device { .. } => {}
                     }
                 }
             }

@@ -120,19 +120,25 @@ impl<'a> Reader<'a> {
     }
     /// The header every hashed encoding starts with: a tag and a version.
     pub fn header(&mut self, tag: u8, version: u8) -> Result<()> {
+        self.header_in(tag, version..=version).map(|_| ())
+    }
+
+    /// Like [`Reader::header`], accepting any version in `versions` (older
+    /// encodings a decoder still reads); returns the one found.
+    pub fn header_in(&mut self, tag: u8, versions: std::ops::RangeInclusive<u8>) -> Result<u8> {
         let t = self.u8()?;
         if t != tag {
             return Err(self.corrupt(format!("type tag {t:#x}, expected {tag:#x}")));
         }
         let v = self.u8()?;
-        if v != version {
+        if !versions.contains(&v) {
             return Err(FormatError::Version {
                 what: self.what,
                 version: u32::from(v),
-                supported: u32::from(version),
+                supported: u32::from(*versions.end()),
             });
         }
-        Ok(())
+        Ok(v)
     }
     pub fn finish(self) -> Result<()> {
         if self.remaining() != 0 {

@@ -15,8 +15,8 @@ use ds_store::vfs::{self, Attr, Fh, Ino, Kind, SetAttr, Vfs, VfsError};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
-    TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 /// How to mount.
@@ -73,6 +73,10 @@ fn kind(k: Kind) -> FileType {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -90,7 +94,9 @@ fn attr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        // The kernel's 32-bit encoding (what stat's st_rdev holds
+        // through FUSE): major in bits 8–19, minor in 0–7 and 20–31.
+        rdev: a.rdev as u32,
         blksize: 65536,
         flags: 0,
     }
@@ -127,6 +133,17 @@ impl DsFs {
     fn entry(&self, r: vfs::VResult<Attr>, reply: ReplyEntry) {
         match r {
             Ok(a) => reply.entry(&self.ttl, &attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    /// Answers a getxattr/listxattr: the size when asked for it (`size` 0),
+    /// the bytes if they fit, else ERANGE.
+    fn xattr(r: vfs::VResult<Vec<u8>>, size: u32, reply: ReplyXattr) {
+        match r {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() <= size as usize => reply.data(&v),
+            Ok(_) => reply.error(Errno::from_i32(libc::ERANGE)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -230,17 +247,16 @@ impl Filesystem for DsFs {
         n: &OsStr,
         mode: u32,
         _umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            // ds records regular files, directories and symlinks only.
-            reply.error(Errno::from_i32(libc::EPERM));
-            return;
-        }
-        let r = self
-            .v()
-            .mknod_file(Ino(parent.0), name(n), mode, req.uid(), req.gid());
+        let (p, n, uid, gid) = (Ino(parent.0), name(n), req.uid(), req.gid());
+        let r = match mode & libc::S_IFMT {
+            libc::S_IFREG => self.v().mknod_file(p, n, mode, uid, gid),
+            kind => self
+                .v()
+                .mknod_special(p, n, kind, mode, u64::from(rdev), uid, gid),
+        };
         self.entry(r, reply);
     }
 
@@ -317,8 +333,6 @@ impl Filesystem for DsFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        // ds records no hard links; tools (git, pip) fall back to copies or
-        // renames on EPERM.
         let r = self.v().link(Ino(ino.0), Ino(newparent.0), name(newname));
         self.entry(r, reply);
     }
@@ -517,6 +531,40 @@ impl Filesystem for DsFs {
             ds_store::vfs::NAME_MAX as u32,
             bsize as u32,
         );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        n: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (create, replace) = (
+            flags & libc::XATTR_CREATE != 0,
+            flags & libc::XATTR_REPLACE != 0,
+        );
+        let r = self
+            .v()
+            .setxattr(Ino(ino.0), name(n), value, create, replace);
+        Self::empty(r, reply);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
+        let r = self.v().getxattr(Ino(ino.0), name(n));
+        Self::xattr(r, size, reply);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let r = self.v().listxattr(Ino(ino.0));
+        Self::xattr(r, size, reply);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        Self::empty(self.v().removexattr(Ino(ino.0), name(n)), reply);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {

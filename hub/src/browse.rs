@@ -131,12 +131,7 @@ impl SyncService {
         root: DirRef,
         path: &[Vec<u8>],
     ) -> Result<Option<Entry>, Status> {
-        let mut here = Entry {
-            name: Vec::new(),
-            mode: 0o755,
-            mtime_ns: 0,
-            data: EntryData::Dir(root),
-        };
+        let mut here = Entry::new(Vec::new(), 0o755, 0, EntryData::Dir(root));
         for name in path {
             let EntryData::Dir(d) = here.data else {
                 return Ok(None);

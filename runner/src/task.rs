@@ -319,6 +319,7 @@ fn mount_config(
     let meta = std::fs::metadata(home).at(home)?;
     let (mut uid, mut gid) = (meta.uid(), meta.gid());
     let mut allow_other = false;
+    let mut force_owner = None;
     if let Some(d) = docker {
         let mut ids = d.user.splitn(2, ':').map(|p| p.parse::<u32>());
         if let Some(Ok(u)) = ids.next() {
@@ -329,6 +330,11 @@ fn mount_config(
             };
         }
         allow_other = !d.user.is_empty() || meta.uid() != 0;
+        // The container's user must be able to write its home, whoever
+        // the snapshot says owns the files.
+        if !d.user.is_empty() {
+            force_owner = Some((uid, gid));
+        }
     }
     Ok(MountConfig {
         source: Source::Workspace {
@@ -340,6 +346,7 @@ fn mount_config(
         vfs: VfsOptions {
             uid,
             gid,
+            force_owner,
             ..VfsOptions::default()
         },
         fuse: MountOptions {

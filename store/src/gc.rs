@@ -94,7 +94,10 @@ fn mark_dir_node(store: &Store, id: &ObjectId, seen: &mut HashSet<ObjectId>) -> 
                         }
                         Some((_, n)) => mark_file_node(store, &n, seen)?,
                     },
-                    EntryData::Symlink(_) => {}
+                    EntryData::Symlink(_)
+                    | EntryData::Fifo
+                    | EntryData::Socket
+                    | EntryData::Device { .. } => {}
                 }
             }
         }

@@ -8,17 +8,18 @@
 //! ranges of the shared read buffer, never copied. Files whose size, mtime,
 //! ctime, inode and device match the stat cache are not read at all.
 //!
-//! What is recorded: regular files, directories and symlinks, with permission
-//! bits and mtimes. Sockets, FIFOs and device nodes are skipped with a
-//! warning (they have no content to version). Hard links are stored as
-//! independent files (their content deduplicates). A file that changes while
+//! What is recorded: regular files, directories, symlinks, FIFOs, sockets
+//! and device nodes, with permission bits (set-id and sticky included),
+//! mtimes, owners and extended attributes (see `meta.rs`). Every name of a
+//! hard-linked inode is recorded with the same link group, and its content
+//! is read once. A file that changes while
 //! being read is read again (up to three times) and otherwise stored as last
 //! read, with a warning, and kept out of the stat cache. Unreadable entries
 //! are skipped with a warning; the snapshot still completes — except a
 //! path too long for the kernel (a tree deeper than PATH_MAX), which fails
 //! the snapshot, since skipping it would drop a whole subtree silently.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, Metadata};
 use std::io::{self, ErrorKind, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -30,6 +31,8 @@ use std::sync::{Arc, Mutex};
 use ds_format::manifest::{FileRef, ManifestBuilder};
 use ds_format::snapshot::{Snapshot, SnapshotStats};
 use ds_format::tree::{DirBuilder, DirRef, Entry, EntryData};
+
+use crate::meta;
 use ds_format::{ObjectId, ObjectKind};
 use rayon::prelude::*;
 
@@ -81,6 +84,8 @@ struct Ingest<'a> {
     files_cached: AtomicU64,
     bytes_read: AtomicU64,
     warnings: Mutex<Vec<String>>,
+    /// Content of hard-linked inodes already read, by (device, inode).
+    linked: Mutex<HashMap<(u64, u64), FileRef>>,
 }
 
 fn mtime_ns(m: &Metadata) -> i64 {
@@ -138,6 +143,7 @@ pub fn snapshot(
         files_cached: AtomicU64::new(0),
         bytes_read: AtomicU64::new(0),
         warnings: Mutex::new(Vec::new()),
+        linked: Mutex::new(HashMap::new()),
     };
     let rd = fs::read_dir(&root).at(&root)?;
     let tree = ing.dir(&root, rd)?;
@@ -300,19 +306,51 @@ impl Ingest<'_> {
                     return Ok(None);
                 }
             }
+        } else if let Some(special) = meta::special_of(&meta) {
+            // Counted with files: they are names with no content.
+            self.files.fetch_add(1, Ordering::Relaxed);
+            special
         } else {
-            self.warn(path, "socket, FIFO or device node: not recorded");
+            self.warn(path, "unknown file type: not recorded");
             return Ok(None);
+        };
+        let xattrs = match meta::read_xattrs(path) {
+            Ok(x) => x,
+            Err(e) => {
+                self.warn(path, format!("extended attributes not recorded: {e}"));
+                Vec::new()
+            }
         };
         Ok(Some(Entry {
             name,
             mode,
             mtime_ns: mtime,
+            owner: Some(meta::owner_of(&meta)),
+            xattrs,
+            link: meta::link_of(&meta),
             data,
         }))
     }
 
+    /// A file's content; a hard-linked inode's is read once, whichever of
+    /// its names comes first.
     fn file(&self, path: &Path, meta: &Metadata) -> EntryResult<FileRef> {
+        if meta.nlink() < 2 {
+            return self.file_content(path, meta);
+        }
+        let key = (meta.dev(), meta.ino());
+        if let Some(f) = self.linked.lock().expect("poisoned").get(&key) {
+            self.progress.add(1, 0);
+            return Ok(Ok(*f));
+        }
+        let r = self.file_content(path, meta)?;
+        if let Ok(f) = &r {
+            self.linked.lock().expect("poisoned").insert(key, *f);
+        }
+        Ok(r)
+    }
+
+    fn file_content(&self, path: &Path, meta: &Metadata) -> EntryResult<FileRef> {
         let key = path.as_os_str().as_bytes();
         if !self.no_cache
             && let Some(c) = self.store.index().stat_get(key)?

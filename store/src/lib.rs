@@ -26,6 +26,7 @@ pub mod index;
 pub mod ingest;
 pub mod journal;
 pub mod layout;
+pub mod meta;
 pub mod pack_conformance;
 pub mod packs;
 pub mod progress;

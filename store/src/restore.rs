@@ -9,7 +9,16 @@
 //!   directory is refused unless the caller allows it; ds never follows one;
 //! - a damaged chunk fails only the file that holds it: the partial file is
 //!   removed, the error names the file, and the rest is restored.
+//!
+//! What is put back (see `meta.rs` for the order of the calls): content,
+//! modes, mtimes, extended attributes, special files, and — when run as
+//! root — owners and device nodes, as `rsync -aHAX` would. The names of a
+//! hard-link group become links of one file: the first name to be reached
+//! gets the content, the others are linked to it once the whole tree is
+//! written (so no link is made to a file still being written), and their
+//! directories' mtimes are set again after.
 
+use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -20,9 +29,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use ds_format::manifest::FileRef;
 use ds_format::tree::{DirRef, Entry, EntryData, validate_name};
-use filetime::FileTime;
 use rayon::prelude::*;
 
+use crate::meta;
 use crate::progress::Progress;
 use crate::{IoContext, Result, Store, StoreError};
 
@@ -30,6 +39,11 @@ use crate::{IoContext, Result, Store, StoreError};
 pub struct RestoreOptions {
     /// Restore symlinks pointing outside the target (absolute or `..`-climbing).
     pub allow_escaping_symlinks: bool,
+    /// Leave files owned by whoever restores (owners are only ever set
+    /// when running as root).
+    pub no_owners: bool,
+    /// Do not set extended attributes.
+    pub no_xattrs: bool,
 }
 
 /// What a restore did; `errors` lists entries that were refused or failed.
@@ -38,8 +52,23 @@ pub struct RestoreReport {
     pub files: u64,
     pub dirs: u64,
     pub symlinks: u64,
+    /// FIFOs, sockets and device nodes.
+    pub specials: u64,
+    /// Names made as hard links to another restored name.
+    pub hardlinks: u64,
     pub bytes: u64,
     pub errors: Vec<String>,
+}
+
+/// A name of a hard-link group waiting for the group's first name.
+struct PendingLink {
+    entry: Entry,
+    path: PathBuf,
+    rel: PathBuf,
+    depth: usize,
+    /// The directory holding it and that directory's mtime, set again
+    /// after the link is made.
+    parent: Option<(PathBuf, i64)>,
 }
 
 struct Ctx<'a> {
@@ -49,8 +78,15 @@ struct Ctx<'a> {
     files: AtomicU64,
     dirs: AtomicU64,
     symlinks: AtomicU64,
+    specials: AtomicU64,
+    hardlinks: AtomicU64,
     bytes: AtomicU64,
     errors: Mutex<Vec<String>>,
+    /// Owners are set only by root (anyone else may not give files away).
+    owners: bool,
+    /// Each hard-link group's first name (its path), once claimed.
+    groups: Mutex<HashMap<u64, PathBuf>>,
+    pending: Mutex<Vec<PendingLink>>,
 }
 
 /// Does `target`, for a link at depth `depth` (directories below the restore
@@ -102,14 +138,22 @@ pub fn restore(
         files: AtomicU64::new(0),
         dirs: AtomicU64::new(0),
         symlinks: AtomicU64::new(0),
+        specials: AtomicU64::new(0),
+        hardlinks: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         errors: Mutex::new(Vec::new()),
+        owners: !opts.no_owners && meta::is_root(),
+        groups: Mutex::new(HashMap::new()),
+        pending: Mutex::new(Vec::new()),
     };
-    ctx.dir(root, dest, Path::new(""), 0)?;
+    ctx.dir(root, dest, Path::new(""), 0, None)?;
+    ctx.link_pending()?;
     Ok(RestoreReport {
         files: ctx.files.into_inner(),
         dirs: ctx.dirs.into_inner(),
         symlinks: ctx.symlinks.into_inner(),
+        specials: ctx.specials.into_inner(),
+        hardlinks: ctx.hardlinks.into_inner(),
         bytes: ctx.bytes.into_inner(),
         errors: ctx.errors.into_inner().expect("poisoned"),
     })
@@ -137,7 +181,16 @@ impl Ctx<'_> {
             .push(format!("{}: {why}", rel.display()));
     }
 
-    fn dir(&self, d: &DirRef, out: &Path, rel: &Path, depth: usize) -> Result<()> {
+    /// Restores directory `d` into `out`; `here` is `out`'s own entry (its
+    /// mtime is set again after hard links are made into it).
+    fn dir(
+        &self,
+        d: &DirRef,
+        out: &Path,
+        rel: &Path,
+        depth: usize,
+        here: Option<i64>,
+    ) -> Result<()> {
         let entries = self.store.dir_entries(d)?;
         let subdirs: Vec<(Entry, PathBuf, PathBuf)> = entries
             .into_par_iter()
@@ -148,7 +201,8 @@ impl Ctx<'_> {
                     self.fail(&r, format!("refused: {err}"));
                     return None;
                 }
-                match self.entry(&e, &path, &r, depth) {
+                let parent = here.map(|t| (out.to_path_buf(), t));
+                match self.entry(&e, &path, &r, depth, parent) {
                     Ok(true) => Some(Ok((e, path, r))),
                     Ok(false) => None,
                     Err(err) => Some(Err(err)),
@@ -162,7 +216,7 @@ impl Ctx<'_> {
                 let EntryData::Dir(sub) = &e.data else {
                     return Ok(());
                 };
-                match self.dir(sub, &path, &r, depth + 1) {
+                match self.dir(sub, &path, &r, depth + 1, Some(e.mtime_ns)) {
                     Ok(()) => {}
                     Err(
                         err @ (StoreError::Damaged { .. }
@@ -180,7 +234,33 @@ impl Ctx<'_> {
     }
 
     /// Creates one entry; returns true for directories (content done later).
-    fn entry(&self, e: &Entry, path: &Path, rel: &Path, depth: usize) -> Result<bool> {
+    fn entry(
+        &self,
+        e: &Entry,
+        path: &Path,
+        rel: &Path,
+        depth: usize,
+        parent: Option<(PathBuf, i64)>,
+    ) -> Result<bool> {
+        if let Some(l) = e.link {
+            let mut groups = self.groups.lock().expect("poisoned");
+            if groups.contains_key(&l.group) {
+                self.pending.lock().expect("poisoned").push(PendingLink {
+                    entry: e.clone(),
+                    path: path.to_path_buf(),
+                    rel: rel.to_path_buf(),
+                    depth,
+                    parent,
+                });
+                return Ok(false);
+            }
+            groups.insert(l.group, path.to_path_buf());
+        }
+        self.create(e, path, rel, depth)
+    }
+
+    /// Creates one entry (not as a link).
+    fn create(&self, e: &Entry, path: &Path, rel: &Path, depth: usize) -> Result<bool> {
         match &e.data {
             EntryData::Dir(_) => {
                 if let Err(err) = fs::create_dir(path) {
@@ -227,28 +307,88 @@ impl Ctx<'_> {
                     self.fail(rel, err);
                     return Ok(false);
                 }
-                let mt = FileTime::from_unix_time(
-                    e.mtime_ns.div_euclid(1_000_000_000),
-                    e.mtime_ns.rem_euclid(1_000_000_000) as u32,
-                );
-                if let Err(err) = filetime::set_symlink_file_times(path, mt, mt) {
+                self.owner_and_xattrs(e, path, rel);
+                if let Err(err) = meta::set_mtime(path, e.mtime_ns) {
                     self.fail(rel, format!("mtime: {err}"));
                 }
                 self.symlinks.fetch_add(1, Ordering::Relaxed);
                 Ok(false)
             }
+            data => {
+                if let Err(err) = meta::make_special(path, data, e.mode) {
+                    let hint = if matches!(data, EntryData::Device { .. }) && !meta::is_root() {
+                        " (device nodes need root)"
+                    } else {
+                        ""
+                    };
+                    self.fail(
+                        rel,
+                        format!("{} not restored: {err}{hint}", data.kind_name()),
+                    );
+                    return Ok(false);
+                }
+                self.specials.fetch_add(1, Ordering::Relaxed);
+                self.finish_meta(e, path, rel);
+                Ok(false)
+            }
         }
     }
 
+    fn owner_and_xattrs(&self, e: &Entry, path: &Path, rel: &Path) {
+        if self.owners
+            && let Some(o) = e.owner
+            && let Err(err) = meta::chown(path, o)
+        {
+            self.fail(rel, format!("owner: {err}"));
+        }
+        if !self.opts.no_xattrs
+            && !e.xattrs.is_empty()
+            && let Err(err) = meta::write_xattrs(path, &e.xattrs)
+        {
+            self.fail(rel, format!("extended attributes: {err}"));
+        }
+    }
+
+    /// Links the waiting names of hard-link groups to their group's first
+    /// name; a name whose first name failed is restored on its own.
+    fn link_pending(&self) -> Result<()> {
+        let pending = std::mem::take(&mut *self.pending.lock().expect("poisoned"));
+        let groups = self.groups.lock().expect("poisoned").clone();
+        let mut dirs: HashMap<PathBuf, i64> = HashMap::new();
+        for p in pending {
+            let group = p.entry.link.expect("linked").group;
+            let first = &groups[&group];
+            match fs::hard_link(first, &p.path) {
+                Ok(()) => {
+                    self.hardlinks.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    // The first name was not restored (refused or damaged).
+                    self.create(&p.entry, &p.path, &p.rel, p.depth)?;
+                }
+                Err(e) => {
+                    self.fail(&p.rel, format!("hard link to {}: {e}", first.display()));
+                    continue;
+                }
+            }
+            if let Some((d, t)) = p.parent {
+                dirs.insert(d, t);
+            }
+        }
+        for (d, t) in dirs {
+            if let Err(err) = meta::set_mtime(&d, t) {
+                self.fail(&d, format!("mtime: {err}"));
+            }
+        }
+        Ok(())
+    }
+
     fn finish_meta(&self, e: &Entry, path: &Path, rel: &Path) {
+        self.owner_and_xattrs(e, path, rel);
         if let Err(err) = fs::set_permissions(path, fs::Permissions::from_mode(e.mode)) {
             self.fail(rel, format!("mode: {err}"));
         }
-        let mt = FileTime::from_unix_time(
-            e.mtime_ns.div_euclid(1_000_000_000),
-            e.mtime_ns.rem_euclid(1_000_000_000) as u32,
-        );
-        if let Err(err) = filetime::set_file_mtime(path, mt) {
+        if let Err(err) = meta::set_mtime(path, e.mtime_ns) {
             self.fail(rel, format!("mtime: {err}"));
         }
     }

@@ -277,7 +277,10 @@ impl Walker<'_> {
                                 Some((_, n)) => self.file(&n, f.height - 1, &shown)?,
                             }
                         }
-                        EntryData::Symlink(_) => {}
+                        EntryData::Symlink(_)
+                        | EntryData::Fifo
+                        | EntryData::Socket
+                        | EntryData::Device { .. } => {}
                     }
                 }
             }

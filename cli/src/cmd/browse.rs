@@ -144,12 +144,16 @@ pub(super) fn ls(store: &Store, a: LsArgs) -> Result<ExitCode> {
             EntryData::Dir(_) => 'd',
             EntryData::File(_) => '-',
             EntryData::Symlink(_) => 'l',
+            EntryData::Fifo => 'p',
+            EntryData::Socket => 's',
+            EntryData::Device { block: false, .. } => 'c',
+            EntryData::Device { block: true, .. } => 'b',
         };
         let name = lossy(&e.name);
         let shown = match &e.data {
             EntryData::Symlink(t) => format!("{name} -> {}", lossy(t)),
             EntryData::Dir(_) => format!("{name}/"),
-            EntryData::File(_) => name,
+            _ => name,
         };
         writeln!(
             out,

@@ -30,6 +30,13 @@ pub struct RestoreArgs {
     /// Also restore symlinks that point outside DEST (never followed by ds)
     #[arg(long)]
     allow_escaping_symlinks: bool,
+    /// Do not set recorded owners (they are only ever set when running as
+    /// root; anyone else gets files owned by themselves)
+    #[arg(long)]
+    no_owners: bool,
+    /// Do not set recorded extended attributes
+    #[arg(long)]
+    no_xattrs: bool,
     /// Print JSON on stdout
     #[arg(long)]
     json: bool,
@@ -40,6 +47,8 @@ pub(super) fn restore(store: &Store, a: RestoreArgs) -> Result<ExitCode> {
     let snap = store.load_snapshot(&id)?;
     let opts = RestoreOptions {
         allow_escaping_symlinks: a.allow_escaping_symlinks,
+        no_owners: a.no_owners,
+        no_xattrs: a.no_xattrs,
     };
     let bar = Bar::new("restore");
     bar.progress
@@ -62,7 +71,10 @@ pub(super) fn restore(store: &Store, a: RestoreArgs) -> Result<ExitCode> {
                 ..Default::default()
             }
         }
-        Some(_) => bail!("--path names a symlink; restore its directory instead"),
+        Some(e) => bail!(
+            "--path names a {}; restore its directory instead",
+            e.data.kind_name()
+        ),
     };
     drop(bar);
     for e in &report.errors {
@@ -71,8 +83,15 @@ pub(super) fn restore(store: &Store, a: RestoreArgs) -> Result<ExitCode> {
     if a.json {
         print_json(&RestoreJson::new(&id, &a.dest, &report))?;
     } else {
+        let mut extra = String::new();
+        if report.specials > 0 {
+            extra += &format!(", {} special files", report.specials);
+        }
+        if report.hardlinks > 0 {
+            extra += &format!(", {} hard links", report.hardlinks);
+        }
         println!(
-            "restored {} files, {} dirs, {} symlinks ({}) from {} into {}",
+            "restored {} files, {} dirs, {} symlinks{extra} ({}) from {} into {}",
             report.files,
             report.dirs,
             report.symlinks,

@@ -67,6 +67,9 @@ fn file(name: &[u8]) -> Entry {
         name: name.to_vec(),
         mode: 0o644,
         mtime_ns: 0,
+        owner: None,
+        xattrs: Vec::new(),
+        link: None,
         data: EntryData::File(FileRef {
             size: 7,
             height: 0,
@@ -80,6 +83,9 @@ fn link(name: &str, target: &str) -> Entry {
         name: name.as_bytes().to_vec(),
         mode: 0o777,
         mtime_ns: 0,
+        owner: None,
+        xattrs: Vec::new(),
+        link: None,
         data: EntryData::Symlink(target.as_bytes().to_vec()),
     }
 }

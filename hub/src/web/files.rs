@@ -95,6 +95,11 @@ struct EntryJson {
     mtime_ns: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     target: Option<String>,
+    /// Recorded owner (absent in snapshots made before ds recorded owners).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gid: Option<u32>,
 }
 
 fn entry_json(e: &Entry) -> EntryJson {
@@ -108,6 +113,8 @@ fn entry_json(e: &Entry) -> EntryJson {
             EntryData::Symlink(t) => Some(String::from_utf8_lossy(t).into_owned()),
             _ => None,
         },
+        uid: e.owner.map(|o| o.uid),
+        gid: e.owner.map(|o| o.gid),
     }
 }
 

@@ -158,7 +158,7 @@ async fn resolve(
             content: e.as_ref().and_then(|e| match &e.data {
                 EntryData::File(f) => Some(f.root),
                 EntryData::Dir(d) => Some(d.root),
-                EntryData::Symlink(_) => None,
+                _ => None,
             }),
             size: e.as_ref().map(|e| e.size()),
         });

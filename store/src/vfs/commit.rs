@@ -24,12 +24,12 @@
 //! index and the store's journal (see `journal.rs`), so a snapshot pays
 //! only for what changed plus a few fsyncs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use ds_format::manifest::{FileRef, ManifestBuilder};
 use ds_format::snapshot::{Snapshot, SnapshotStats};
-use ds_format::tree::{DirBuilder, DirRef, Entry, EntryData};
+use ds_format::tree::{DirBuilder, DirRef, Entry, EntryData, Link, Owner};
 use ds_format::{ObjectId, ObjectKind};
 
 use super::cache::{ChunkList, ChunkPos};
@@ -109,6 +109,8 @@ enum Update {
 
 struct Ctx {
     writer: PackWriter,
+    /// Content of hard-linked files written in this commit, by node.
+    linked: HashMap<u64, FileRef>,
     updates: Vec<Update>,
     files: u64,
     bytes_read: u64,
@@ -156,7 +158,9 @@ impl Vfs {
             ));
         }
         let txn = Transaction::begin(target)?;
+        self.list_changed_links().map_err(vfs_err)?;
         let mut ctx = Ctx {
+            linked: HashMap::new(),
             writer: txn.writer().clone(),
             updates: Vec::new(),
             files: 0,
@@ -251,6 +255,77 @@ impl Vfs {
         }
     }
 
+    /// A changed hard-linked node's other names may sit in directories the
+    /// mount never listed, whose stored entries still describe the node as
+    /// it was. Before a commit those directories are found, by walking the
+    /// stored trees not yet listed (only when such a node exists, and only
+    /// subtrees that hold a member are then listed), which attaches the
+    /// names to the node and marks them dirty. The walk proves the mount
+    /// now knows every name in the tree, so the link count becomes that
+    /// (the source's count may have included names outside the tree) and
+    /// the next commit does not walk again.
+    fn list_changed_links(&mut self) -> super::VResult<()> {
+        let wanted: HashSet<u64> = self
+            .nodes
+            .values()
+            .filter(|n| n.dirty && n.group != 0 && (n.names().count() as u32) < n.nlink)
+            .map(|n| n.group)
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let mut memo: HashMap<ObjectId, bool> = HashMap::new();
+        let mut stack = vec![Ino::ROOT.0];
+        while let Some(d) = stack.pop() {
+            let Some(ds) = self.nodes.get(&d).and_then(|n| n.dir()) else {
+                continue;
+            };
+            if ds.children.is_none() {
+                let Some(b) = ds.base else { continue };
+                if !self.holds_group(&b, &wanted, &mut memo)? {
+                    continue;
+                }
+                self.ensure_loaded(d)?;
+            }
+            let kids = self.nodes[&d].dir().and_then(|x| x.children.as_ref());
+            stack.extend(
+                kids.into_iter()
+                    .flat_map(|c| c.values())
+                    .filter(|i| self.nodes.get(i).is_some_and(|n| n.is_dir())),
+            );
+        }
+        for g in wanted {
+            if let Some(n) = self.groups.get(&g).and_then(|i| self.nodes.get_mut(i)) {
+                n.nlink = (n.names().count() as u32).max(1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Does the stored tree `d` hold a member of one of `groups`?
+    fn holds_group(
+        &self,
+        d: &DirRef,
+        groups: &HashSet<u64>,
+        memo: &mut HashMap<ObjectId, bool>,
+    ) -> super::VResult<bool> {
+        if let Some(v) = memo.get(&d.root) {
+            return Ok(*v);
+        }
+        let mut found = false;
+        for e in self.store.dir_entries(d)? {
+            found = match &e.data {
+                EntryData::Dir(sub) => self.holds_group(sub, groups, memo)?,
+                _ => e.link.is_some_and(|l| groups.contains(&l.group)),
+            };
+            if found {
+                break;
+            }
+        }
+        memo.insert(d.root, found);
+        Ok(found)
+    }
+
     /// Statistics of a stored directory tree (below it), counted once.
     fn subtree_stats(&mut self, d: &DirRef) -> Result<SnapshotStats> {
         if let Some(s) = self.stats_cache.get(&d.root) {
@@ -278,6 +353,11 @@ impl Vfs {
             },
             EntryData::Symlink(_) => SnapshotStats {
                 symlinks: 1,
+                ..Default::default()
+            },
+            // Counted with files, as a cold snapshot counts them.
+            EntryData::Fifo | EntryData::Socket | EntryData::Device { .. } => SnapshotStats {
+                files: 1,
                 ..Default::default()
             },
             EntryData::Dir(d) => {
@@ -323,8 +403,18 @@ impl Vfs {
             let prev = old.remove(&name);
             let c = &self.nodes[&child];
             let (mode, mtime_ns, dirty) = (c.mode, c.mtime_ns, c.dirty);
+            let owner = Some(Owner {
+                uid: c.uid,
+                gid: c.gid,
+            });
+            let xattrs = c.xattrs.clone();
+            let link = (c.group != 0 && c.is_linked()).then_some(Link {
+                group: c.group,
+                nlink: c.nlink,
+            });
             let data = match &c.content {
                 Content::Symlink(t) => EntryData::Symlink(t.clone()),
+                Content::Special(d) => d.clone(),
                 Content::File(_) => EntryData::File(self.commit_file(child, ctx)?),
                 Content::Dir(cd) => {
                     let child_base = cd.base;
@@ -355,6 +445,9 @@ impl Vfs {
                 name,
                 mode,
                 mtime_ns,
+                owner,
+                xattrs,
+                link,
                 data,
             };
             if !matches!(entry.data, EntryData::Dir(_)) {
@@ -385,6 +478,18 @@ impl Vfs {
     /// A file's new content reference: its base if unchanged, else re-chunked
     /// around the dirty ranges.
     fn commit_file(&mut self, ino: u64, ctx: &mut Ctx) -> Result<FileRef> {
+        // Another name of a hard-linked file already written.
+        if let Some(f) = ctx.linked.get(&ino) {
+            return Ok(*f);
+        }
+        let f = self.commit_file_once(ino, ctx)?;
+        if self.nodes[&ino].is_linked() {
+            ctx.linked.insert(ino, f);
+        }
+        Ok(f)
+    }
+
+    fn commit_file_once(&mut self, ino: u64, ctx: &mut Ctx) -> Result<FileRef> {
         let n = &self.nodes[&ino];
         let f = n.file().expect("file");
         if !f.content_dirty() {

@@ -433,7 +433,7 @@ impl Vfs {
         let f = match &mut n.content {
             Content::File(f) => f,
             Content::Dir(_) => return Err(VfsError::errno(libc::EISDIR)),
-            Content::Symlink(_) => return Err(VfsError::errno(libc::EINVAL)),
+            Content::Symlink(_) | Content::Special(_) => return Err(VfsError::errno(libc::EINVAL)),
         };
         if size < f.size {
             f.base_valid = f.base_valid.min(size);

@@ -40,7 +40,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ds_format::ObjectId;
 use ds_format::snapshot::SnapshotStats;
-use ds_format::tree::DirRef;
+use ds_format::tree::{DirRef, EntryData};
 
 pub use cache::{ChunkCache, ChunkList, ChunkPos};
 
@@ -124,6 +124,24 @@ pub enum Kind {
     File,
     Dir,
     Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl Kind {
+    fn of(c: &Content) -> Kind {
+        match c {
+            Content::Dir(_) => Kind::Dir,
+            Content::File(_) => Kind::File,
+            Content::Symlink(_) => Kind::Symlink,
+            Content::Special(EntryData::Fifo) => Kind::Fifo,
+            Content::Special(EntryData::Socket) => Kind::Socket,
+            Content::Special(EntryData::Device { block: true, .. }) => Kind::BlockDevice,
+            Content::Special(_) => Kind::CharDevice,
+        }
+    }
 }
 
 /// Attributes of a node (`stat`).
@@ -142,6 +160,8 @@ pub struct Attr {
     pub ctime_ns: i64,
     /// 512-byte blocks (stored or dirty bytes, rounded up).
     pub blocks: u64,
+    /// Device number of a device node.
+    pub rdev: u64,
 }
 
 /// One directory entry as listed by [`Vfs::readdir`].
@@ -173,10 +193,14 @@ pub struct RenameFlags {
 /// Tunables of a mount.
 #[derive(Debug, Clone)]
 pub struct VfsOptions {
-    /// Owner shown for entries the snapshot has no owner for (ds does not
-    /// record ownership): usually the owner of the mountpoint.
+    /// Owner given to entries the snapshot records no owner for (trees
+    /// written before format 2): usually the owner of the mountpoint.
     pub uid: u32,
     pub gid: u32,
+    /// Show every entry as owned by this (uid, gid), whatever is recorded
+    /// (`ds mount --uid`, a container's user on a runner). Recorded owners
+    /// are kept, and what chown sets is recorded, but not shown.
+    pub force_owner: Option<(u32, u32)>,
     /// Bytes of verified chunks kept in memory.
     pub cache_bytes: u64,
     /// Chunks fetched ahead of a sequential reader.
@@ -190,6 +214,7 @@ impl Default for VfsOptions {
         VfsOptions {
             uid: 0,
             gid: 0,
+            force_owner: None,
             cache_bytes: 256 << 20,
             readahead_chunks: 16,
             readahead_threads: 2,
@@ -242,6 +267,8 @@ pub struct Vfs {
     stats_cache: HashMap<ObjectId, SnapshotStats>,
     opts: VfsOptions,
     rw: Option<RwState>,
+    /// Hard-link groups met so far: label → node.
+    groups: HashMap<u64, u64>,
 }
 
 pub(crate) fn now_ns() -> i64 {
@@ -282,6 +309,7 @@ impl Vfs {
             stats_cache: HashMap::new(),
             opts,
             rw: None,
+            groups: HashMap::new(),
         }
     }
 
@@ -294,26 +322,19 @@ impl Vfs {
         };
         self.stats_cache.insert(root.root, below);
         self.base_stats = stats;
-        self.nodes.insert(
-            Ino::ROOT.0,
-            Node {
-                parent: None,
-                name: Vec::new(),
-                content: Content::Dir(DirState {
-                    base: Some(root),
-                    children: None,
-                }),
-                mode: 0o755,
-                uid: self.opts.uid,
-                gid: self.opts.gid,
-                mtime_ns: time_ns,
-                ctime_ns: time_ns,
-                atime_ns: time_ns,
-                dirty: false,
-                lookups: 1,
-                opens: 0,
-            },
+        let mut node = Node::fresh(
+            None,
+            Vec::new(),
+            Content::Dir(DirState {
+                base: Some(root),
+                children: None,
+            }),
+            0o755,
+            (self.opts.uid, self.opts.gid),
+            time_ns,
         );
+        node.lookups = 1;
+        self.nodes.insert(Ino::ROOT.0, node);
     }
 
     /// The snapshot this filesystem currently stands on.
@@ -376,18 +397,25 @@ impl Vfs {
         format!("/{}", parts.join("/"))
     }
 
-    /// Marks a node and every ancestor dirty.
+    /// Marks a node and every ancestor of each of its names dirty.
     fn mark_dirty(&mut self, ino: u64) {
         if let Some(r) = &mut self.rw {
             r.unsaved = true;
         }
-        let mut cur = Some(ino);
-        while let Some(i) = cur {
-            let Some(n) = self.nodes.get_mut(&i) else {
-                break;
-            };
-            n.dirty = true;
-            cur = n.parent;
+        let Some(n) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        n.dirty = true;
+        let dirs: Vec<u64> = n.names().map(|(p, _)| p).collect();
+        for d in dirs {
+            let mut cur = Some(d);
+            while let Some(i) = cur {
+                let Some(n) = self.nodes.get_mut(&i) else {
+                    break;
+                };
+                n.dirty = true;
+                cur = n.parent;
+            }
         }
     }
 
@@ -407,12 +435,31 @@ impl Vfs {
         };
         let (uid, gid) = (self.opts.uid, self.opts.gid);
         let mut children = BTreeMap::new();
+        let mut joined_dirty = false;
         for e in &entries {
+            // Another name of a hard-link group met before: the same node.
+            if let Some(l) = e.link
+                && let Some(&c) = self.groups.get(&l.group)
+                && let Some(n) = self.nodes.get_mut(&c)
+            {
+                n.add_name(ino, &e.name);
+                n.nlink = n.nlink.max(n.names().count() as u32);
+                joined_dirty |= n.dirty;
+                children.insert(e.name.clone(), c);
+                continue;
+            }
             let c = self.alloc(Node::from_entry(e, ino, uid, gid));
+            if let Some(l) = e.link {
+                self.groups.insert(l.group, c);
+            }
             children.insert(e.name.clone(), c);
         }
         if let Some(d) = self.node_mut(ino)?.dir_mut() {
             d.children = Some(children);
+        }
+        if joined_dirty {
+            // Its entry for a changed linked node must be written again.
+            self.mark_dirty(ino);
         }
         Ok(())
     }
@@ -438,12 +485,16 @@ impl Vfs {
 
     fn attr_of(&self, ino: u64) -> VResult<Attr> {
         let n = self.node(ino)?;
+        let named = n.parent.is_some();
         let (kind, nlink, blocks) = match &n.content {
-            Content::File(f) => {
-                let nlink = u32::from(n.parent.is_some() || ino == Ino::ROOT.0);
-                (Kind::File, nlink, f.size.div_ceil(512))
+            Content::File(f) => (
+                Kind::File,
+                if named { n.nlink } else { 0 },
+                f.size.div_ceil(512),
+            ),
+            c @ (Content::Symlink(_) | Content::Special(_)) => {
+                (Kind::of(c), if named { n.nlink } else { 0 }, 0)
             }
-            Content::Symlink(_) => (Kind::Symlink, u32::from(n.parent.is_some()), 0),
             Content::Dir(d) => {
                 let subdirs = d
                     .children
@@ -458,18 +509,23 @@ impl Vfs {
                 (Kind::Dir, if alive { 2 + subdirs as u32 } else { 0 }, 8)
             }
         };
+        let (uid, gid) = self.opts.force_owner.unwrap_or((n.uid, n.gid));
         Ok(Attr {
             ino: Ino(ino),
             kind,
             size: n.size(),
             perm: n.mode & 0o7777,
             nlink,
-            uid: n.uid,
-            gid: n.gid,
+            uid,
+            gid,
             atime_ns: n.atime_ns,
             mtime_ns: n.mtime_ns,
             ctime_ns: n.ctime_ns,
             blocks,
+            rdev: match n.content {
+                Content::Special(EntryData::Device { rdev, .. }) => rdev,
+                _ => 0,
+            },
         })
     }
 

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::sync::Arc;
 
 use ds_format::manifest::FileRef;
-use ds_format::tree::{DirRef, Entry, EntryData};
+use ds_format::tree::{DirRef, Entry, EntryData, Xattr};
 
 use super::cache::ChunkList;
 use super::ranges::RangeSet;
@@ -68,13 +68,25 @@ pub(crate) enum Content {
     Dir(DirState),
     File(FileState),
     Symlink(Vec<u8>),
+    /// A FIFO, socket or device node (`EntryData::Fifo`, `Socket` or
+    /// `Device`): a name and metadata, no content.
+    Special(EntryData),
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct Node {
-    /// `None` once unlinked (the node lives on while open or looked up).
+    /// One name of the node: `None` once it has none left (the node lives
+    /// on while open or looked up). A directory has exactly one.
     pub parent: Option<u64>,
     pub name: Vec<u8>,
+    /// Its other names (a hard-linked node), as (directory, name).
+    pub more: Vec<(u64, Vec<u8>)>,
+    /// The link count shown: names known to the mount, or more if the
+    /// snapshot said so and not every directory holding one is listed yet.
+    pub nlink: u32,
+    /// Hard-link group label (0: none yet); kept across snapshots.
+    pub group: u64,
+    pub xattrs: Vec<Xattr>,
     pub content: Content,
     pub mode: u32,
     pub uid: u32,
@@ -89,6 +101,37 @@ pub(crate) struct Node {
 }
 
 impl Node {
+    /// A new node with one name (or none, for a root), clean and unreferenced.
+    pub fn fresh(
+        parent: Option<u64>,
+        name: Vec<u8>,
+        content: Content,
+        mode: u32,
+        (uid, gid): (u32, u32),
+        time_ns: i64,
+    ) -> Node {
+        Node {
+            parent,
+            name,
+            more: Vec::new(),
+            nlink: 1,
+            group: 0,
+            xattrs: Vec::new(),
+            content,
+            mode: mode & 0o7777,
+            uid,
+            gid,
+            mtime_ns: time_ns,
+            ctime_ns: time_ns,
+            atime_ns: time_ns,
+            dirty: false,
+            lookups: 0,
+            opens: 0,
+        }
+    }
+
+    /// A node for a stored entry; `uid`/`gid` are used if it records no
+    /// owner (trees of format 1).
     pub fn from_entry(e: &Entry, parent: u64, uid: u32, gid: u32) -> Node {
         let content = match &e.data {
             EntryData::File(f) => Content::File(FileState::clean(*f)),
@@ -97,10 +140,16 @@ impl Node {
                 children: None,
             }),
             EntryData::Symlink(t) => Content::Symlink(t.clone()),
+            special => Content::Special(special.clone()),
         };
+        let (uid, gid) = e.owner.map(|o| (o.uid, o.gid)).unwrap_or((uid, gid));
         Node {
             parent: Some(parent),
             name: e.name.clone(),
+            more: Vec::new(),
+            nlink: e.link.map(|l| l.nlink.max(1)).unwrap_or(1),
+            group: e.link.map(|l| l.group).unwrap_or(0),
+            xattrs: e.xattrs.clone(),
             content,
             mode: e.mode & 0o7777,
             uid,
@@ -151,6 +200,49 @@ impl Node {
             Content::File(f) => f.size,
             Content::Symlink(t) => t.len() as u64,
             Content::Dir(_) => 4096,
+            Content::Special(_) => 0,
         }
+    }
+
+    /// Every (directory, name) the node is known by.
+    pub fn names(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.parent
+            .map(|p| (p, self.name.as_slice()))
+            .into_iter()
+            .chain(self.more.iter().map(|(p, n)| (*p, n.as_slice())))
+    }
+
+    /// Adds a name.
+    pub fn add_name(&mut self, parent: u64, name: &[u8]) {
+        if self.parent.is_none() {
+            self.parent = Some(parent);
+            self.name = name.to_vec();
+        } else {
+            self.more.push((parent, name.to_vec()));
+        }
+    }
+
+    /// Drops a name; another takes the primary place if there is one.
+    pub fn remove_name(&mut self, parent: u64, name: &[u8]) {
+        if self.parent == Some(parent) && self.name == name {
+            match self.more.pop() {
+                Some((p, n)) => {
+                    self.parent = Some(p);
+                    self.name = n;
+                }
+                None => self.parent = None,
+            }
+        } else if let Some(i) = self
+            .more
+            .iter()
+            .position(|(p, n)| *p == parent && n == name)
+        {
+            self.more.swap_remove(i);
+        }
+    }
+
+    /// Is this a hard-linked node (more than one name, known or recorded)?
+    pub fn is_linked(&self) -> bool {
+        !self.is_dir() && (self.nlink > 1 || !self.more.is_empty())
     }
 }

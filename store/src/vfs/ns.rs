@@ -2,7 +2,7 @@
 //! changing attributes. Every change marks the paths it touches dirty.
 
 use ds_format::manifest::FileRef;
-use ds_format::tree::validate_name;
+use ds_format::tree::{self, EntryData, validate_name};
 
 use super::node::{Content, DirState, FileState, Node};
 use super::{
@@ -42,6 +42,9 @@ impl Vfs {
             n.parent.is_none() && ino != Ino::ROOT.0 && n.lookups == 0 && n.opens == 0
         });
         if free && let Some(n) = self.nodes.remove(&ino) {
+            if n.group != 0 && self.groups.get(&n.group) == Some(&ino) {
+                self.groups.remove(&n.group);
+            }
             self.discard_overlay(&n);
             // An unlinked directory is empty; nothing below it to free.
         }
@@ -58,11 +61,7 @@ impl Vfs {
             .into_iter()
             .filter_map(|(name, i)| {
                 let n = self.nodes.get(&i)?;
-                let kind = match n.content {
-                    Content::Dir(_) => Kind::Dir,
-                    Content::File(_) => Kind::File,
-                    Content::Symlink(_) => Kind::Symlink,
-                };
+                let kind = Kind::of(&n.content);
                 Some(DirEntry {
                     ino: Ino(i),
                     kind,
@@ -106,20 +105,17 @@ impl Vfs {
             return Err(err(libc::EEXIST));
         }
         let now = now_ns();
-        let ino = self.alloc(Node {
-            parent: Some(parent.0),
-            name: name.to_vec(),
+        let mut node = Node::fresh(
+            Some(parent.0),
+            name.to_vec(),
             content,
-            mode: mode & 0o7777,
-            uid,
-            gid,
-            mtime_ns: now,
-            ctime_ns: now,
-            atime_ns: now,
-            dirty: true,
-            lookups: 1,
-            opens: 0,
-        });
+            mode,
+            (uid, gid),
+            now,
+        );
+        node.dirty = true;
+        node.lookups = 1;
+        let ino = self.alloc(node);
         self.children(parent.0)?.insert(name.to_vec(), ino);
         self.touch_dir(parent.0, now)?;
         self.attr_of(ino)
@@ -182,15 +178,55 @@ impl Vfs {
         self.new_entry(parent, name, content, mode, uid, gid)
     }
 
+    /// Creates a FIFO, socket or device node (`kind`: S_IFIFO, S_IFSOCK,
+    /// S_IFCHR or S_IFBLK; the kernel checks who may make devices).
+    pub fn mknod_special(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        kind: u32,
+        mode: u32,
+        rdev: u64,
+        uid: u32,
+        gid: u32,
+    ) -> VResult<Attr> {
+        let data = match kind {
+            libc::S_IFIFO => EntryData::Fifo,
+            libc::S_IFSOCK => EntryData::Socket,
+            libc::S_IFCHR => EntryData::Device { block: false, rdev },
+            libc::S_IFBLK => EntryData::Device { block: true, rdev },
+            _ => return Err(err(libc::EINVAL)),
+        };
+        self.new_entry(parent, name, Content::Special(data), mode, uid, gid)
+    }
+
     /// Takes `name` out of `parent`; the node lives on while referenced.
     fn detach(&mut self, parent: u64, name: &[u8]) -> VResult<u64> {
         let ino = self.children(parent)?.remove(name).ok_or_else(enoent)?;
         let now = now_ns();
         self.touch_dir(parent, now)?;
         let n = self.node_mut(ino)?;
-        n.parent = None;
+        n.remove_name(parent, name);
+        n.nlink = n.nlink.saturating_sub(1).max(1);
         n.ctime_ns = now;
+        if n.parent.is_some() {
+            // Its other names' entries carry the new link count and ctime.
+            self.mark_dirty(ino);
+        }
         Ok(ino)
+    }
+
+    /// Gives node `ino` the name `name` in `parent` (after `detach` or for
+    /// a new link).
+    fn attach(&mut self, ino: u64, parent: u64, name: &[u8]) -> VResult<()> {
+        self.children(parent)?.insert(name.to_vec(), ino);
+        let n = self.node_mut(ino)?;
+        let was_named = n.parent.is_some();
+        n.add_name(parent, name);
+        if was_named {
+            n.nlink = n.nlink.saturating_add(1);
+        }
+        Ok(())
     }
 
     pub fn unlink(&mut self, parent: Ino, name: &[u8]) -> VResult<()> {
@@ -259,12 +295,17 @@ impl Vfs {
             }
             self.children(parent.0)?.insert(name.to_vec(), dst);
             self.children(newparent.0)?.insert(newname.to_vec(), src);
-            for (i, p, n) in [(dst, parent.0, name), (src, newparent.0, newname)] {
-                let node = self.node_mut(i)?;
-                node.parent = Some(p);
-                node.name = n.to_vec();
-            }
             let now = now_ns();
+            for (i, from, to) in [
+                (dst, (newparent.0, newname), (parent.0, name)),
+                (src, (parent.0, name), (newparent.0, newname)),
+            ] {
+                let node = self.node_mut(i)?;
+                node.remove_name(from.0, from.1);
+                node.add_name(to.0, to.1);
+                node.ctime_ns = now;
+                self.mark_dirty(i);
+            }
             self.touch_dir(parent.0, now)?;
             self.touch_dir(newparent.0, now)?;
             return Ok(());
@@ -286,13 +327,16 @@ impl Vfs {
             self.detach(newparent.0, newname)?;
             self.maybe_free(d);
         }
+        // A move, not an unlink: the link count stays.
+        let nlink = self.node(src)?.nlink;
         self.detach(parent.0, name)?;
         self.children(newparent.0)?.insert(newname.to_vec(), src);
         let now = now_ns();
         let n = self.node_mut(src)?;
-        n.parent = Some(newparent.0);
-        n.name = newname.to_vec();
+        n.add_name(newparent.0, newname);
+        n.nlink = nlink;
         n.ctime_ns = now;
+        self.mark_dirty(src);
         self.touch_dir(newparent.0, now)?;
         Ok(())
     }
@@ -334,14 +378,120 @@ impl Vfs {
         self.attr_of(ino.0)
     }
 
-    /// Hard links are not supported (ds records none): EPERM, after the
-    /// checks POSIX puts first (a bad or taken new name, a read-only mount).
-    pub fn link(&mut self, _ino: Ino, newparent: Ino, newname: &[u8]) -> VResult<Attr> {
+    /// A new name for a non-directory: a hard link. The node joins (or
+    /// starts) a hard-link group, which snapshots record, so every name
+    /// is restored as a link of one file.
+    pub fn link(&mut self, ino: Ino, newparent: Ino, newname: &[u8]) -> VResult<Attr> {
         self.require_rw()?;
         check_name(newname)?;
+        if !self.node(newparent.0)?.is_dir() {
+            return Err(err(libc::ENOTDIR));
+        }
+        let n = self.node(ino.0)?;
+        if n.is_dir() {
+            return Err(err(libc::EPERM));
+        }
+        if n.parent.is_none() {
+            return Err(enoent());
+        }
+        if n.nlink == u32::MAX {
+            return Err(err(libc::EMLINK));
+        }
         if self.child(newparent.0, newname)?.is_some() {
             return Err(err(libc::EEXIST));
         }
-        Err(err(libc::EPERM))
+        if self.node(ino.0)?.group == 0 {
+            let g = self.new_group(ino.0);
+            self.node_mut(ino.0)?.group = g;
+            self.groups.insert(g, ino.0);
+        }
+        self.attach(ino.0, newparent.0, newname)?;
+        let now = now_ns();
+        let n = self.node_mut(ino.0)?;
+        n.ctime_ns = now;
+        n.lookups += 1;
+        self.touch_dir(newparent.0, now)?;
+        self.mark_dirty(ino.0);
+        self.attr_of(ino.0)
+    }
+
+    /// A label for a new hard-link group, unique in practice (64 bits from
+    /// the base snapshot, the inode and the time).
+    fn new_group(&self, ino: u64) -> u64 {
+        let mut h = blake3::Hasher::new();
+        h.update(b"ds mount hard-link group");
+        h.update(&self.base.0);
+        h.update(&ino.to_le_bytes());
+        h.update(&now_ns().to_le_bytes());
+        u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes")).max(1)
+    }
+
+    /// `getxattr`: the value, or ENODATA.
+    pub fn getxattr(&mut self, ino: Ino, name: &[u8]) -> VResult<Vec<u8>> {
+        let n = self.node(ino.0)?;
+        n.xattrs
+            .binary_search_by(|x| x.name.as_slice().cmp(name))
+            .map(|i| n.xattrs[i].value.clone())
+            .map_err(|_| err(libc::ENODATA))
+    }
+
+    /// `listxattr`: names, each followed by NUL.
+    pub fn listxattr(&mut self, ino: Ino) -> VResult<Vec<u8>> {
+        let mut out = Vec::new();
+        for x in &self.node(ino.0)?.xattrs {
+            out.extend_from_slice(&x.name);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    /// `setxattr` with XATTR_CREATE (`create`) or XATTR_REPLACE (`replace`)
+    /// semantics. The kernel has already checked the namespace rules
+    /// (`trusted.*` for CAP_SYS_ADMIN, `user.*` on files and directories).
+    pub fn setxattr(
+        &mut self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        create: bool,
+        replace: bool,
+    ) -> VResult<()> {
+        self.require_rw()?;
+        if name.is_empty() || name.contains(&0) || name.len() > tree::MAX_XATTR_NAME {
+            return Err(err(libc::ERANGE));
+        }
+        if value.len() > tree::MAX_XATTR_VALUE {
+            return Err(err(libc::E2BIG));
+        }
+        let n = self.node_mut(ino.0)?;
+        match n.xattrs.binary_search_by(|x| x.name.as_slice().cmp(name)) {
+            Ok(_) if create => return Err(err(libc::EEXIST)),
+            Ok(i) => n.xattrs[i].value = value.to_vec(),
+            Err(_) if replace => return Err(err(libc::ENODATA)),
+            Err(_) if n.xattrs.len() >= tree::MAX_XATTRS => return Err(err(libc::ENOSPC)),
+            Err(i) => n.xattrs.insert(
+                i,
+                tree::Xattr {
+                    name: name.to_vec(),
+                    value: value.to_vec(),
+                },
+            ),
+        }
+        n.ctime_ns = now_ns();
+        self.mark_dirty(ino.0);
+        Ok(())
+    }
+
+    pub fn removexattr(&mut self, ino: Ino, name: &[u8]) -> VResult<()> {
+        self.require_rw()?;
+        let n = self.node_mut(ino.0)?;
+        let i = n
+            .xattrs
+            .binary_search_by(|x| x.name.as_slice().cmp(name))
+            .map_err(|_| err(libc::ENODATA))?;
+        n.xattrs.remove(i);
+        n.ctime_ns = now_ns();
+        self.mark_dirty(ino.0);
+        Ok(())
     }
 }

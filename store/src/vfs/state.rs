@@ -22,7 +22,7 @@
 //! before a newer checkpoint stops naming them, so a recovered state never
 //! points at missing data. Files unlinked while still open are not recorded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
@@ -31,7 +31,7 @@ use std::sync::Arc;
 use ds_format::ObjectId;
 use ds_format::manifest::FileRef;
 use ds_format::snapshot::SnapshotStats;
-use ds_format::tree::DirRef;
+use ds_format::tree::{DirRef, EntryData, Xattr};
 use serde::{Deserialize, Serialize};
 
 use super::node::{Content, DirState, FileState, Node, Overlay};
@@ -40,7 +40,8 @@ use super::{Ino, RwState, VResult, Vfs, VfsError, VfsOptions, now_ns};
 use crate::layout::sync_dir;
 use crate::{IoContext, Result, Store, StoreError};
 
-const STATE_VERSION: u32 = 1;
+/// 2 added attributes, hard links and special files; 1 is still read.
+const STATE_VERSION: u32 = 2;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Saved {
@@ -59,6 +60,21 @@ struct Meta {
     gid: u32,
     mtime_ns: i64,
     dirty: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Hard-link group label and link count (0 and 1 when not linked).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    group: u64,
+    #[serde(default = "one")]
+    nlink: u32,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -82,6 +98,16 @@ enum SavedNode {
     Symlink {
         meta: Meta,
         target: Vec<u8>,
+    },
+    /// A FIFO, socket or device node: the tree format's kind code (4–7).
+    Special {
+        meta: Meta,
+        kind: u8,
+        rdev: u64,
+    },
+    /// Another name of a hard-linked node saved earlier in this state.
+    Link {
+        group: u64,
     },
 }
 
@@ -142,7 +168,7 @@ impl Vfs {
         let head_hex = head.map(|h| h.to_hex()).unwrap_or_default();
         let saved = match saved {
             Some(_) if discard => None,
-            Some(s) if s.version != STATE_VERSION => {
+            Some(s) if !(1..=STATE_VERSION).contains(&s.version) => {
                 return Err(StoreError::Corrupt(format!(
                     "{}: dirty layer version {} not understood",
                     state_path.display(),
@@ -195,17 +221,15 @@ impl Vfs {
             let root = v.restore_node(&s.root, None, Vec::new())?;
             let node = v.nodes.remove(&root).expect("restored root");
             v.nodes.insert(Ino::ROOT.0, node);
-            // Children restored under the temporary number point back to it.
-            let kids: Vec<u64> = v
-                .nodes
-                .get(&Ino::ROOT.0)
-                .and_then(|n| n.dir())
-                .and_then(|d| d.children.as_ref())
-                .map(|c| c.values().copied().collect())
-                .unwrap_or_default();
-            for k in kids {
-                if let Some(n) = v.nodes.get_mut(&k) {
+            // Names restored under the temporary number point back to it.
+            for n in v.nodes.values_mut() {
+                if n.parent == Some(root) {
                     n.parent = Some(Ino::ROOT.0);
+                }
+                for (p, _) in &mut n.more {
+                    if *p == root {
+                        *p = Ino::ROOT.0;
+                    }
                 }
             }
             if let Some(n) = v.nodes.get_mut(&Ino::ROOT.0) {
@@ -226,27 +250,19 @@ impl Vfs {
             dirs: 1,
             ..Default::default()
         };
-        let now = now_ns();
-        self.nodes.insert(
-            Ino::ROOT.0,
-            Node {
-                parent: None,
-                name: Vec::new(),
-                content: Content::Dir(DirState {
-                    base: None,
-                    children: Some(BTreeMap::new()),
-                }),
-                mode: 0o755,
-                uid: self.opts.uid,
-                gid: self.opts.gid,
-                mtime_ns: now,
-                ctime_ns: now,
-                atime_ns: now,
-                dirty: false,
-                lookups: 1,
-                opens: 0,
-            },
+        let mut root = Node::fresh(
+            None,
+            Vec::new(),
+            Content::Dir(DirState {
+                base: None,
+                children: Some(BTreeMap::new()),
+            }),
+            0o755,
+            (self.opts.uid, self.opts.gid),
+            now_ns(),
         );
+        root.lookups = 1;
+        self.nodes.insert(Ino::ROOT.0, root);
     }
 
     fn used_overlays(&self) -> Vec<u64> {
@@ -258,6 +274,30 @@ impl Vfs {
 
     fn restore_node(&mut self, s: &SavedNode, parent: Option<u64>, name: Vec<u8>) -> Result<u64> {
         let (meta, content) = match s {
+            SavedNode::Link { group } => {
+                let ino = *self.groups.get(group).ok_or_else(|| {
+                    StoreError::Corrupt(format!("dirty layer: link to unknown group {group}"))
+                })?;
+                let n = self.nodes.get_mut(&ino).expect("group node");
+                n.add_name(parent.expect("a link has a directory"), &name);
+                return Ok(ino);
+            }
+            SavedNode::Special { meta, kind, rdev } => {
+                let data = match kind {
+                    4 => EntryData::Fifo,
+                    5 => EntryData::Socket,
+                    6 | 7 => EntryData::Device {
+                        block: *kind == 7,
+                        rdev: *rdev,
+                    },
+                    k => {
+                        return Err(StoreError::Corrupt(format!(
+                            "dirty layer: unknown special file kind {k}"
+                        )));
+                    }
+                };
+                (meta, Content::Special(data))
+            }
             SavedNode::Dir { meta, base, .. } => {
                 let base = match base {
                     Some((h, r)) => Some(DirRef {
@@ -322,20 +362,29 @@ impl Vfs {
             }
             SavedNode::Symlink { meta, target } => (meta, Content::Symlink(target.clone())),
         };
-        let ino = self.alloc(Node {
+        let mut node = Node::fresh(
             parent,
             name,
             content,
-            mode: meta.mode,
-            uid: meta.uid,
-            gid: meta.gid,
-            mtime_ns: meta.mtime_ns,
-            ctime_ns: meta.mtime_ns,
-            atime_ns: meta.mtime_ns,
-            dirty: meta.dirty,
-            lookups: 0,
-            opens: 0,
-        });
+            meta.mode,
+            (meta.uid, meta.gid),
+            meta.mtime_ns,
+        );
+        node.dirty = meta.dirty;
+        node.group = meta.group;
+        node.nlink = meta.nlink.max(1);
+        node.xattrs = meta
+            .xattrs
+            .iter()
+            .map(|(n, v)| Xattr {
+                name: n.clone(),
+                value: v.clone(),
+            })
+            .collect();
+        let ino = self.alloc(node);
+        if meta.group != 0 {
+            self.groups.insert(meta.group, ino);
+        }
         if let SavedNode::Dir {
             children: Some(cs), ..
         } = s
@@ -352,14 +401,26 @@ impl Vfs {
         Ok(ino)
     }
 
-    fn save_node(&self, ino: u64) -> SavedNode {
+    /// A node as saved; `linked` holds the hard-linked nodes saved so far
+    /// (their later names are saved as links to them).
+    fn save_node(&self, ino: u64, linked: &mut HashSet<u64>) -> SavedNode {
         let n = &self.nodes[&ino];
+        if n.group != 0 && !linked.insert(ino) {
+            return SavedNode::Link { group: n.group };
+        }
         let meta = Meta {
             mode: n.mode,
             uid: n.uid,
             gid: n.gid,
             mtime_ns: n.mtime_ns,
             dirty: n.dirty,
+            xattrs: n
+                .xattrs
+                .iter()
+                .map(|x| (x.name.clone(), x.value.clone()))
+                .collect(),
+            group: n.group,
+            nlink: n.nlink,
         };
         match &n.content {
             Content::Dir(d) => SavedNode::Dir {
@@ -368,7 +429,7 @@ impl Vfs {
                 children: match (&d.children, n.dirty) {
                     (Some(c), true) => Some(
                         c.iter()
-                            .map(|(name, i)| (name.clone(), self.save_node(*i)))
+                            .map(|(name, i)| (name.clone(), self.save_node(*i, linked)))
                             .collect(),
                     ),
                     _ => None,
@@ -385,6 +446,19 @@ impl Vfs {
             Content::Symlink(t) => SavedNode::Symlink {
                 meta,
                 target: t.clone(),
+            },
+            Content::Special(d) => SavedNode::Special {
+                meta,
+                kind: match d {
+                    EntryData::Fifo => 4,
+                    EntryData::Socket => 5,
+                    EntryData::Device { block: false, .. } => 6,
+                    _ => 7,
+                },
+                rdev: match d {
+                    EntryData::Device { rdev, .. } => *rdev,
+                    _ => 0,
+                },
             },
         }
     }
@@ -408,7 +482,7 @@ impl Vfs {
                 self.base.to_hex()
             },
             next_overlay: rw.next_overlay,
-            root: self.save_node(Ino::ROOT.0),
+            root: self.save_node(Ino::ROOT.0, &mut HashSet::new()),
         };
         let bytes = serde_json::to_vec(&saved).map_err(|e| VfsError::io(e.to_string()))?;
         let tmp = dir.join("state.json.tmp");

@@ -181,6 +181,20 @@ pub(super) struct EntryJson {
     /// Symlinks only; the key is absent for other entries.
     #[serde(skip_serializing_if = "Option::is_none")]
     target: Option<String>,
+    /// Recorded owner; absent in snapshots made before ds recorded owners.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gid: Option<u32>,
+    /// Hard-link group label, shared by every name of one inode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link_group: Option<u64>,
+    /// Device number of a device node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rdev: Option<u64>,
+    /// Names of the extended attributes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    xattrs: Vec<String>,
 }
 
 impl EntryJson {
@@ -196,6 +210,14 @@ impl EntryJson {
                 EntryData::Symlink(t) => Some(lossy(t)),
                 _ => None,
             },
+            uid: e.owner.map(|o| o.uid),
+            gid: e.owner.map(|o| o.gid),
+            link_group: e.link.map(|l| l.group),
+            rdev: match e.data {
+                EntryData::Device { rdev, .. } => Some(rdev),
+                _ => None,
+            },
+            xattrs: e.xattrs.iter().map(|x| lossy(&x.name)).collect(),
         }
     }
 }
@@ -252,6 +274,10 @@ pub(super) struct RestoreJson<'a> {
     files: u64,
     dirs: u64,
     symlinks: u64,
+    /// FIFOs, sockets and device nodes.
+    specials: u64,
+    /// Names made as hard links of another restored name.
+    hardlinks: u64,
     bytes: u64,
     errors: &'a [String],
 }
@@ -264,6 +290,8 @@ impl<'a> RestoreJson<'a> {
             files: r.files,
             dirs: r.dirs,
             symlinks: r.symlinks,
+            specials: r.specials,
+            hardlinks: r.hardlinks,
             bytes: r.bytes,
             errors: &r.errors,
         }

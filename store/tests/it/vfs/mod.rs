@@ -6,6 +6,7 @@
 mod commit;
 mod damage;
 mod journal;
+mod links;
 mod posix;
 mod read;
 mod recovery;

@@ -58,13 +58,14 @@ pub struct MountArgs {
     /// then checks permissions from modes and owners (allow_other + default_permissions)
     #[arg(long)]
     allow_other: bool,
-    /// Show every file as owned by this user, whatever the snapshot
-    /// records (what chown sets is still recorded). Without it, recorded
-    /// owners are shown, and the mountpoint's owner for snapshots made
-    /// before ds recorded owners
+    /// Show the snapshot's files as owned by this user, whatever it
+    /// records (files made or chowned in the mount show their real owner;
+    /// a snapshot of the mount keeps the recorded owners). Without it,
+    /// recorded owners are shown, and the mountpoint's owner for snapshots
+    /// made before ds recorded owners
     #[arg(long)]
     uid: Option<u32>,
-    /// Show every file's group as this group (see --uid)
+    /// Show the snapshot's files' group as this group (see --uid)
     #[arg(long)]
     gid: Option<u32>,
     /// Memory for verified chunks, in MiB. The kernel's page cache keeps

@@ -8,6 +8,7 @@ mod damage;
 mod hubgc;
 mod malicious;
 mod mount;
+mod posix;
 mod regressions;
 mod runs;
 mod sync;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::*;
 
-fn fuse_available() -> bool {
+pub(crate) fn fuse_available() -> bool {
     if Path::new("/dev/fuse").exists() {
         return true;
     }
@@ -32,7 +32,7 @@ fn is_mounted(p: &Path) -> bool {
 }
 
 /// A `ds mount` process; unmounts (lazily, if it must) when dropped.
-struct Mount {
+pub(crate) struct Mount {
     child: Option<Child>,
     mp: PathBuf,
     store: PathBuf,
@@ -40,7 +40,7 @@ struct Mount {
 }
 
 impl Mount {
-    fn start(store: &Path, args: &[&str], mp: &Path) -> Mount {
+    pub(crate) fn start(store: &Path, args: &[&str], mp: &Path) -> Mount {
         fs::create_dir_all(mp).unwrap();
         let stderr = mp.with_extension("log");
         let child = ds(store)
@@ -76,7 +76,7 @@ impl Mount {
         fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
-    fn umount(mut self) {
+    pub(crate) fn umount(mut self) {
         ok(ds(&self.store).arg("umount").arg(&self.mp));
         let st = self.child.take().unwrap().wait().unwrap();
         assert!(st.success(), "mount process: {st}: {}", self.log());
@@ -124,7 +124,7 @@ impl Drop for Mount {
     }
 }
 
-fn sh(dir: &Path, script: &str) -> String {
+pub(crate) fn sh(dir: &Path, script: &str) -> String {
     let out = Command::new("sh")
         .arg("-ec")
         .arg(script)

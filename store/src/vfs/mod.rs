@@ -197,9 +197,11 @@ pub struct VfsOptions {
     /// written before format 2): usually the owner of the mountpoint.
     pub uid: u32,
     pub gid: u32,
-    /// Show every entry as owned by this (uid, gid), whatever is recorded
-    /// (`ds mount --uid`, a container's user on a runner). Recorded owners
-    /// are kept, and what chown sets is recorded, but not shown.
+    /// Show every entry of the snapshot as owned by this (uid, gid),
+    /// whatever it records (`ds mount --uid`, a container's user on a
+    /// runner). Entries made in the mount and entries chowned in it show
+    /// their real owners. Recorded owners are kept: a snapshot of the
+    /// mount records them, not the forced one.
     pub force_owner: Option<(u32, u32)>,
     /// Bytes of verified chunks kept in memory.
     pub cache_bytes: u64,
@@ -433,7 +435,8 @@ impl Vfs {
                 .map_err(|e| VfsError::io(format!("listing {}: {e}", self.path_of(Ino(ino)))))?,
             None => Vec::new(),
         };
-        let (uid, gid) = (self.opts.uid, self.opts.gid);
+        let fallback = (self.opts.uid, self.opts.gid);
+        let forced = self.opts.force_owner.is_some();
         let mut children = BTreeMap::new();
         let mut joined_dirty = false;
         for e in &entries {
@@ -448,7 +451,7 @@ impl Vfs {
                 children.insert(e.name.clone(), c);
                 continue;
             }
-            let c = self.alloc(Node::from_entry(e, ino, uid, gid));
+            let c = self.alloc(Node::from_entry(e, ino, fallback, forced));
             if let Some(l) = e.link {
                 self.groups.insert(l.group, c);
             }
@@ -509,7 +512,10 @@ impl Vfs {
                 (Kind::Dir, if alive { 2 + subdirs as u32 } else { 0 }, 8)
             }
         };
-        let (uid, gid) = self.opts.force_owner.unwrap_or((n.uid, n.gid));
+        let (uid, gid) = match self.opts.force_owner {
+            Some(o) if n.owner_forced => o,
+            _ => (n.uid, n.gid),
+        };
         Ok(Attr {
             ino: Ino(ino),
             kind,

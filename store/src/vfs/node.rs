@@ -87,6 +87,9 @@ pub(crate) struct Node {
     /// Hard-link group label (0: none yet); kept across snapshots.
     pub group: u64,
     pub xattrs: Vec<Xattr>,
+    /// Shown as the mount's forced owner (`VfsOptions::force_owner`), not
+    /// as `uid`/`gid`, which keep what the snapshot records.
+    pub owner_forced: bool,
     pub content: Content,
     pub mode: u32,
     pub uid: u32,
@@ -117,6 +120,7 @@ impl Node {
             nlink: 1,
             group: 0,
             xattrs: Vec::new(),
+            owner_forced: false,
             content,
             mode: mode & 0o7777,
             uid,
@@ -131,8 +135,9 @@ impl Node {
     }
 
     /// A node for a stored entry; `uid`/`gid` are used if it records no
-    /// owner (trees of format 1).
-    pub fn from_entry(e: &Entry, parent: u64, uid: u32, gid: u32) -> Node {
+    /// owner (trees of format 1); `forced`: shown with the mount's forced
+    /// owner.
+    pub fn from_entry(e: &Entry, parent: u64, (uid, gid): (u32, u32), forced: bool) -> Node {
         let content = match &e.data {
             EntryData::File(f) => Content::File(FileState::clean(*f)),
             EntryData::Dir(d) => Content::Dir(DirState {
@@ -150,6 +155,7 @@ impl Node {
             nlink: e.link.map(|l| l.nlink.max(1)).unwrap_or(1),
             group: e.link.map(|l| l.group).unwrap_or(0),
             xattrs: e.xattrs.clone(),
+            owner_forced: forced,
             content,
             mode: e.mode & 0o7777,
             uid,

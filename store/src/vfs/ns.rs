@@ -355,9 +355,17 @@ impl Vfs {
             self.truncate(ino.0, size)?;
         }
         let now = now_ns();
+        let forced = self.opts.force_owner;
         let n = self.node_mut(ino.0)?;
         if let Some(m) = s.mode {
             n.mode = m & 0o7777;
+        }
+        if (s.uid.is_some() || s.gid.is_some())
+            && n.owner_forced
+            && let Some((u, g)) = forced
+        {
+            // What the caller saw is what a partial chown keeps.
+            (n.uid, n.gid, n.owner_forced) = (u, g, false);
         }
         if let Some(u) = s.uid {
             n.uid = u;

@@ -24,6 +24,10 @@ ds_install_system_packages() {
     command -v git >/dev/null || need+=(git)
     command -v sqlite3 >/dev/null || need+=(sqlite3)
     command -v tar >/dev/null || need+=(tar)
+    # POSIX home directories: rsync -aHAX is the yardstick of the round
+    # trip tests, bindfs pjdfstest's (scripts/pjdfstest.sh).
+    command -v rsync >/dev/null || need+=(rsync)
+    command -v bindfs >/dev/null || need+=(bindfs)
     python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
     # The container executor's tests: podman serving the Docker API (with
     # runc), and a static busybox to build the test image from.

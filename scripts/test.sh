@@ -33,5 +33,7 @@ eval "$(scripts/jupyter.sh)"
 export DS_TEST_REQUIRE_BROWSER=1
 echo "== cargo test (unit, integration, property, model-based, crash, sync, fuzz corpora, benches once)"
 cargo test --workspace --all-targets --locked
+echo "== pjdfstest on a read-write ds mount, against bindfs in the same run"
+scripts/pjdfstest.sh
 echo "== benchmark smoke: ds and its peers on a 16 MiB corpus (no timing assertions)"
 python3 benches/harness.py --smoke --json-out "$CARGO_TARGET_DIR/bench-smoke.json"

@@ -234,6 +234,26 @@ impl Entry {
         }
     }
 
+    /// What differs between two versions of one entry besides its content,
+    /// type and mtime: any of "mode", "owner", "xattrs". Owners are compared
+    /// only when both record one (trees of format 1 record none), and
+    /// hard-link labels not at all (they are only labels).
+    pub fn metadata_changes(&self, new: &Entry) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.mode != new.mode {
+            out.push("mode");
+        }
+        if let (Some(a), Some(b)) = (self.owner, new.owner)
+            && a != b
+        {
+            out.push("owner");
+        }
+        if self.xattrs != new.xattrs {
+            out.push("xattrs");
+        }
+        out
+    }
+
     fn kind_code(&self) -> u8 {
         match &self.data {
             EntryData::File(_) => 1,

@@ -44,7 +44,7 @@ pub struct Change {
 }
 
 fn same_content(a: &Entry, b: &Entry) -> bool {
-    a.data == b.data && a.mode == b.mode
+    a.data == b.data && a.metadata_changes(b).is_empty()
 }
 
 impl SyncService {
@@ -208,9 +208,10 @@ impl SyncService {
                         _ if same_content(x, y) => None,
                         (EntryData::Dir(p), EntryData::Dir(q)) => {
                             subdirs.push((path.clone(), *p, *q));
-                            (x.mode != y.mode).then_some("modified")
+                            (!x.metadata_changes(y).is_empty()).then_some("metadata")
                         }
                         _ if x.data.entry_type() != y.data.entry_type() => Some("type"),
+                        _ if x.data == y.data => Some("metadata"),
                         _ => Some("modified"),
                     },
                     (Some(_), None) => Some("removed"),

@@ -1,11 +1,12 @@
 //! Differences between two trees. Subtrees with equal hashes are skipped
 //! without being read, so the cost follows the size of the change.
 //!
-//! Reported: files and symlinks that were added, removed, modified (content
-//! or mode) or changed type; directories that were added, removed or changed
-//! type, with everything inside them. A directory whose content changed is not
-//! itself reported (its changed children are), and an mtime-only change is
-//! not a modification.
+//! Reported: entries that were added, removed, modified (content) or
+//! changed type; entries whose content is the same but whose mode, owner or
+//! extended attributes changed (`metadata`, saying which); directories
+//! added or removed with everything inside them. A directory whose content
+//! changed is not itself reported (its changed children are), and an
+//! mtime-only change is not a change.
 
 use std::collections::HashSet;
 
@@ -21,6 +22,8 @@ pub enum ChangeKind {
     Removed,
     Modified,
     TypeChanged,
+    /// Same content, other mode, owner or attributes (see `Change::metadata`).
+    Metadata,
 }
 
 impl ChangeKind {
@@ -30,6 +33,7 @@ impl ChangeKind {
             ChangeKind::Removed => "removed",
             ChangeKind::Modified => "modified",
             ChangeKind::TypeChanged => "type-changed",
+            ChangeKind::Metadata => "metadata",
         }
     }
 }
@@ -45,6 +49,8 @@ pub struct Change {
     pub new_size: Option<u64>,
     /// Bytes of content that are new in B (chunks B has that A's file lacked).
     pub bytes_changed: u64,
+    /// What else changed: any of "mode", "owner", "xattrs".
+    pub metadata: Vec<&'static str>,
 }
 
 /// Lists changes from `a` to `b`, in path order.
@@ -113,6 +119,7 @@ fn whole(
         old_size: (!added).then_some(size),
         new_size: added.then_some(size),
         bytes_changed: size,
+        metadata: Vec::new(),
     });
     if let EntryData::Dir(d) = &e.data {
         for c in store.dir_entries(d)? {
@@ -124,6 +131,7 @@ fn whole(
 
 fn both(store: &Store, x: &Entry, y: &Entry, prefix: &[u8], out: &mut Vec<Change>) -> Result<()> {
     let path = join(prefix, &x.name);
+    let metadata = x.metadata_changes(y);
     let change = |kind, bytes| Change {
         path: path.clone(),
         kind,
@@ -131,26 +139,31 @@ fn both(store: &Store, x: &Entry, y: &Entry, prefix: &[u8], out: &mut Vec<Change
         old_size: Some(x.size()),
         new_size: Some(y.size()),
         bytes_changed: bytes,
+        metadata: metadata.clone(),
     };
-    match (&x.data, &y.data) {
+    let content = match (&x.data, &y.data) {
         (EntryData::Dir(a), EntryData::Dir(b)) => {
-            dir(store, a, b, &path, out)?;
-        }
-        (EntryData::File(a), EntryData::File(b)) => {
-            if a != b {
-                out.push(change(ChangeKind::Modified, changed_bytes(store, a, b)?));
-            } else if x.mode != y.mode {
-                out.push(change(ChangeKind::Modified, 0));
+            if !metadata.is_empty() {
+                out.push(change(ChangeKind::Metadata, 0));
             }
+            return dir(store, a, b, &path, out);
         }
-        (EntryData::Symlink(a), EntryData::Symlink(b)) => {
-            if a != b || x.mode != y.mode {
-                out.push(change(ChangeKind::Modified, b.len() as u64));
-            }
+        (EntryData::File(a), EntryData::File(b)) if a != b => {
+            Some(change(ChangeKind::Modified, changed_bytes(store, a, b)?))
         }
-        _ => {
-            out.push(change(ChangeKind::TypeChanged, y.size()));
+        (EntryData::Symlink(a), EntryData::Symlink(b)) if a != b => {
+            Some(change(ChangeKind::Modified, b.len() as u64))
         }
+        (a, b) if a.entry_type() != b.entry_type() => {
+            Some(change(ChangeKind::TypeChanged, y.size()))
+        }
+        (a, b) if a != b => Some(change(ChangeKind::Modified, 0)),
+        _ => None,
+    };
+    match content {
+        Some(c) => out.push(c),
+        None if !metadata.is_empty() => out.push(change(ChangeKind::Metadata, 0)),
+        None => {}
     }
     Ok(())
 }

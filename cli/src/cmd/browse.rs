@@ -203,6 +203,7 @@ pub(super) fn diff(store: &Store, a: DiffArgs) -> Result<ExitCode> {
             ChangeKind::Removed => "-",
             ChangeKind::Modified => "M",
             ChangeKind::TypeChanged => "T",
+            ChangeKind::Metadata => "m",
         };
         let slash = if c.entry_type == EntryType::Dir {
             "/"
@@ -210,6 +211,7 @@ pub(super) fn diff(store: &Store, a: DiffArgs) -> Result<ExitCode> {
             ""
         };
         let detail = match (c.kind, c.entry_type) {
+            (ChangeKind::Metadata, _) => format!("  ({})", c.metadata.join(", ")),
             (_, EntryType::Dir) => String::new(),
             (ChangeKind::Modified, _) => format!(
                 "  ({} changed, {} -> {})",

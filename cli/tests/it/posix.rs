@@ -171,4 +171,36 @@ fn a_directory_snapshot_and_restore_keep_what_rsync_haxx_keeps() {
         (Some(1000), Some(1000))
     );
     assert!(model["xattrs"].as_array().unwrap().len() == 2, "{model}");
+    // Mode, owner and attribute changes are their own kind of change.
+    sh(
+        &src,
+        "chmod 600 pkg/setup.py && chown -h 5:5 latest && \
+         python3 -c \"import os; os.setxattr('env', 'user.note', b'n')\"",
+    );
+    ok(ds(&store)
+        .args(["snapshot", "--workspace", "dir"])
+        .arg(&src));
+    let d = json(&ok(ds(&store).args(["diff", "dir~1", "dir", "--json"])));
+    let got: Vec<(String, String, String)> = d["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_string(),
+                c["kind"].as_str().unwrap().to_string(),
+                c["metadata"].to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        ("env", "metadata", r#"["xattrs"]"#),
+        ("latest", "metadata", r#"["owner"]"#),
+        ("pkg/setup.py", "metadata", r#"["mode"]"#),
+    ];
+    assert_eq!(
+        got,
+        want.map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())),
+        "{d}"
+    );
 }

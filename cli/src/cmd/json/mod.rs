@@ -170,7 +170,7 @@ impl<'a> SnapshotInfoJson<'a> {
 #[derive(Debug, Serialize)]
 pub(super) struct EntryJson {
     name: String,
-    /// `file`, `dir` or `symlink`.
+    /// `file`, `dir`, `symlink`, `fifo`, `socket`, `chardev` or `blockdev`.
     #[serde(rename = "type")]
     kind: &'static str,
     /// Permission bits in octal, as a string (`"644"`).
@@ -243,6 +243,10 @@ struct ChangeJson {
     /// `null` when the path is removed.
     new_size: Option<u64>,
     bytes_changed: u64,
+    /// For kind "metadata" (and alongside others): which of "mode",
+    /// "owner", "xattrs" changed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    metadata: Vec<&'static str>,
 }
 
 impl DiffJson {
@@ -259,6 +263,7 @@ impl DiffJson {
                     old_size: c.old_size,
                     new_size: c.new_size,
                     bytes_changed: c.bytes_changed,
+                    metadata: c.metadata.clone(),
                 })
                 .collect(),
             bytes_changed: total,

@@ -1,10 +1,11 @@
 //! Snapshotting a mount (the O(changed) commit): its result equals a cold
-//! snapshot of the same tree, after random edits, after a small overwrite of
+//! snapshot of the same tree, after random edits (writes, truncates,
+//! renames, unlinks, chmod, hard links, xattrs, chown), after a small overwrite of
 //! a big file (which rechunks only around it), and from a workspace with no
 //! snapshot yet.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use ds_store::format::config::Compression;
@@ -23,7 +24,7 @@ fn edit(v: &mut Vfs, real: &Path, step: u64, seed: u64) {
     let t = targets[(r[0] % 4) as usize];
     let path = real.join(t);
     let exists = path.exists();
-    match r[1] % 7 {
+    match r[1] % 10 {
         // overwrite a range (maybe past the end: a sparse write)
         0..=2 => {
             let len = (pick(2) % 9000 + 1) as usize;
@@ -102,6 +103,40 @@ fn edit(v: &mut Vfs, real: &Path, step: u64, seed: u64) {
             v.unlink(parent, name.as_bytes()).unwrap();
             fs::remove_file(&path).unwrap();
         }
+        // a hard link in the root (later edits of either name change both)
+        7 if exists => {
+            let name = format!("link-{step}");
+            let ino = resolve_path(v, t);
+            let a = v.link(ino, Ino::ROOT, name.as_bytes()).unwrap();
+            fs::hard_link(&path, real.join(&name)).unwrap();
+            assert_eq!(u64::from(a.nlink), fs::metadata(&path).unwrap().nlink());
+        }
+        // an extended attribute
+        8 if exists => {
+            let ino = resolve_path(v, t);
+            let (k, val) = (
+                format!("user.k{}", r[3] % 3),
+                noise(usize::from(r[4]), pick(5)),
+            );
+            v.setxattr(ino, k.as_bytes(), &val, false, false).unwrap();
+            rustix::fs::lsetxattr(&path, k.as_str(), &val, rustix::fs::XattrFlags::empty())
+                .unwrap();
+        }
+        // chown (only root may give files away)
+        9 if exists && ds_store::meta::is_root() => {
+            let ino = resolve_path(v, t);
+            let (uid, gid) = (1000 + u32::from(r[3]), 2000 + u32::from(r[4]));
+            v.setattr(
+                ino,
+                SetAttr {
+                    uid: Some(uid),
+                    gid: Some(gid),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            ds_store::meta::chown(&path, ds_store::format::tree::Owner { uid, gid }).unwrap();
+        }
         // chmod
         _ if exists => {
             let ino = resolve_path(v, t);
@@ -123,6 +158,7 @@ fn edit(v: &mut Vfs, real: &Path, step: u64, seed: u64) {
 #[test]
 fn snapshot_of_a_mount_equals_a_cold_snapshot() {
     let mut rechunked = 0;
+    let (mut linked, mut with_xattrs) = (0, 0);
     for seed in 0..12u64 {
         let tmp = tempfile::tempdir().unwrap();
         let (root, src) = setup(tmp.path(), &sample());
@@ -136,11 +172,10 @@ fn snapshot_of_a_mount_equals_a_cold_snapshot() {
             rechunked += r.files_rechunked;
             let expect = cold(&root, &src, "cold");
             let s = Store::open(&root, Access::Read, true).unwrap();
-            assert_eq!(
-                listing(&s, r.id),
-                listing(&s, expect),
-                "seed {seed} round {round}"
-            );
+            let got = listing(&s, r.id);
+            assert_eq!(got, listing(&s, expect), "seed {seed} round {round}");
+            linked += got.values().filter(|e| e.4.is_some()).count();
+            with_xattrs += got.values().filter(|e| !e.3.is_empty()).count();
             let a = s.load_snapshot(&r.id).unwrap().stats;
             let b = s.load_snapshot(&expect).unwrap().stats;
             assert_eq!(a, b, "stats, seed {seed} round {round}");
@@ -153,6 +188,10 @@ fn snapshot_of_a_mount_equals_a_cold_snapshot() {
         let _ = id;
     }
     assert!(rechunked > 20, "the edits changed only {rechunked} files");
+    assert!(
+        linked > 10 && with_xattrs > 10,
+        "links {linked}, attributes {with_xattrs}"
+    );
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use ds_store::format::ObjectId;
 use ds_store::format::config::Compression;
-use ds_store::format::tree::{Entry, EntryData};
+use ds_store::format::tree::{Entry, EntryData, Owner, Xattr};
 use ds_store::ingest::{SnapshotOptions, snapshot};
 use ds_store::progress::Progress;
 use ds_store::vfs::{CommitOptions, Ino, Target, Vfs};
@@ -65,34 +65,54 @@ fn setup(tmp: &Path, files: &Files) -> (std::path::PathBuf, std::path::PathBuf) 
     (root, src)
 }
 
+/// What a listing compares of one entry: mode, content, owner (as root,
+/// when the test's files and the mount's agree on it), attributes, and the
+/// first path of its hard-link group with its link count.
+type Listed = (
+    u32,
+    EntryData,
+    Option<Owner>,
+    Vec<Xattr>,
+    Option<(String, u32)>,
+);
+
 /// Every entry of a snapshot by path, mtimes left out (a mount and a real
-/// directory never agree on them).
-fn listing(store: &Store, snap: ObjectId) -> BTreeMap<String, (u32, EntryData)> {
+/// directory never agree on them), hard-link labels replaced by the
+/// group's first path (labels differ between a mount and a directory).
+fn listing(store: &Store, snap: ObjectId) -> BTreeMap<String, Listed> {
     fn walk(
         store: &Store,
         d: &ds_store::format::tree::DirRef,
         pre: &str,
-        out: &mut BTreeMap<String, (u32, EntryData)>,
+        out: &mut Vec<(String, Entry)>,
     ) {
-        for Entry {
-            name, mode, data, ..
-        } in store.dir_entries(d).unwrap()
-        {
-            let p = format!("{pre}/{}", String::from_utf8_lossy(&name));
-            if let EntryData::Dir(sub) = &data {
+        for e in store.dir_entries(d).unwrap() {
+            let p = format!("{pre}/{}", String::from_utf8_lossy(&e.name));
+            if let EntryData::Dir(sub) = &e.data {
                 walk(store, sub, &p, out);
             }
-            let data = match data {
-                EntryData::Dir(_) => EntryData::Symlink(b"<dir>".to_vec()),
-                d => d,
-            };
-            out.insert(p, (mode, data));
+            out.push((p, e));
         }
     }
     let s = store.load_snapshot(&snap).unwrap();
-    let mut out = BTreeMap::new();
-    walk(store, &s.root, "", &mut out);
-    out
+    let mut all = Vec::new();
+    walk(store, &s.root, "", &mut all);
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut first: BTreeMap<u64, String> = BTreeMap::new();
+    let root = ds_store::meta::is_root();
+    all.into_iter()
+        .map(|(p, e)| {
+            let link = e
+                .link
+                .map(|l| (first.entry(l.group).or_insert(p.clone()).clone(), l.nlink));
+            let data = match e.data {
+                EntryData::Dir(_) => EntryData::Symlink(b"<dir>".to_vec()),
+                d => d,
+            };
+            let owner = if root { e.owner } else { None };
+            (p, (e.mode, data, owner, e.xattrs, link))
+        })
+        .collect()
 }
 
 fn resolve_path(v: &mut Vfs, path: &str) -> Ino {

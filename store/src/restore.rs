@@ -18,7 +18,7 @@
 //! written (so no link is made to a file still being written), and their
 //! directories' mtimes are set again after.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use ds_format::ObjectId;
 use ds_format::manifest::FileRef;
 use ds_format::tree::{DirRef, Entry, EntryData, validate_name};
 use rayon::prelude::*;
@@ -160,17 +161,42 @@ pub fn restore(
 }
 
 /// Restores a single file entry's content to `dest` (which must not exist).
+///
+/// Runs of zeros of at least a page (what a sparse file's holes read as,
+/// and any other zero run) are left as holes rather than written, as
+/// `cp --sparse=auto` does: a 50 GiB sparse file restores as a sparse file,
+/// and a chunk seen to be zeros once is not read again for that file.
 pub fn restore_file(store: &Store, file: &FileRef, dest: &Path) -> Result<()> {
-    let mut f = OpenOptions::new()
+    let f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(dest)
         .at(dest)?;
-    let r = store.read_file(file, &mut f);
+    let r = write_sparse(store, file, &f, dest);
     if r.is_err() {
         let _ = fs::remove_file(dest);
     }
     r
+}
+
+fn write_sparse(store: &Store, file: &FileRef, f: &fs::File, dest: &Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut zeros: HashSet<ObjectId> = HashSet::new();
+    let mut pos = 0u64;
+    store.for_each_chunk(file, &mut |id, _, len| {
+        if !zeros.contains(&id) {
+            let data = store.read_chunk(&id, len)?;
+            if data.len() >= 4096 && data.iter().all(|b| *b == 0) {
+                zeros.insert(id);
+            } else {
+                f.write_all_at(&data, pos).at(dest)?;
+            }
+        }
+        pos += len;
+        Ok(())
+    })?;
+    // A file that ends in a hole gets its length here.
+    f.set_len(pos).at(dest)
 }
 
 impl Ctx<'_> {

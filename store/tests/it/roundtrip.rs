@@ -124,3 +124,49 @@ fn insertion_in_a_big_file_stores_little() {
     assert!(r.written.raw_bytes < 40_000, "{:?}", r.written);
     assert_eq!(restored(&store, "w", &t.path().join("r"))["big"].0, edited);
 }
+
+/// A sparse file comes back sparse: its holes (and any page-sized run of
+/// zeros) are not written, and the bytes read back the same.
+#[test]
+fn a_sparse_file_restores_sparse() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let t = tempfile::tempdir().unwrap();
+    let store = small_store(&t.path().join("store"), Compression::Zstd { level: 1 });
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let f = std::fs::File::create(src.join("sparse")).unwrap();
+    f.set_len(64 << 20).unwrap();
+    f.write_all_at(b"head", 0).unwrap();
+    f.write_all_at(b"middle", 32 << 20).unwrap();
+    drop(f);
+    let f = std::fs::File::create(src.join("ends-in-a-hole")).unwrap();
+    f.write_all_at(b"x", 0).unwrap();
+    f.set_len(8 << 20).unwrap();
+    drop(f);
+    snap(&store, &src);
+    let out = t.path().join("out");
+    let id = resolve(&store, "w").unwrap();
+    let root = store.load_snapshot(&id).unwrap().root;
+    restore(
+        &store,
+        &root,
+        &out,
+        RestoreOptions::default(),
+        &Progress::default(),
+    )
+    .unwrap();
+    for name in ["sparse", "ends-in-a-hole"] {
+        let (a, b) = (src.join(name), out.join(name));
+        assert_eq!(
+            std::fs::read(&a).unwrap(),
+            std::fs::read(&b).unwrap(),
+            "{name}"
+        );
+        let m = std::fs::metadata(&b).unwrap();
+        assert!(
+            m.blocks() * 512 < 1 << 20,
+            "{name}: {} bytes allocated",
+            m.blocks() * 512
+        );
+    }
+}

@@ -253,9 +253,9 @@ impl Filesystem for DsFs {
         let (p, n, uid, gid) = (Ino(parent.0), name(n), req.uid(), req.gid());
         let r = match mode & libc::S_IFMT {
             libc::S_IFREG => self.v().mknod_file(p, n, mode, uid, gid),
-            kind => self
+            _ => self
                 .v()
-                .mknod_special(p, n, kind, mode, u64::from(rdev), uid, gid),
+                .mknod_special(p, n, mode, u64::from(rdev), uid, gid),
         };
         self.entry(r, reply);
     }

@@ -178,19 +178,19 @@ impl Vfs {
         self.new_entry(parent, name, content, mode, uid, gid)
     }
 
-    /// Creates a FIFO, socket or device node (`kind`: S_IFIFO, S_IFSOCK,
-    /// S_IFCHR or S_IFBLK; the kernel checks who may make devices).
+    /// Creates a FIFO, socket or device node: `mode` as mknod(2) takes it
+    /// (S_IFIFO, S_IFSOCK, S_IFCHR or S_IFBLK with the permission bits);
+    /// the kernel has checked who may make devices.
     pub fn mknod_special(
         &mut self,
         parent: Ino,
         name: &[u8],
-        kind: u32,
         mode: u32,
         rdev: u64,
         uid: u32,
         gid: u32,
     ) -> VResult<Attr> {
-        let data = match kind {
+        let data = match mode & libc::S_IFMT {
             libc::S_IFIFO => EntryData::Fifo,
             libc::S_IFSOCK => EntryData::Socket,
             libc::S_IFCHR => EntryData::Device { block: false, rdev },

@@ -209,9 +209,9 @@ fn a_read_write_mount_makes_links_specials_and_xattrs_that_snapshot_like_a_direc
     let d1 = resolve_path(&mut v, "d1");
     let l = v.link(plain, d1, b"plain-link").unwrap();
     assert_eq!((l.ino, l.nlink), (plain, 2));
-    v.mknod_special(d1, b"pipe", libc::S_IFIFO, 0o600, 0, uid, gid)
+    v.mknod_special(d1, b"pipe", libc::S_IFIFO | 0o600, 0, uid, gid)
         .unwrap();
-    v.mknod_special(d1, b"s", libc::S_IFSOCK, 0o755, 0, uid, gid)
+    v.mknod_special(d1, b"s", libc::S_IFSOCK | 0o755, 0, uid, gid)
         .unwrap();
     v.setxattr(plain, b"user.new", b"v", true, false).unwrap();
     assert_eq!(

@@ -85,6 +85,8 @@ struct Ctx<'a> {
     errors: Mutex<Vec<String>>,
     /// Owners are set only by root (anyone else may not give files away).
     owners: bool,
+    /// Running as root (may set trusted.* and security.* attributes).
+    root: bool,
     /// Each hard-link group's first name (its path), once claimed.
     groups: Mutex<HashMap<u64, PathBuf>>,
     pending: Mutex<Vec<PendingLink>>,
@@ -144,6 +146,7 @@ pub fn restore(
         bytes: AtomicU64::new(0),
         errors: Mutex::new(Vec::new()),
         owners: !opts.no_owners && meta::is_root(),
+        root: meta::is_root(),
         groups: Mutex::new(HashMap::new()),
         pending: Mutex::new(Vec::new()),
     };
@@ -367,11 +370,22 @@ impl Ctx<'_> {
         {
             self.fail(rel, format!("owner: {err}"));
         }
-        if !self.opts.no_xattrs
-            && !e.xattrs.is_empty()
-            && let Err(err) = meta::write_xattrs(path, &e.xattrs)
-        {
-            self.fail(rel, format!("extended attributes: {err}"));
+        if !self.opts.no_xattrs && !e.xattrs.is_empty() {
+            // Only root may set trusted.* and security.* attributes; anyone
+            // else restores the user.* ones (as rsync -X does), and the
+            // rest are not errors.
+            let settable: Vec<_> = e
+                .xattrs
+                .iter()
+                .filter(|x| {
+                    self.root
+                        || !(x.name.starts_with(b"trusted.") || x.name.starts_with(b"security."))
+                })
+                .cloned()
+                .collect();
+            if let Err(err) = meta::write_xattrs(path, &settable) {
+                self.fail(rel, format!("extended attributes: {err}"));
+            }
         }
     }
 

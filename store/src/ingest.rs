@@ -15,13 +15,16 @@
 //! is read once. A file that changes while
 //! being read is read again (up to three times) and otherwise stored as last
 //! read, with a warning, and kept out of the stat cache. Unreadable entries
-//! are skipped with a warning; the snapshot still completes — except a
-//! path too long for the kernel (a tree deeper than PATH_MAX), which fails
-//! the snapshot, since skipping it would drop a whole subtree silently.
+//! are skipped with a warning; the snapshot still completes. Every entry is
+//! opened relative to its directory's handle (`openat` with O_NOFOLLOW),
+//! never by path, so a tree deeper than PATH_MAX is walked whole, and the
+//! walk runs on big stacks (`deep.rs`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
 use std::io::{self, ErrorKind, Read};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -35,6 +38,7 @@ use ds_format::tree::{DirBuilder, DirRef, Entry, EntryData};
 use crate::meta;
 use ds_format::{ObjectId, ObjectKind};
 use rayon::prelude::*;
+use rustix::fs::{Dir, OFlags};
 
 use crate::index::StatEntry;
 use crate::progress::Progress;
@@ -145,8 +149,8 @@ pub fn snapshot(
         warnings: Mutex::new(Vec::new()),
         linked: Mutex::new(HashMap::new()),
     };
-    let rd = fs::read_dir(&root).at(&root)?;
-    let tree = ing.dir(&root, rd)?;
+    let dir = File::open(&root).at(&root)?;
+    let tree = crate::deep::run(|| ing.dir(&root, dir.into()))?;
     let (id, snap) = txn.put_snapshot(NewSnapshot {
         root: tree,
         parent,
@@ -186,20 +190,15 @@ pub fn snapshot(
     })
 }
 
-/// A path the kernel refuses as too long (deeper than PATH_MAX): skipping
-/// it would drop its whole subtree while reporting success, so the
-/// snapshot fails instead, saying why.
-fn too_deep(path: &Path, e: &io::Error) -> Option<StoreError> {
-    (e.raw_os_error() == Some(libc::ENAMETOOLONG)).then(|| {
-        StoreError::BadInput(format!(
-            "{}…: deeper than the system's path limit ({} bytes); ds cannot snapshot \
-             this tree yet (nothing was recorded)",
-            String::from_utf8_lossy(
-                &path.as_os_str().as_bytes()[..200.min(path.as_os_str().len())]
-            ),
-            libc::PATH_MAX
-        ))
-    })
+/// Opens `name` in the directory open as `dir`, never following a symlink.
+fn open_at(dir: &OwnedFd, name: &[u8], flags: OFlags) -> io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        OsStr::from_bytes(name),
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(Into::into)
 }
 
 /// An I/O problem with one entry: reported and skipped, not fatal.
@@ -221,21 +220,34 @@ impl Ingest<'_> {
         }
     }
 
-    fn dir(&self, path: &Path, rd: fs::ReadDir) -> Result<DirRef> {
+    /// Snapshots the directory open as `dir` (at `path`, which names it in
+    /// warnings and keys the stat cache; no system call is given it).
+    fn dir(&self, path: &Path, dir: OwnedFd) -> Result<DirRef> {
         let mut names: Vec<(Vec<u8>, PathBuf)> = Vec::new();
-        for e in rd {
-            match e {
-                Ok(e) => names.push((e.file_name().as_bytes().to_vec(), e.path())),
-                Err(err) => {
-                    self.warn(path, format!("listing failed part-way: {err}"));
-                    break;
+        match Dir::read_from(&dir) {
+            Ok(list) => {
+                for e in list {
+                    match e {
+                        Ok(e) => {
+                            let name = e.file_name().to_bytes();
+                            if name != b"." && name != b".." {
+                                let p = path.join(OsStr::from_bytes(name));
+                                names.push((name.to_vec(), p));
+                            }
+                        }
+                        Err(err) => {
+                            self.warn(path, format!("listing failed part-way: {err}"));
+                            break;
+                        }
+                    }
                 }
             }
+            Err(err) => self.warn(path, format!("not listed: {err}")),
         }
         names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let entries: Vec<Option<Entry>> = names
             .into_par_iter()
-            .map(|(name, p)| self.entry(name, &p))
+            .map(|(name, p)| self.entry(&dir, name, &p))
             .collect::<Result<_>>()?;
         let mut b = DirBuilder::default();
         let mut emit = self.emit(ObjectKind::DirNode);
@@ -245,17 +257,18 @@ impl Ingest<'_> {
         Ok(b.finish(&mut emit))
     }
 
-    fn entry(&self, name: Vec<u8>, path: &Path) -> Result<Option<Entry>> {
-        let meta = match fs::symlink_metadata(path) {
+    /// One entry `name` of the directory open as `parent`: opened relative
+    /// to it, never by path, so a tree of any depth is walked, and a name
+    /// swapped for a symlink meanwhile is never followed.
+    fn entry(&self, parent: &OwnedFd, name: Vec<u8>, path: &Path) -> Result<Option<Entry>> {
+        let meta = match open_at(parent, &name, OFlags::PATH).and_then(|f| File::from(f).metadata())
+        {
             Ok(m) => m,
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 self.warn(path, "vanished while snapshotting; skipped");
                 return Ok(None);
             }
             Err(e) => {
-                if let Some(fatal) = too_deep(path, &e) {
-                    return Err(fatal);
-                }
                 self.warn(path, format!("{e}; skipped"));
                 return Ok(None);
             }
@@ -264,44 +277,35 @@ impl Ingest<'_> {
         let mode = meta.mode() & 0o7777;
         let mtime = mtime_ns(&meta);
         let data = if ft.is_dir() {
-            let rd = match fs::read_dir(path) {
-                Ok(rd) => rd,
+            let dir = match open_at(parent, &name, OFlags::RDONLY | OFlags::DIRECTORY) {
+                Ok(d) => d,
                 Err(e) => {
-                    if let Some(fatal) = too_deep(path, &e) {
-                        return Err(fatal);
-                    }
                     self.warn(path, format!("{e}; directory skipped"));
                     return Ok(None);
                 }
             };
-            let d = self.dir(path, rd)?;
+            let d = self.dir(path, dir)?;
             self.dirs.fetch_add(1, Ordering::Relaxed);
             EntryData::Dir(d)
         } else if ft.is_file() {
-            match self.file(path, &meta)? {
+            match self.file(parent, &name, path, &meta)? {
                 Ok(f) => {
                     self.files.fetch_add(1, Ordering::Relaxed);
                     self.bytes.fetch_add(f.size, Ordering::Relaxed);
                     EntryData::File(f)
                 }
                 Err(e) => {
-                    if let Some(fatal) = too_deep(path, &e) {
-                        return Err(fatal);
-                    }
                     self.warn(path, format!("{e}; file skipped"));
                     return Ok(None);
                 }
             }
         } else if ft.is_symlink() {
-            match fs::read_link(path) {
+            match rustix::fs::readlinkat(parent, OsStr::from_bytes(&name), Vec::new()) {
                 Ok(t) => {
                     self.symlinks.fetch_add(1, Ordering::Relaxed);
-                    EntryData::Symlink(t.into_os_string().as_bytes().to_vec())
+                    EntryData::Symlink(t.into_bytes())
                 }
                 Err(e) => {
-                    if let Some(fatal) = too_deep(path, &e) {
-                        return Err(fatal);
-                    }
                     self.warn(path, format!("{e}; symlink skipped"));
                     return Ok(None);
                 }
@@ -314,7 +318,7 @@ impl Ingest<'_> {
             self.warn(path, "unknown file type: not recorded");
             return Ok(None);
         };
-        let xattrs = match meta::read_xattrs(path) {
+        let xattrs = match meta::read_xattrs_at(parent, &name) {
             Ok(x) => x,
             Err(e) => {
                 self.warn(path, format!("extended attributes not recorded: {e}"));
@@ -334,23 +338,35 @@ impl Ingest<'_> {
 
     /// A file's content; a hard-linked inode's is read once, whichever of
     /// its names comes first.
-    fn file(&self, path: &Path, meta: &Metadata) -> EntryResult<FileRef> {
+    fn file(
+        &self,
+        parent: &OwnedFd,
+        name: &[u8],
+        path: &Path,
+        meta: &Metadata,
+    ) -> EntryResult<FileRef> {
         if meta.nlink() < 2 {
-            return self.file_content(path, meta);
+            return self.file_content(parent, name, path, meta);
         }
         let key = (meta.dev(), meta.ino());
         if let Some(f) = self.linked.lock().expect("poisoned").get(&key) {
             self.progress.add(1, 0);
             return Ok(Ok(*f));
         }
-        let r = self.file_content(path, meta)?;
+        let r = self.file_content(parent, name, path, meta)?;
         if let Ok(f) = &r {
             self.linked.lock().expect("poisoned").insert(key, *f);
         }
         Ok(r)
     }
 
-    fn file_content(&self, path: &Path, meta: &Metadata) -> EntryResult<FileRef> {
+    fn file_content(
+        &self,
+        parent: &OwnedFd,
+        name: &[u8],
+        path: &Path,
+        meta: &Metadata,
+    ) -> EntryResult<FileRef> {
         let key = path.as_os_str().as_bytes();
         if !self.no_cache
             && let Some(c) = self.store.index().stat_get(key)?
@@ -370,8 +386,8 @@ impl Ingest<'_> {
         }
         let mut last = None;
         for _ in 0..3 {
-            let mut f = match File::open(path) {
-                Ok(f) => f,
+            let mut f = match open_at(parent, name, OFlags::RDONLY) {
+                Ok(f) => File::from(f),
                 Err(e) => return Ok(Err(e)),
             };
             let before = match f.metadata() {

@@ -19,6 +19,7 @@
 #![deny(unsafe_code)]
 
 pub mod dag;
+pub mod deep;
 pub mod diff;
 mod error;
 pub mod gc;

@@ -13,8 +13,9 @@
 //! `AT_SYMLINK_NOFOLLOW`).
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ds_format::tree::{EntryData, Link, MAX_XATTRS, Owner, Xattr, validate_xattr};
 use rustix::fs::{AtFlags, CWD, FileType, Mode, XattrFlags};
@@ -123,6 +124,20 @@ pub fn read_xattrs(path: &Path) -> io::Result<Vec<Xattr>> {
     Ok(out)
 }
 
+/// Like [`read_xattrs`], for entry `name` of the directory open as `dir`:
+/// through `/proc/self/fd`, so the path handed to the kernel stays short
+/// however deep the directory is (there is no `llistxattrat` to call).
+pub fn read_xattrs_at(dir: &impl AsRawFd, name: &[u8]) -> io::Result<Vec<Xattr>> {
+    read_xattrs(&at(dir, name))
+}
+
+/// A short path naming entry `name` of the directory open as `dir`.
+pub fn at(dir: &impl AsRawFd, name: &[u8]) -> PathBuf {
+    let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    p.push(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name));
+    p
+}
+
 /// Sets `xattrs` on `path` (not following a symlink).
 pub fn write_xattrs(path: &Path, xattrs: &[Xattr]) -> io::Result<()> {
     for x in xattrs {
@@ -177,4 +192,20 @@ pub fn set_mtime(path: &Path, mtime_ns: i64) -> io::Result<()> {
         },
     };
     rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(Into::into)
+}
+
+/// Sets the mtime of the file or directory open as `fd`, leaving atime.
+pub fn set_mtime_fd(fd: &impl std::os::fd::AsFd, mtime_ns: i64) -> io::Result<()> {
+    use rustix::fs::{Timespec, Timestamps, UTIME_OMIT};
+    let times = Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: mtime_ns.div_euclid(1_000_000_000),
+            tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
+        },
+    };
+    rustix::fs::futimens(fd, &times).map_err(Into::into)
 }

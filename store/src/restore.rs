@@ -10,6 +10,10 @@
 //! - a damaged chunk fails only the file that holds it: the partial file is
 //!   removed, the error names the file, and the rest is restored.
 //!
+//! Every entry is made relative to its directory's handle (named as
+//! `/proc/self/fd/N/name`, which stays short), so a tree of any depth is
+//! restored; the walk runs on big stacks (`deep.rs`).
+//!
 //! What is put back (see `meta.rs` for the order of the calls): content,
 //! modes, mtimes, extended attributes, special files, and — when run as
 //! root — owners and device nodes, as `rsync -aHAX` would. The names of a
@@ -21,11 +25,12 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use ds_format::ObjectId;
 use ds_format::manifest::FileRef;
@@ -64,12 +69,13 @@ pub struct RestoreReport {
 /// A name of a hard-link group waiting for the group's first name.
 struct PendingLink {
     entry: Entry,
-    path: PathBuf,
+    /// The directory it goes in (its handle keeps the name's path valid).
+    dir: Arc<OwnedFd>,
     rel: PathBuf,
     depth: usize,
-    /// The directory holding it and that directory's mtime, set again
-    /// after the link is made.
-    parent: Option<(PathBuf, i64)>,
+    /// That directory's mtime, set again after the link is made (none for
+    /// the top directory, which no entry describes).
+    dir_mtime: Option<i64>,
 }
 
 struct Ctx<'a> {
@@ -87,8 +93,9 @@ struct Ctx<'a> {
     owners: bool,
     /// Running as root (may set trusted.* and security.* attributes).
     root: bool,
-    /// Each hard-link group's first name (its path), once claimed.
-    groups: Mutex<HashMap<u64, PathBuf>>,
+    /// Each hard-link group's first name (its directory and name), once
+    /// claimed.
+    groups: Mutex<HashMap<u64, (Arc<OwnedFd>, Vec<u8>)>>,
     pending: Mutex<Vec<PendingLink>>,
 }
 
@@ -150,7 +157,8 @@ pub fn restore(
         groups: Mutex::new(HashMap::new()),
         pending: Mutex::new(Vec::new()),
     };
-    ctx.dir(root, dest, Path::new(""), 0, None)?;
+    let top = Arc::new(OwnedFd::from(fs::File::open(dest).at(dest)?));
+    crate::deep::run(|| ctx.dir(root, &top, Path::new(""), 0, None))?;
     ctx.link_pending()?;
     Ok(RestoreReport {
         files: ctx.files.into_inner(),
@@ -161,6 +169,21 @@ pub fn restore(
         bytes: ctx.bytes.into_inner(),
         errors: ctx.errors.into_inner().expect("poisoned"),
     })
+}
+
+/// Opens directory `name` in the directory open as `dir`, not following a
+/// symlink put there meanwhile.
+fn open_dir_at(dir: &OwnedFd, name: &[u8]) -> std::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        std::ffi::OsStr::from_bytes(name),
+        rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(Into::into)
 }
 
 /// Restores a single file entry's content to `dest` (which must not exist).
@@ -215,7 +238,7 @@ impl Ctx<'_> {
     fn dir(
         &self,
         d: &DirRef,
-        out: &Path,
+        out: &Arc<OwnedFd>,
         rel: &Path,
         depth: usize,
         here: Option<i64>,
@@ -225,13 +248,14 @@ impl Ctx<'_> {
             .into_par_iter()
             .filter_map(|e| {
                 let name = std::ffi::OsStr::from_bytes(&e.name);
-                let (path, r) = (out.join(name), rel.join(name));
+                let r = rel.join(name);
                 if let Err(err) = validate_name(&e.name) {
                     self.fail(&r, format!("refused: {err}"));
                     return None;
                 }
-                let parent = here.map(|t| (out.to_path_buf(), t));
-                match self.entry(&e, &path, &r, depth, parent) {
+                // Named through the directory's handle: short however deep.
+                let path = meta::at(&**out, &e.name);
+                match self.entry(&e, (out, here), &path, &r, depth) {
                     Ok(true) => Some(Ok((e, path, r))),
                     Ok(false) => None,
                     Err(err) => Some(Err(err)),
@@ -245,7 +269,14 @@ impl Ctx<'_> {
                 let EntryData::Dir(sub) = &e.data else {
                     return Ok(());
                 };
-                match self.dir(sub, &path, &r, depth + 1, Some(e.mtime_ns)) {
+                let handle = match open_dir_at(out, &e.name) {
+                    Ok(h) => Arc::new(h),
+                    Err(err) => {
+                        self.fail(&r, format!("directory not restored: {err}"));
+                        return Ok(());
+                    }
+                };
+                match self.dir(sub, &handle, &r, depth + 1, Some(e.mtime_ns)) {
                     Ok(()) => {}
                     Err(
                         err @ (StoreError::Damaged { .. }
@@ -263,27 +294,28 @@ impl Ctx<'_> {
     }
 
     /// Creates one entry; returns true for directories (content done later).
+    /// `dir`: the directory it goes in, and that directory's mtime.
     fn entry(
         &self,
         e: &Entry,
+        (dir, dir_mtime): (&Arc<OwnedFd>, Option<i64>),
         path: &Path,
         rel: &Path,
         depth: usize,
-        parent: Option<(PathBuf, i64)>,
     ) -> Result<bool> {
         if let Some(l) = e.link {
             let mut groups = self.groups.lock().expect("poisoned");
             if groups.contains_key(&l.group) {
                 self.pending.lock().expect("poisoned").push(PendingLink {
                     entry: e.clone(),
-                    path: path.to_path_buf(),
+                    dir: dir.clone(),
                     rel: rel.to_path_buf(),
                     depth,
-                    parent,
+                    dir_mtime,
                 });
                 return Ok(false);
             }
-            groups.insert(l.group, path.to_path_buf());
+            groups.insert(l.group, (dir.clone(), e.name.clone()));
         }
         self.create(e, path, rel, depth)
     }
@@ -394,30 +426,38 @@ impl Ctx<'_> {
     fn link_pending(&self) -> Result<()> {
         let pending = std::mem::take(&mut *self.pending.lock().expect("poisoned"));
         let groups = self.groups.lock().expect("poisoned").clone();
-        let mut dirs: HashMap<PathBuf, i64> = HashMap::new();
+        let mut dirs: HashMap<i32, (Arc<OwnedFd>, i64, PathBuf)> = HashMap::new();
         for p in pending {
             let group = p.entry.link.expect("linked").group;
-            let first = &groups[&group];
-            match fs::hard_link(first, &p.path) {
+            let (first_dir, first_name) = &groups[&group];
+            let path = meta::at(&*p.dir, &p.entry.name);
+            match fs::hard_link(meta::at(&**first_dir, first_name), &path) {
                 Ok(()) => {
                     self.hardlinks.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     // The first name was not restored (refused or damaged).
-                    self.create(&p.entry, &p.path, &p.rel, p.depth)?;
+                    self.create(&p.entry, &path, &p.rel, p.depth)?;
                 }
                 Err(e) => {
-                    self.fail(&p.rel, format!("hard link to {}: {e}", first.display()));
+                    self.fail(
+                        &p.rel,
+                        format!(
+                            "hard link to another name of it ({}): {e}",
+                            String::from_utf8_lossy(first_name)
+                        ),
+                    );
                     continue;
                 }
             }
-            if let Some((d, t)) = p.parent {
-                dirs.insert(d, t);
+            if let Some(t) = p.dir_mtime {
+                let rel = p.rel.parent().map(Path::to_path_buf).unwrap_or_default();
+                dirs.insert(p.dir.as_raw_fd(), (p.dir.clone(), t, rel));
             }
         }
-        for (d, t) in dirs {
-            if let Err(err) = meta::set_mtime(&d, t) {
-                self.fail(&d, format!("mtime: {err}"));
+        for (d, t, rel) in dirs.into_values() {
+            if let Err(err) = meta::set_mtime_fd(&d, t) {
+                self.fail(&rel, format!("mtime: {err}"));
             }
         }
         Ok(())

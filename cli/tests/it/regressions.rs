@@ -119,41 +119,49 @@ fn a_workspace_named_logs_mounts_in_background_snapshots_and_unmounts() {
 
 /// Found by a test outside the project: a tree deeper than PATH_MAX was
 /// snapshotted with exit 0 and a warning, everything below the limit's
-/// depth silently missing. Until the walk is relative to directory
-/// handles, such a snapshot fails, names the limit, and records nothing.
+/// depth silently missing. Snapshot and restore now work relative to
+/// directory handles: 3,000 levels (15,000 bytes of path) come back whole.
 #[test]
-fn a_tree_deeper_than_path_max_fails_the_snapshot_instead_of_dropping_data() {
+fn a_tree_deeper_than_path_max_snapshots_and_restores_whole() {
     let t = tempfile::tempdir().unwrap();
     let store = t.path().join("s");
     let src = t.path().join("deep");
     std::fs::create_dir(&src).unwrap();
     // Relative mkdir + chdir: no absolute path is ever that long.
+    let make = "import os\nfor i in range(3000):\n    os.mkdir('abcd')\n    os.chdir('abcd')\n    \
+                if i % 500 == 0: open('f', 'w').write(str(i))\nopen('bottom', 'w').write('bottom')";
     let st = Command::new("python3")
-        .arg("-c")
-        .arg("import os\nfor _ in range(1000):\n    os.mkdir('abcd'); os.chdir('abcd')\nopen('f', 'w').write('bottom')")
+        .args(["-c", make])
         .current_dir(&src)
         .status()
         .unwrap();
     assert!(st.success());
-    let o = ds(&store)
-        .arg("snapshot")
-        .arg(&src)
-        .args(["-w", "w"])
+    let snap = json(&ok(ds(&store)
+        .args(["snapshot", "--json", "-w", "w"])
+        .arg(&src)));
+    assert_eq!(snap["files"], 7, "{snap}");
+    assert_eq!(snap["dirs"], 3001, "{snap}");
+    assert_eq!(snap["warnings"].as_array().map(Vec::len), Some(0), "{snap}");
+    let deep_path = format!("{}bottom", "abcd/".repeat(3000));
+    let cat = ok(ds(&store).args(["cat", "w", &deep_path]));
+    assert_eq!(cat.stdout, b"bottom");
+    let out = t.path().join("out");
+    ok(ds(&store).args(["restore", "w"]).arg(&out));
+    // Read back the same way it was made.
+    let read =
+        "import os\nfor i in range(3000):\n    os.chdir('abcd')\nprint(open('bottom').read())";
+    let o = Command::new("python3")
+        .args(["-c", read])
+        .current_dir(&out)
         .output()
         .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("deeper than the system's path limit"), "{err}");
-    let refs = ds(&store).args(["workspaces", "--json"]).output().unwrap();
-    assert!(
-        !String::from_utf8_lossy(&refs.stdout).contains("\"w\""),
-        "no snapshot was recorded"
-    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "bottom");
+    // And a second snapshot of the restored tree is the same snapshot.
+    let again = json(&ok(ds(&store)
+        .args(["snapshot", "--json", "-w", "again"])
+        .arg(&out)));
+    assert_eq!(again["root"], snap["root"]);
 }
 
 /// Found by a test outside the project: with the common soft limit of

@@ -66,6 +66,9 @@ pub struct RestoreReport {
     pub errors: Vec<String>,
 }
 
+/// An entry by its directory's handle and its name.
+type Named = (Arc<OwnedFd>, Vec<u8>);
+
 /// A name of a hard-link group waiting for the group's first name.
 struct PendingLink {
     entry: Entry,
@@ -95,7 +98,7 @@ struct Ctx<'a> {
     root: bool,
     /// Each hard-link group's first name (its directory and name), once
     /// claimed.
-    groups: Mutex<HashMap<u64, (Arc<OwnedFd>, Vec<u8>)>>,
+    groups: Mutex<HashMap<u64, Named>>,
     pending: Mutex<Vec<PendingLink>>,
 }
 

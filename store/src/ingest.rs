@@ -466,9 +466,20 @@ impl Ingest<'_> {
             // pack writer in file order: a file's new chunks then lie back to
             // back in its packs, so a mount serves a sequential read straight
             // from the mapped pack, and a restore reads packs in order.
-            let encode = |r: &std::ops::Range<usize>| -> Result<(ObjectId, Option<Encoded>)> {
-                let id = ObjectKind::Chunk.hash(&buf[r.clone()]);
-                if self.writer.contains(&id)? {
+            // A chunk repeated within the buffer (a run of zeros: a
+            // sparse file's hole) is compressed once.
+            let par = ranges.len() > 2;
+            let hash = |r: &std::ops::Range<usize>| chunker.chunk_id(&buf[r.clone()]);
+            let hashes: Vec<ObjectId> = if par {
+                ranges.par_iter().map(hash).collect()
+            } else {
+                ranges.iter().map(hash).collect()
+            };
+            let mut seen = std::collections::HashSet::new();
+            let first: Vec<bool> = hashes.iter().map(|id| seen.insert(*id)).collect();
+            let encode = |i: usize| -> Result<(ObjectId, Option<Encoded>)> {
+                let (id, r) = (hashes[i], &ranges[i]);
+                if !first[i] || self.writer.contains(&id)? {
                     return Ok((id, None));
                 }
                 let payload = Payload::Shared(buf.clone(), r.clone());
@@ -477,10 +488,13 @@ impl Ingest<'_> {
                     Some(self.writer.encode(ObjectKind::Chunk, id, payload)?),
                 ))
             };
-            let ids: Vec<(ObjectId, Option<Encoded>)> = if ranges.len() > 2 {
-                ranges.par_iter().map(encode).collect::<Result<_>>()?
+            let ids: Vec<(ObjectId, Option<Encoded>)> = if par {
+                (0..ranges.len())
+                    .into_par_iter()
+                    .map(encode)
+                    .collect::<Result<_>>()?
             } else {
-                ranges.iter().map(encode).collect::<Result<_>>()?
+                (0..ranges.len()).map(encode).collect::<Result<_>>()?
             };
             let mut emit = self.emit(ObjectKind::FileNode);
             for ((id, obj), r) in ids.into_iter().zip(&ranges) {

@@ -238,7 +238,7 @@ impl PackWriter {
             .ok_or_else(|| StoreError::BadInput(format!("object {id} too large")))?;
         let (stored, data) = match self.compression {
             Compression::Zstd { level } if raw.len() >= 512 && !looks_incompressible(raw) => {
-                match zstd::bulk::compress(raw, level) {
+                match compress(raw, level) {
                     Ok(c) if c.len() <= raw.len() - raw.len() / 16 => {
                         (Stored::Zstd, Payload::Owned(c))
                     }
@@ -404,4 +404,22 @@ fn seal(mut p: OpenPack, stx: &Sender<Sealed>) -> Result<()> {
         entries,
     })
     .map_err(|_| StoreError::Internal("pack syncer stopped (see the previous error)".into()))
+}
+
+thread_local! {
+    /// One zstd compression context per thread (and level), reused:
+    /// creating one costs more than compressing a 64 KiB chunk at level 1.
+    static CCTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `zstd::bulk::compress`, on this thread's reused context.
+fn compress(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    CCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        c.as_mut().expect("just set").1.compress(raw)
+    })
 }

@@ -549,7 +549,7 @@ impl Vfs {
             let data = &buf[at..at + want as usize];
             let cut = chunker.cut(data);
             let chunk = &data[..cut];
-            let id = ObjectKind::Chunk.hash(chunk);
+            let id = chunker.chunk_id(chunk);
             ctx.put(ObjectKind::Chunk, id, chunk.to_vec());
             builder.push(id, cut as u64, &mut |i, b| {
                 ctx.put(ObjectKind::FileNode, i, b)

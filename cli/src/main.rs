@@ -6,6 +6,7 @@
 //! entries refused by `restore`), 2 usage error.
 
 mod cmd;
+mod dataset;
 mod fmt;
 mod mount;
 mod open;
@@ -118,6 +119,12 @@ pub enum Command {
     /// The graph from a file or model back to the runs, datasets and
     /// snapshots that made it
     Provenance(runs::ProvenanceArgs),
+    /// Mirror S3 buckets as datasets (versioned, incremental), and export
+    /// them back
+    Dataset(dataset::DatasetArgs),
+    /// List datasets (workspaces made by `ds dataset mirror`) and their
+    /// latest snapshot
+    Datasets(cmd::JsonArgs),
 }
 
 /// $XDG_DATA_HOME, else ~/.local/share.

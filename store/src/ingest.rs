@@ -23,15 +23,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
-use std::io::{self, ErrorKind, Read};
+use std::io::{self, ErrorKind};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
-use ds_format::manifest::{FileRef, ManifestBuilder};
+use ds_format::manifest::FileRef;
 use ds_format::snapshot::{Snapshot, SnapshotStats};
 use ds_format::tree::{DirBuilder, DirRef, Entry, EntryData};
 
@@ -44,7 +44,7 @@ use crate::index::StatEntry;
 use crate::progress::Progress;
 use crate::refs::validate_workspace;
 use crate::txn::{NewSnapshot, Target, Transaction, now_ns};
-use crate::writer::{Encoded, PackWriter, Payload, WriteStats};
+use crate::writer::{PackWriter, Payload, WriteStats};
 use crate::{IoContext, Result, Store, StoreError};
 
 /// What to record with a snapshot.
@@ -138,7 +138,7 @@ pub fn snapshot(
         progress,
         no_cache: opts.no_cache,
         cache_before_ns: started - 1_000_000_000,
-        buf_size: (8 << 20).max(4 * store.chunker().params().max as usize),
+        buf_size: crate::stream::buf_size(store.chunker()),
         files: AtomicU64::new(0),
         dirs: AtomicU64::new(0),
         symlinks: AtomicU64::new(0),
@@ -434,84 +434,20 @@ impl Ingest<'_> {
 
     /// Reads, chunks, hashes and stores one open file.
     fn read_file(&self, f: &mut File, size_hint: u64) -> EntryResult<FileRef> {
-        let chunker = self.store.chunker();
-        let mut builder = ManifestBuilder::default();
-        let mut carry: Vec<u8> = Vec::new();
-        let mut first = true;
-        let mut lens = Vec::new();
-        loop {
-            let want = if first && size_hint < self.buf_size as u64 {
-                size_hint as usize + 1
-            } else {
-                self.buf_size
-            };
-            first = false;
-            let mut buf = Vec::with_capacity(carry.len() + want);
-            buf.append(&mut carry);
-            let got = match f.by_ref().take(want as u64).read_to_end(&mut buf) {
-                Ok(n) => n,
-                Err(e) => return Ok(Err(e)),
-            };
-            let eof = got < want;
-            lens.clear();
-            let used = chunker.split(&buf, eof, &mut lens);
-            let buf = Arc::new(buf);
-            let mut ranges = Vec::with_capacity(lens.len());
-            let mut off = 0;
-            for l in &lens {
-                ranges.push(off..off + l);
-                off += l;
-            }
-            // Hashed, looked up and compressed in parallel, but handed to the
-            // pack writer in file order: a file's new chunks then lie back to
-            // back in its packs, so a mount serves a sequential read straight
-            // from the mapped pack, and a restore reads packs in order.
-            // A chunk repeated within the buffer (a run of zeros: a
-            // sparse file's hole) is compressed once.
-            let par = ranges.len() > 2;
-            let hash = |r: &std::ops::Range<usize>| chunker.chunk_id(&buf[r.clone()]);
-            let hashes: Vec<ObjectId> = if par {
-                ranges.par_iter().map(hash).collect()
-            } else {
-                ranges.iter().map(hash).collect()
-            };
-            let mut seen = std::collections::HashSet::new();
-            let first: Vec<bool> = hashes.iter().map(|id| seen.insert(*id)).collect();
-            let encode = |i: usize| -> Result<(ObjectId, Option<Encoded>)> {
-                let (id, r) = (hashes[i], &ranges[i]);
-                if !first[i] || self.writer.contains(&id)? {
-                    return Ok((id, None));
-                }
-                let payload = Payload::Shared(buf.clone(), r.clone());
-                Ok((
-                    id,
-                    Some(self.writer.encode(ObjectKind::Chunk, id, payload)?),
-                ))
-            };
-            let ids: Vec<(ObjectId, Option<Encoded>)> = if par {
-                (0..ranges.len())
-                    .into_par_iter()
-                    .map(encode)
-                    .collect::<Result<_>>()?
-            } else {
-                (0..ranges.len()).map(encode).collect::<Result<_>>()?
-            };
-            let mut emit = self.emit(ObjectKind::FileNode);
-            for ((id, obj), r) in ids.into_iter().zip(&ranges) {
-                if let Some(obj) = obj {
-                    self.writer.put_encoded(obj)?;
-                }
-                builder.push(id, r.len() as u64, &mut emit);
-            }
-            self.bytes_read.fetch_add(used as u64, Ordering::Relaxed);
-            self.progress.add(0, used as u64);
-            if eof {
-                debug_assert_eq!(used, buf.len());
-                break;
-            }
-            carry = buf[used..].to_vec();
+        let r = crate::stream::store_stream(
+            &self.writer,
+            self.store.chunker(),
+            f,
+            size_hint,
+            self.buf_size,
+            &mut |n| {
+                self.bytes_read.fetch_add(n, Ordering::Relaxed);
+                self.progress.add(0, n);
+            },
+        )?;
+        if r.is_ok() {
+            self.progress.add(1, 0);
         }
-        self.progress.add(1, 0);
-        Ok(Ok(builder.finish(&mut self.emit(ObjectKind::FileNode))))
+        Ok(r)
     }
 }

@@ -18,6 +18,9 @@
 //!                         (outside `mounts/`, where a workspace named
 //!                         `logs` would collide with them)
 //! STORE/remotes.json      hubs saved by `ds remote add` (the CLI's)
+//! STORE/datasets/<dataset>.journal  what an interrupted dataset mirror
+//!                         already stored (ds-dataset's; removed when the
+//!                         mirror commits)
 //! ```
 
 use std::fs::File;
@@ -73,6 +76,13 @@ impl Layout {
     }
     pub fn remotes(&self) -> PathBuf {
         self.root.join("remotes.json")
+    }
+    /// The resume journal of a dataset mirror. `dataset` must be a valid
+    /// workspace name.
+    pub fn dataset_journal(&self, dataset: &str) -> PathBuf {
+        self.root
+            .join("datasets")
+            .join(format!("{dataset}.journal"))
     }
 }
 

@@ -36,6 +36,7 @@ pub mod resolve;
 pub mod restore;
 pub mod runs;
 mod store;
+pub mod stream;
 pub mod txn;
 pub mod verify;
 pub mod vfs;

@@ -46,7 +46,7 @@ pub struct GcArgs {
     /// wait before they may be deleted, e.g. 30m, 1h, 2d. `0s` deletes what
     /// no ref reaches in this one run (it waits ~10 s for the hubs to see
     /// the condemnation) [default: 1h]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "hub")]
+    #[arg(long, value_name = "DURATION", value_parser = crate::fmt::parse_duration, requires = "hub")]
     grace: Option<u64>,
     #[arg(long, value_name = "TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -99,38 +99,6 @@ pub(super) fn verify(store: &Store, a: JsonArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
-}
-
-/// `90`, `90s`, `10m`, `1h30m`, `2d` → seconds.
-fn parse_duration(s: &str) -> Result<u64, String> {
-    let bad = || format!("{s:?} is not a duration (like 0s, 90s, 10m, 1h30m, 2d)");
-    if let Ok(n) = s.parse::<u64>() {
-        return Ok(n);
-    }
-    let (mut total, mut num) = (0u64, String::new());
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => return Err(bad()),
-        };
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
-        num.clear();
-    }
-    if !num.is_empty() || s.is_empty() {
-        return Err(bad());
-    }
-    Ok(total)
 }
 
 impl GcArgs {

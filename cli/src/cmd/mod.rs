@@ -41,6 +41,12 @@ pub struct JsonArgs {
     json: bool,
 }
 
+impl JsonArgs {
+    pub fn json(&self) -> bool {
+        self.json
+    }
+}
+
 /// Prints `v` as one pretty JSON document on stdout.
 ///
 /// Goes through [`serde_json::Value`] so the bytes are exactly what the
@@ -107,6 +113,8 @@ pub fn run(store_path: &Path, cmd: Command) -> Result<ExitCode> {
         Command::Models(a) => crate::runs::list_models(store_path, a),
         Command::Model(a) => crate::runs::model(store_path, a),
         Command::Provenance(a) => crate::runs::provenance(store_path, a),
+        Command::Dataset(a) => crate::dataset::dataset(store_path, a),
+        Command::Datasets(a) => crate::dataset::datasets(store_path, a),
         Command::Reindex => maint::reindex(&open(store_path, Access::Exclusive)?),
     }
 }

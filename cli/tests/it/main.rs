@@ -5,6 +5,7 @@ mod cli;
 mod compat;
 mod crash;
 mod damage;
+mod dataset;
 mod hubgc;
 mod malicious;
 mod mount;

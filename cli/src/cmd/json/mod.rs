@@ -20,8 +20,10 @@ use ds_store::verify::VerifyReport;
 use ds_store::writer::WriteStats;
 use serde::Serialize;
 
+mod dataset;
 mod runs;
 
+pub use dataset::*;
 pub use runs::*;
 
 use super::lossy;

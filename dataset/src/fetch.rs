@@ -1,0 +1,298 @@
+//! One object, from its GET into the store: never a full local copy.
+//!
+//! The bytes go from the HTTP body through a small channel to a blocking
+//! thread that chunks, hashes and stores them (`ds_store::stream`). Every
+//! request carries `If-Match` with the ETag the listing gave (and the reply's
+//! ETag and version are checked too), so an object that changes while it is
+//! read is never stored mixed: the read fails as [`Outcome::Changed`] and
+//! the caller decides. A dropped connection resumes at the byte it reached,
+//! with the same condition. Objects of more than four parts are read as
+//! ranged GETs, several parts in flight, and fed to the chunker in order.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use ds_format::manifest::FileRef;
+use ds_store::Store;
+use ds_store::writer::PackWriter;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::s3::{Client, GetError, Listed, ObjectHead};
+use crate::{DatasetError, Result};
+
+/// How a read ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Stored whole, as this version.
+    Stored { file: FileRef, head: ObjectHead },
+    /// The object is not the version listed any more.
+    Changed,
+    /// The object was deleted.
+    Gone,
+}
+
+/// How objects are read.
+#[derive(Clone)]
+pub struct FetchConfig {
+    /// Bytes per ranged GET; objects over four parts are read in parts.
+    pub part_size: u64,
+    /// Parts in flight for one object.
+    pub parts_in_flight: usize,
+    /// Called once, after the first part of a ranged read arrived (tests
+    /// use it to change an object mid-read).
+    pub after_first_part: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for FetchConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchConfig")
+            .field("part_size", &self.part_size)
+            .field("parts_in_flight", &self.parts_in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            part_size: 16 << 20,
+            parts_in_flight: 4,
+            after_first_part: None,
+        }
+    }
+}
+
+struct ChannelReader {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    cur: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        self.cur.advance(n);
+        Ok(n)
+    }
+}
+
+/// Why the producer stopped early.
+enum Stop {
+    Get(GetError),
+    /// The consumer went away (it failed; its error is the one to report).
+    Consumer,
+}
+
+impl From<GetError> for Stop {
+    fn from(e: GetError) -> Self {
+        Stop::Get(e)
+    }
+}
+
+/// Reads `obj` into the store through `writer`, counting bytes received in
+/// `fetched`.
+pub async fn fetch(
+    client: &Client,
+    bucket: &str,
+    obj: &Listed,
+    store: &Arc<Store>,
+    writer: &PackWriter,
+    cfg: &FetchConfig,
+    fetched: &Arc<AtomicU64>,
+) -> Result<Outcome> {
+    let (tx, rx) =
+        mpsc::channel::<io::Result<Bytes>>(if obj.size > 4 * cfg.part_size { 2 } else { 64 });
+    let (store2, w, size) = (store.clone(), writer.clone(), obj.size);
+    let consumer = tokio::task::spawn_blocking(move || {
+        let mut r = ChannelReader {
+            rx,
+            cur: Bytes::new(),
+        };
+        let chunker = store2.chunker();
+        ds_store::stream::store_stream(
+            &w,
+            chunker,
+            &mut r,
+            size,
+            ds_store::stream::buf_size(chunker),
+            &mut |_| {},
+        )
+    });
+    let produced = if obj.size > 4 * cfg.part_size {
+        by_parts(client, bucket, obj, cfg, &tx, fetched).await
+    } else {
+        streamed(client, bucket, obj, &tx, fetched).await
+    };
+    if produced.is_err() {
+        let _ = tx.send(Err(io::Error::other("read abandoned"))).await;
+    }
+    drop(tx);
+    let stored = consumer
+        .await
+        .map_err(|e| DatasetError::Internal(format!("chunking thread: {e}")))??;
+    match (produced, stored) {
+        (Ok(head), Ok(file)) => {
+            if file.size != obj.size {
+                return Ok(Outcome::Changed);
+            }
+            Ok(Outcome::Stored { file, head })
+        }
+        (Err(Stop::Get(GetError::Changed)), _) => Ok(Outcome::Changed),
+        (Err(Stop::Get(GetError::Gone)), _) => Ok(Outcome::Gone),
+        (Err(Stop::Get(GetError::Other(e))), _) => Err(e),
+        (Ok(_), Err(e)) | (Err(Stop::Consumer), Err(e)) => Err(DatasetError::Internal(format!(
+            "reading s3://{bucket}/{}: {e}",
+            obj.key
+        ))),
+        (Err(Stop::Consumer), Ok(_)) => Err(DatasetError::Internal("chunker stopped early".into())),
+    }
+}
+
+fn backoff(tries: u32) -> Duration {
+    Duration::from_millis(200 << tries.min(6))
+}
+
+/// One GET, streamed; a broken body resumes at the byte reached.
+async fn streamed(
+    client: &Client,
+    bucket: &str,
+    obj: &Listed,
+    tx: &mpsc::Sender<io::Result<Bytes>>,
+    fetched: &AtomicU64,
+) -> std::result::Result<ObjectHead, Stop> {
+    let (mut off, mut tries) = (0u64, 0u32);
+    let mut first: Option<ObjectHead> = None;
+    loop {
+        let (head, resp) = match client
+            .get(bucket, &obj.key, off, None, obj.etag.as_deref())
+            .await
+        {
+            Ok(x) => x,
+            Err(GetError::Other(e)) if e.is_transient() && tries < 5 => {
+                tokio::time::sleep(backoff(tries)).await;
+                tries += 1;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match &first {
+            None => first = Some(head),
+            Some(f) if f.version_id.is_some() && f.version_id != head.version_id => {
+                return Err(GetError::Changed.into());
+            }
+            Some(_) => {}
+        }
+        let mut body = resp;
+        let mut broken = false;
+        while let Some(b) = body.chunk().await {
+            match b {
+                Ok(b) => {
+                    off += b.len() as u64;
+                    fetched.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    if off > obj.size {
+                        return Err(GetError::Changed.into());
+                    }
+                    if tx.send(Ok(b)).await.is_err() {
+                        return Err(Stop::Consumer);
+                    }
+                }
+                Err(e) if tries < 5 => {
+                    tracing::warn!("s3://{bucket}/{}: {e}; resuming at byte {off}", obj.key);
+                    tokio::time::sleep(backoff(tries)).await;
+                    tries += 1;
+                    broken = true;
+                    break;
+                }
+                Err(e) => return Err(GetError::Other(e).into()),
+            }
+        }
+        if !broken {
+            if off != obj.size {
+                return Err(GetError::Changed.into());
+            }
+            return Ok(first.expect("set above"));
+        }
+    }
+}
+
+/// One ranged GET, whole, with retries.
+async fn part(
+    client: &Client,
+    bucket: &str,
+    obj: &Listed,
+    from: u64,
+    to: u64,
+    fetched: &AtomicU64,
+) -> std::result::Result<(ObjectHead, Bytes), GetError> {
+    let mut tries = 0u32;
+    loop {
+        let attempt = async {
+            let (head, resp) = client
+                .get(bucket, &obj.key, from, Some(to), obj.etag.as_deref())
+                .await?;
+            let b = resp.bytes().await?;
+            Ok::<_, GetError>((head, b))
+        };
+        match attempt.await {
+            Ok((head, b)) => {
+                if b.len() as u64 != to - from {
+                    return Err(GetError::Changed);
+                }
+                fetched.fetch_add(b.len() as u64, Ordering::Relaxed);
+                return Ok((head, b));
+            }
+            Err(GetError::Other(e)) if e.is_transient() && tries < 5 => {
+                tokio::time::sleep(backoff(tries)).await;
+                tries += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn by_parts(
+    client: &Client,
+    bucket: &str,
+    obj: &Listed,
+    cfg: &FetchConfig,
+    tx: &mpsc::Sender<io::Result<Bytes>>,
+    fetched: &AtomicU64,
+) -> std::result::Result<ObjectHead, Stop> {
+    let n = obj.size.div_ceil(cfg.part_size);
+    let mut parts = futures::stream::iter(0..n)
+        .map(|i| {
+            let from = i * cfg.part_size;
+            let to = (from + cfg.part_size).min(obj.size);
+            part(client, bucket, obj, from, to, fetched)
+        })
+        .buffered(cfg.parts_in_flight.max(1));
+    let mut first: Option<ObjectHead> = None;
+    while let Some(p) = parts.next().await {
+        let (head, b) = p?;
+        match &first {
+            None => {
+                first = Some(head);
+                if let Some(h) = &cfg.after_first_part {
+                    h();
+                }
+            }
+            Some(f) if f.version_id != head.version_id => return Err(GetError::Changed.into()),
+            Some(_) => {}
+        }
+        if tx.send(Ok(b)).await.is_err() {
+            return Err(Stop::Consumer);
+        }
+    }
+    Ok(first.unwrap_or_default())
+}

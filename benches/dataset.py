@@ -150,7 +150,8 @@ def main() -> int:
     print(f"bucket s3://{bucket}/{prefix}: {a.objects} objects, {total / MiB:.0f} MiB (uploaded in {time.perf_counter() - t:.1f}s)")
     work = tempfile.mkdtemp(prefix="ds-dataset-bench-")
     rows: dict[str, dict] = {}
-    rclone_env = {**base_env, "RCLONE_CONFIG_MOTO_TYPE": "s3", "RCLONE_CONFIG_MOTO_PROVIDER": "Other",
+    # rclone reads its own config; AWS_* variables only confuse its SDK.
+    rclone_env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, "RCLONE_CONFIG_MOTO_TYPE": "s3", "RCLONE_CONFIG_MOTO_PROVIDER": "Other",
                   "RCLONE_CONFIG_MOTO_ENDPOINT": ep, "RCLONE_CONFIG_MOTO_ACCESS_KEY_ID": "test",
                   "RCLONE_CONFIG_MOTO_SECRET_ACCESS_KEY": "test", "RCLONE_CONFIG_MOTO_REGION": "us-east-1"}
 

@@ -8,8 +8,8 @@ ds_install_system_packages
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== seams: the sync client, the mount library and the runner link no hub server"
-for crate in ds-sync ds-fuse ds-runner; do
+echo "== seams: the sync client, the mount library, the runner and the dataset mirror link no hub server"
+for crate in ds-sync ds-fuse ds-runner ds-dataset; do
     if cargo tree --locked -p "$crate" -e normal --prefix none | grep -E '^(ds-hub|object_store) '; then
         echo "$crate must not depend on the hub server (ds-hub) or object_store" >&2
         exit 1

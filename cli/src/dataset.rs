@@ -39,7 +39,7 @@ enum DatasetCmd {
     /// key space as files
     #[command(
         after_help = "The endpoint and credentials come from AWS_ENDPOINT_URL, AWS_REGION, \
-                            AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN \
+                            AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN and AWS_CA_BUNDLE \
                             (AWS_ALLOW_HTTP=true for a plain-HTTP endpoint). Keys that are not \
                             valid paths (a//b, ../x, a/, names over 255 bytes, a key beside a \
                             directory of the same name) are mapped reversibly and listed in the \

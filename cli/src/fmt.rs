@@ -54,19 +54,6 @@ pub fn mode(kind: char, mode: u32) -> String {
     s
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats() {
-        assert_eq!(time(0), "1970-01-01T00:00:00Z");
-        assert_eq!(time(1_795_000_000 * 1_000_000_000), "2026-11-18T11:06:40Z");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(mode('d', 0o755), "drwxr-xr-x");
-    }
-}
-
 /// `90`, `90s`, `10m`, `1h30m`, `2d` → seconds.
 pub fn parse_duration(s: &str) -> Result<u64, String> {
     let bad = || format!("{s:?} is not a duration (like 0s, 90s, 10m, 1h30m, 2d)");
@@ -97,4 +84,17 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
         return Err(bad());
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(time(1_795_000_000 * 1_000_000_000), "2026-11-18T11:06:40Z");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(mode('d', 0o755), "drwxr-xr-x");
+    }
 }

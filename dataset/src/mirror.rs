@@ -248,7 +248,7 @@ pub async fn mirror(
                 .collect()
                 .await;
         drop(writer);
-        let durable = tokio::task::spawn_blocking(move || txn.finish().map(|d| d.stats().clone()))
+        let durable = tokio::task::spawn_blocking(move || txn.finish().map(|d| *d.stats()))
             .await
             .map_err(|e| DatasetError::Internal(e.to_string()))??;
         report.bytes_written += durable.stored_bytes;

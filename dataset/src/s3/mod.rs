@@ -35,6 +35,8 @@ pub struct S3Config {
     pub credentials: Option<Credentials>,
     /// `AWS_ALLOW_HTTP=true`: a plain-HTTP endpoint is allowed.
     pub allow_http: bool,
+    /// `AWS_CA_BUNDLE`: PEM certificates trusted besides the system's.
+    pub ca_bundle: Option<std::path::PathBuf>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -73,6 +75,7 @@ impl S3Config {
                 .unwrap_or_else(|| "us-east-1".into()),
             credentials,
             allow_http: env("AWS_ALLOW_HTTP").is_some_and(|v| v.eq_ignore_ascii_case("true")),
+            ca_bundle: env("AWS_CA_BUNDLE").map(Into::into),
         })
     }
 }
@@ -233,6 +236,19 @@ impl Client {
         for c in rustls_native_certs::load_native_certs().certs {
             let _ = roots.add(c);
         }
+        if let Some(p) = &cfg.ca_bundle {
+            use rustls::pki_types::CertificateDer;
+            use rustls::pki_types::pem::PemObject;
+            let bad = |why: String| {
+                DatasetError::BadInput(format!("AWS_CA_BUNDLE {}: {why}", p.display()))
+            };
+            let pem = std::fs::read(p).map_err(|e| bad(e.to_string()))?;
+            for c in CertificateDer::pem_slice_iter(&pem) {
+                roots
+                    .add(c.map_err(|e| bad(e.to_string()))?)
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+        }
         let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -278,7 +294,9 @@ impl Client {
         (format!("{scheme}://{host}{path}"), host, path)
     }
 
-    /// Sends one signed request; `query` pairs are unencoded.
+    /// Sends one signed request; `query` pairs are unencoded. (One
+    /// argument per part of an S3 request.)
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         op: &'static str,

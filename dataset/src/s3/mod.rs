@@ -27,7 +27,8 @@ use crate::{DatasetError, Result};
 #[derive(Debug, Clone)]
 pub struct S3Config {
     /// `AWS_ENDPOINT_URL` (or `--endpoint`): path-style requests to it.
-    /// Without one, AWS's regional endpoint, virtual-hosted style.
+    /// Without one, AWS's regional endpoint, virtual-hosted style (path
+    /// style for bucket names with dots).
     pub endpoint: Option<String>,
     /// `AWS_REGION`, `AWS_DEFAULT_REGION`, or us-east-1.
     pub region: String,
@@ -280,7 +281,9 @@ impl Client {
     fn locate(&self, bucket: &str, key: Option<&str>) -> (String, String, String) {
         let (scheme, host) = self.base.split_once("://").expect("checked in new");
         let mut path = String::new();
-        let host = if self.cfg.endpoint.is_some() {
+        // Path style for a custom endpoint, and for a bucket with dots
+        // (its virtual host would not match AWS's wildcard certificate).
+        let host = if self.cfg.endpoint.is_some() || bucket.contains('.') {
             path.push('/');
             sign::uri_encode(bucket, false, &mut path);
             host.to_string()
@@ -648,5 +651,56 @@ fn head_of(r: &Response) -> ObjectHead {
             .and_then(|v| httpdate::parse_http_date(&v).ok())
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_nanos() as i64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(endpoint: Option<&str>) -> Client {
+        Client::new(S3Config {
+            endpoint: endpoint.map(str::to_string),
+            region: "eu-west-1".into(),
+            credentials: None,
+            allow_http: true,
+            ca_bundle: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn requests_are_addressed_as_s3_expects() {
+        let aws = client(None);
+        let (url, host, path) = aws.locate("bkt", Some("a b/../c"));
+        assert_eq!(url, "https://bkt.s3.eu-west-1.amazonaws.com/a%20b/%2E%2E/c");
+        assert_eq!(
+            (host.as_str(), path.as_str()),
+            ("bkt.s3.eu-west-1.amazonaws.com", "/a%20b/%2E%2E/c")
+        );
+        let (url, _, _) = aws.locate("my.bucket", Some("k"));
+        assert_eq!(url, "https://s3.eu-west-1.amazonaws.com/my.bucket/k");
+        let local = client(Some("http://127.0.0.1:9000/"));
+        let (url, host, _) = local.locate("bkt", None);
+        assert_eq!(
+            (url.as_str(), host.as_str()),
+            ("http://127.0.0.1:9000/bkt/", "127.0.0.1:9000")
+        );
+        // The URI keeps dot segments as sent (what is signed).
+        let uri: http::Uri = "http://h/b/%2E%2E/c".parse().unwrap();
+        assert_eq!(uri.path(), "/b/%2E%2E/c");
+    }
+
+    #[test]
+    fn plain_http_needs_allowing() {
+        let e = Client::new(S3Config {
+            endpoint: Some("http://x".into()),
+            region: "r".into(),
+            credentials: None,
+            allow_http: false,
+            ca_bundle: None,
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("AWS_ALLOW_HTTP"));
     }
 }

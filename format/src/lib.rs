@@ -29,6 +29,7 @@ pub mod name;
 pub mod pack;
 pub mod run;
 pub mod snapshot;
+pub mod time;
 pub mod tree;
 
 pub use error::FormatError;

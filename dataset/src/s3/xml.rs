@@ -100,14 +100,14 @@ pub fn parse_iso8601(s: &str) -> Option<i64> {
     if rest != "Z" && rest != "+00:00" {
         return None;
     }
-    let days = super::sign::days_from_civil(y, mo as u32, d as u32);
+    let days = ds_format::time::days_from_civil(y, mo as u32, d as u32);
     Some((days * 86_400 + h * 3600 + mi * 60 + se) * 1_000_000_000 + nanos)
 }
 
 /// Nanoseconds since the epoch → `2024-01-02T03:04:05.678901234Z`.
 pub fn format_iso8601(ns: i64) -> String {
     let secs = ns.div_euclid(1_000_000_000);
-    let (y, m, d) = super::sign::civil_from_days(secs.div_euclid(86_400));
+    let (y, m, d) = ds_format::time::civil_from_days(secs.div_euclid(86_400));
     let s = secs.rem_euclid(86_400);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z",

@@ -162,21 +162,34 @@ pub async fn mirror(
     let jpath = store.layout().dataset_journal(&opts.dataset);
     let (mut journal, resumable) = Journal::open(&jpath, &opts.source.url(), &opts.dataset)?;
 
+    let mapped: Vec<bool> = (0..listed.len())
+        .map(|i| !keymap::is_identity(rel[i], &paths[i]))
+        .collect();
+    // Object i's file entry (named by the last component of its path).
+    let entry = |i: usize, file, last_modified_ns, etag: Option<&str>, version: Option<&str>| {
+        let name = paths[i].last().expect("a path has a name").clone();
+        tree::object_entry(
+            name,
+            rel[i],
+            mapped[i],
+            file,
+            last_modified_ns,
+            etag,
+            version,
+        )
+    };
+
     let mut ready: Vec<Option<Ready>> = (0..listed.len()).map(|_| None).collect();
     let mut to_fetch: Vec<usize> = Vec::new();
     for (i, o) in listed.iter().enumerate() {
-        let name = paths[i].last().expect("a path has a name").clone();
-        let mapped = !keymap::is_identity(rel[i], &paths[i]);
         if let Some(p) = previous.get(rel[i])
             && let Some(f) = p.file()
             && f.size == o.size
             && p.etag == o.etag
             && (o.etag.is_some() || p.entry.mtime_ns == o.last_modified_ns)
         {
-            let e = tree::object_entry(
-                name,
-                rel[i],
-                mapped,
+            let e = entry(
+                i,
                 f,
                 o.last_modified_ns,
                 o.etag.as_deref(),
@@ -191,12 +204,10 @@ pub async fn mirror(
             && s.size == o.size
             && s.etag == o.etag
             && s.etag.is_some()
-            && present(&store, &s.file())?
+            && store.index().has_content(&s.file())?
         {
-            let e = tree::object_entry(
-                name,
-                rel[i],
-                mapped,
+            let e = entry(
+                i,
                 s.file(),
                 o.last_modified_ns,
                 o.etag.as_deref(),
@@ -255,8 +266,6 @@ pub async fn mirror(
         let mut lines = Vec::new();
         for (i, r) in results {
             let (o, outcome) = r?;
-            let name = paths[i].last().expect("a path has a name").clone();
-            let mapped = !keymap::is_identity(rel[i], &paths[i]);
             let full = format!("s3://{}/{}", opts.source.bucket, o.key);
             match outcome {
                 Outcome::Stored { file, head } => {
@@ -280,10 +289,8 @@ pub async fn mirror(
                         report.objects_added += 1;
                     }
                     progress.add(1, o.size);
-                    let e = tree::object_entry(
-                        name,
-                        rel[i],
-                        mapped,
+                    let e = entry(
+                        i,
                         file,
                         o.last_modified_ns,
                         etag.as_deref(),
@@ -306,7 +313,11 @@ pub async fn mirror(
                                 "{full}: changed on every read (3 tries); the previous version is kept"
                             ));
                             let mut e = p.entry.clone();
-                            e.name = name.into_bytes();
+                            e.name = paths[i]
+                                .last()
+                                .expect("a path has a name")
+                                .as_bytes()
+                                .to_vec();
                             ready[i] = Some(Ready::Entry(e));
                         }
                         None => {
@@ -327,7 +338,7 @@ pub async fn mirror(
     for (i, r) in ready.into_iter().enumerate() {
         match r.expect("every object is decided") {
             Ready::Entry(e) => {
-                if !keymap::is_identity(rel[i], &paths[i]) {
+                if mapped[i] {
                     report.mapped.push(Mapped {
                         key: listed[i].key.clone(),
                         path: paths[i].join("/"),
@@ -392,13 +403,6 @@ pub async fn mirror(
     report.changed = true;
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
-}
-
-fn present(store: &Store, f: &ds_format::manifest::FileRef) -> Result<bool> {
-    Ok(match f.root_object() {
-        None => true,
-        Some((_, id)) => store.index().contains(&id)?,
-    })
 }
 
 /// Reads one object, following it when it changes mid-read (3 tries).

@@ -254,6 +254,15 @@ impl Index {
             .is_some())
     }
 
+    /// Whether a file's content root is indexed (an empty file always is):
+    /// what makes a recorded [`FileRef`] usable again without reading.
+    pub fn has_content(&self, f: &ds_format::manifest::FileRef) -> Result<bool> {
+        match f.root_object() {
+            None => Ok(true),
+            Some((_, id)) => self.contains(&id),
+        }
+    }
+
     /// Records a committed pack and every object in it.
     pub fn add_pack(&self, pack: &PackId, entries: &[PackEntry]) -> Result<()> {
         let mut b = WriteBatch::default();

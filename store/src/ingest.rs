@@ -375,10 +375,7 @@ impl Ingest<'_> {
             && c.ctime_ns == ctime_ns(meta)
             && c.ino == meta.ino()
             && c.dev == meta.dev()
-            && match c.file.root_object() {
-                None => true,
-                Some((_, id)) => self.store.index().contains(&id)?,
-            }
+            && self.store.index().has_content(&c.file)?
         {
             self.files_cached.fetch_add(1, Ordering::Relaxed);
             self.progress.add(1, c.size);

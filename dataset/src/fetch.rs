@@ -12,7 +12,6 @@
 use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use ds_format::manifest::FileRef;
@@ -22,6 +21,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::s3::{Client, GetError, Listed, ObjectHead};
+use crate::source::backoff;
 use crate::{DatasetError, Result};
 
 /// How a read ended.
@@ -159,10 +159,6 @@ pub async fn fetch(
     }
 }
 
-fn backoff(tries: u32) -> Duration {
-    Duration::from_millis(200 << tries.min(6))
-}
-
 /// One GET, streamed; a broken body resumes at the byte reached.
 async fn streamed(
     client: &Client,
@@ -235,30 +231,18 @@ async fn part(
     to: u64,
     fetched: &AtomicU64,
 ) -> std::result::Result<(ObjectHead, Bytes), GetError> {
-    let mut tries = 0u32;
-    loop {
-        let attempt = async {
-            let (head, resp) = client
-                .get(bucket, &obj.key, from, Some(to), obj.etag.as_deref())
-                .await?;
-            let b = resp.bytes().await?;
-            Ok::<_, GetError>((head, b))
-        };
-        match attempt.await {
-            Ok((head, b)) => {
-                if b.len() as u64 != to - from {
-                    return Err(GetError::Changed);
-                }
-                fetched.fetch_add(b.len() as u64, Ordering::Relaxed);
-                return Ok((head, b));
-            }
-            Err(GetError::Other(e)) if e.is_transient() && tries < 5 => {
-                tokio::time::sleep(backoff(tries)).await;
-                tries += 1;
-            }
-            Err(e) => return Err(e),
-        }
+    let (head, b) = crate::source::retry("get", || async {
+        let (head, resp) = client
+            .get(bucket, &obj.key, from, Some(to), obj.etag.as_deref())
+            .await?;
+        Ok::<_, GetError>((head, resp.bytes().await?))
+    })
+    .await?;
+    if b.len() as u64 != to - from {
+        return Err(GetError::Changed);
     }
+    fetched.fetch_add(b.len() as u64, Ordering::Relaxed);
+    Ok((head, b))
 }
 
 async fn by_parts(

@@ -61,20 +61,37 @@ impl SourceUrl {
     }
 }
 
-/// Retries `f` on transient failures: 6 tries, backoff from 0.2 s.
-pub async fn retry<T, F, Fut>(what: &str, mut f: F) -> Result<T>
+/// How long to wait before try `tries + 1`: 0.2 s, doubling, at most 10 s.
+pub fn backoff(tries: u32) -> Duration {
+    (Duration::from_millis(200) * 2u32.pow(tries.min(6))).min(Duration::from_secs(10))
+}
+
+/// A failure worth trying again (a transport failure, a throttle, a
+/// server error).
+pub trait Transient: std::fmt::Display {
+    fn is_transient(&self) -> bool;
+}
+
+impl Transient for DatasetError {
+    fn is_transient(&self) -> bool {
+        DatasetError::is_transient(self)
+    }
+}
+
+/// Retries `f` on transient failures: 6 tries, [`backoff`] between them.
+pub async fn retry<T, E, F, Fut>(what: &str, mut f: F) -> std::result::Result<T, E>
 where
+    E: Transient,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
+    Fut: std::future::Future<Output = std::result::Result<T, E>>,
 {
-    let mut wait = Duration::from_millis(200);
     let mut tries = 0;
     loop {
         match f().await {
             Err(e) if e.is_transient() && tries < 5 => {
+                let wait = backoff(tries);
                 tracing::warn!("{what}: {e}; retrying in {wait:?}");
                 tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(10));
                 tries += 1;
             }
             r => return r,

@@ -119,6 +119,22 @@ pub enum GetError {
     Other(DatasetError),
 }
 
+impl std::fmt::Display for GetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GetError::Changed => f.write_str("the object changed"),
+            GetError::Gone => f.write_str("the object is gone"),
+            GetError::Other(e) => e.fmt(f),
+        }
+    }
+}
+
+impl crate::source::Transient for GetError {
+    fn is_transient(&self) -> bool {
+        matches!(self, GetError::Other(e) if e.is_transient())
+    }
+}
+
 impl From<DatasetError> for GetError {
     fn from(e: DatasetError) -> Self {
         GetError::Other(e)

@@ -64,6 +64,13 @@ pub struct RunArgs {
     /// --ServerApp.base_url=/tasks/$DS_TASK/
     #[arg(long, requires = "port")]
     keep_prefix: bool,
+    /// Mount a dataset (or any workspace) read-only at PATH: relative to
+    /// the home directory, or absolute in a container (docker executor).
+    /// NAME alone is its newest snapshot when the task is submitted; NAME@ID
+    /// a snapshot of its history (a prefix of the id will do). The task
+    /// and its runs record the snapshot they saw. Repeat for several
+    #[arg(long = "dataset", value_name = "NAME[@SNAP]:PATH", value_parser = dataset_mount)]
+    datasets: Vec<ds_proto::runner::DatasetMount>,
     #[command(flatten)]
     hub: HubArgs,
     /// The command and its arguments, run as is (no shell)
@@ -78,6 +85,10 @@ pub enum RunSub {
     /// Show a recorded run with its provenance: inputs and outputs with
     /// their content ids, code, environment
     Show(crate::runs::RunShowArgs),
+}
+
+fn dataset_mount(s: &str) -> Result<ds_proto::runner::DatasetMount, String> {
+    ds_proto::mounts::parse(s).map_err(|e| e.0)
 }
 
 pub(crate) fn key_value(s: &str) -> Result<(String, String), String> {
@@ -210,6 +221,10 @@ fn show(t: &TaskInfo) {
             j.executor.as_deref().unwrap_or("?")
         );
     }
+    for d in &j.datasets {
+        let at = d.snapshot.map(|s| s.to_hex()).unwrap_or_default();
+        println!("dataset   {}@{at} at {} (read-only)", d.name, d.path);
+    }
     match (j.exit_code, j.signal) {
         (Some(c), _) => println!("exit      {c}"),
         (_, Some(s)) => println!("exit      killed by signal {s}"),
@@ -254,6 +269,7 @@ pub fn run(store: &Path, a: RunArgs) -> Result<ExitCode> {
         env: a.env.into_iter().collect(),
         port: a.port.map(u32::from).unwrap_or(0),
         keep_prefix: a.keep_prefix,
+        datasets: a.datasets,
     };
     runtime()?.block_on(async {
         let mut c = client(store, &a.hub).await?;

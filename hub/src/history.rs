@@ -100,3 +100,48 @@ impl SyncService {
         Ok((page, false))
     }
 }
+
+/// Most snapshots of a history searched for a `--dataset NAME@PREFIX`.
+const MAX_RESOLVE: usize = 100_000;
+
+impl SyncService {
+    /// The snapshot `at` names in workspace `name`'s history: its head when
+    /// `at` is empty, else the one snapshot of the history whose id starts
+    /// with `at` (a task may only name versions of what it was allowed).
+    pub(crate) async fn resolve_in(&self, name: &str, at: &str) -> Result<ObjectId, Status> {
+        let head = self
+            .storage()
+            .get_ref(name)
+            .await
+            .map_err(crate::service::status)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "the hub has no dataset {name:?} (mirror it with `ds dataset mirror … \
+                     --dataset {name}` and push it)"
+                ))
+            })?;
+        if at.is_empty() {
+            return Ok(head);
+        }
+        let want = at.to_ascii_lowercase();
+        let (page, more) = self.log(head, None, MAX_RESOLVE).await?;
+        let found: Vec<ObjectId> = page
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| id.to_hex().starts_with(&want))
+            .collect();
+        match found.as_slice() {
+            [one] => Ok(*one),
+            [] if more => Err(Status::not_found(format!(
+                "no snapshot {at} among the newest {MAX_RESOLVE} of {name:?}: give the full id"
+            ))),
+            [] => Err(Status::not_found(format!(
+                "dataset {name:?} has no snapshot {at} (see `ds log {name}`)"
+            ))),
+            many => Err(Status::invalid_argument(format!(
+                "{at} is ambiguous in {name:?}: {} snapshots start with it; give more digits",
+                many.len()
+            ))),
+        }
+    }
+}

@@ -106,11 +106,11 @@ pub async fn run(
         .at(std::path::Path::new(&opts.listen))?;
     let task_hub = TaskHub::new(storage.clone(), auth.clone(), opts.tasks.clone());
     let background = task_hub.start();
-    let tasks_service = TasksService::new(task_hub.clone());
+    let sync = SyncService::new(storage, cache, auth.clone()).with_gc_settle(opts.gc_settle);
+    let tasks_service = TasksService::new(task_hub.clone(), sync.clone());
     let tasks = TasksServer::new(tasks_service.clone())
         .max_decoding_message_size(ds_proto::MAX_TASK_MESSAGE)
         .max_encoding_message_size(ds_proto::MAX_TASK_MESSAGE);
-    let sync = SyncService::new(storage, cache, auth.clone()).with_gc_settle(opts.gc_settle);
     let svc = SyncServer::new(sync.clone())
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);

@@ -45,6 +45,9 @@ pub struct TaskJson {
     pub port: Option<u32>,
     /// The relay passes /tasks/<id>/… whole (the app knows its base URL).
     pub keep_prefix: bool,
+    /// Datasets mounted read-only, each at the snapshot the hub resolved
+    /// when the task was submitted.
+    pub datasets: Vec<DatasetJson>,
     /// Unix times in milliseconds (null: not yet).
     pub submitted_ms: u64,
     pub started_ms: Option<u64>,
@@ -83,9 +86,32 @@ impl From<&crate::runner::TaskInfo> for TaskJson {
             commit: s(&t.commit),
             port: (spec.port != 0).then_some(spec.port),
             keep_prefix: spec.keep_prefix,
+            datasets: spec.datasets.iter().map(DatasetJson::from).collect(),
             submitted_ms: t.submitted_ms,
             started_ms: ms(t.started_ms),
             ended_ms: ms(t.ended_ms),
+        }
+    }
+}
+
+/// A task's dataset mount (`--dataset NAME[@SNAP]:PATH`).
+#[derive(Debug, Serialize)]
+pub struct DatasetJson {
+    pub name: String,
+    /// What was asked for after `@` (null: the dataset's head at submit).
+    pub at: Option<String>,
+    /// The snapshot the task sees.
+    pub snapshot: Option<ObjectId>,
+    pub path: String,
+}
+
+impl From<&crate::runner::DatasetMount> for DatasetJson {
+    fn from(d: &crate::runner::DatasetMount) -> DatasetJson {
+        DatasetJson {
+            name: d.name.clone(),
+            at: (!d.at.is_empty()).then(|| d.at.clone()),
+            snapshot: ObjectId::from_slice(&d.snapshot),
+            path: d.path.clone(),
         }
     }
 }

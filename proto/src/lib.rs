@@ -8,6 +8,7 @@
 
 mod ids;
 pub mod json;
+pub mod mounts;
 pub mod upload;
 pub use ids::{BadName, RunnerName, TaskId};
 
@@ -22,6 +23,10 @@ pub mod v1 {
 pub mod runner {
     tonic::include_proto!("ds.runner.v1");
 }
+
+/// Where the docker executor mounts the workspace in a container (the
+/// workload's `$HOME` and working directory).
+pub const HOME_IN_CONTAINER: &str = "/home/ds";
 
 /// The task protocol's version.
 pub const TASK_PROTOCOL: u32 = 1;

@@ -31,7 +31,7 @@ use crate::exec::{Exit, Io, LineCutter};
 use crate::ledger::{STDERR, STDOUT};
 
 /// Where the workspace appears inside the container.
-pub const HOME_IN_CONTAINER: &str = "/home/ds";
+pub const HOME_IN_CONTAINER: &str = ds_proto::HOME_IN_CONTAINER;
 
 /// How containers are run (runner settings).
 #[derive(Debug, Clone, Default)]
@@ -70,10 +70,12 @@ pub async fn probe() -> Result<String, String> {
 }
 
 /// Runs the task's container to its end. Err: it could not be started.
+/// `(home, binds)`: the workspace's mount, and further binds
+/// (`HOST:CONTAINER:ro`, the task's datasets).
 pub async fn run(
     spec: &TaskSpec,
     id: &TaskId,
-    home: &Path,
+    (home, binds): (&Path, &[String]),
     io: Io<'_>,
     opts: &DockerOptions,
     say: &(dyn Fn(String) + Sync),
@@ -102,7 +104,11 @@ pub async fn run(
         attach_stderr: Some(true),
         tty: Some(false),
         host_config: Some(HostConfig {
-            binds: Some(vec![format!("{}:{HOME_IN_CONTAINER}", home.display())]),
+            binds: Some(
+                std::iter::once(format!("{}:{HOME_IN_CONTAINER}", home.display()))
+                    .chain(binds.iter().cloned())
+                    .collect(),
+            ),
             network_mode: (!opts.network.is_empty()).then(|| opts.network.clone()),
             // The task's port, published on the runner's loopback only (an
             // ephemeral port the engine picks): the relay's tunnels connect

@@ -22,6 +22,7 @@
 //! library), never on the hub's server crate; `scripts/test.sh` checks.
 #![forbid(unsafe_code)]
 
+pub mod datasets;
 pub mod docker;
 mod error;
 pub mod exec;
@@ -120,14 +121,24 @@ fn clean_stale(cache: &std::path::Path) {
     let Ok(rd) = std::fs::read_dir(cache.join("tasks")) else {
         return;
     };
-    for e in rd.flatten() {
-        let home = e.path().join("home");
-        if ds_fuse::mount_device(&home).is_some() {
+    let detach = |p: &std::path::Path| {
+        if ds_fuse::mount_device(p).is_some() {
             let _ = std::process::Command::new("fusermount3")
                 .args(["-u", "-z"])
-                .arg(&home)
+                .arg(p)
                 .status();
         }
+    };
+    for e in rd.flatten() {
+        let home = e.path().join("home");
+        // Datasets first: a container's are under the task's directory (a
+        // process's, nested in the home, go with it).
+        if let Ok(ds) = std::fs::read_dir(e.path().join("datasets")) {
+            for d in ds.flatten() {
+                detach(&d.path());
+            }
+        }
+        detach(&home);
         if ds_fuse::mount_device(&home).is_none() {
             eprintln!(
                 "ds runner: removing {} (left by an earlier runner)",

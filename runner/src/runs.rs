@@ -373,6 +373,8 @@ pub struct Provenance {
     pub commit: Option<String>,
     /// The workspace's path as the workload sees it.
     pub home: String,
+    /// The datasets mounted into the task, at the snapshots it saw.
+    pub datasets: Vec<ds_format::run::DatasetUse>,
 }
 
 impl Provenance {
@@ -381,6 +383,11 @@ impl Provenance {
         r.task = Some(self.task.clone());
         r.code.repo = self.repo.clone();
         r.code.commit = self.commit.clone();
+        for d in &self.datasets {
+            if !r.datasets.contains(d) {
+                r.datasets.push(d.clone());
+            }
+        }
         let (cpu, mem) = runs.usage();
         r.environment = ds_format::run::Environment {
             executor: Some(self.executor.clone()),

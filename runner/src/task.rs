@@ -2,8 +2,10 @@
 //!
 //! 1. pull the workspace into the runner's cache store with the task's own
 //!    token (only what the cache lacks; an empty workspace when the hub
-//!    has none yet);
-//! 2. mount it read-write at `CACHE/tasks/<id>/home`;
+//!    has none yet), and the trees of the task's datasets (their chunks
+//!    are read from the hub as the workload reads them);
+//! 2. mount it read-write at `CACHE/tasks/<id>/home`, the datasets
+//!    read-only ([`crate::datasets`]);
 //! 3. run the workload there ([`crate::exec`]), its output streamed;
 //! 4. snapshot the live mount (a consistent cut, O(changed)), unmount;
 //! 5. push; when the workspace moved on the hub meanwhile, keep the
@@ -27,6 +29,7 @@ use ds_store::{Access, InitOptions, Store, StoreError};
 use ds_sync::{Remote, Side, SyncError};
 
 use crate::Config;
+use crate::datasets::{self, HubObjects, Mounts, Planned};
 use crate::error::{IoContext, Result, RunnerError};
 use crate::exec::{self, Exit};
 use crate::ledger::{Control, Ledger, RUNNER};
@@ -104,16 +107,6 @@ fn steps(cx: &Ctx<'_>, control: &Control, done: &mut Done) -> Result<()> {
     let ws = WorkspaceName::new(cx.a.spec.workspace.clone())?;
     let rt = runtime()?;
     let store_dir = cx.cfg.cache.join("store");
-    cx.say(format!("pulling workspace {ws}"));
-    let base = rt.block_on(pull(cx, &store_dir, &ws))?;
-    match base {
-        Some(b) => cx.say(format!("workspace {ws} at {}", b.short())),
-        None => cx.say(format!("workspace {ws} is new: starting empty")),
-    }
-    let home = task_dir(&cx.cfg.cache, &cx.a.id).join("home");
-    std::fs::create_dir_all(&home).at(&home)?;
-    let store = Arc::new(Store::open(&store_dir, Access::Read, true)?);
-    let reader = store.clone();
     let offers = |e: &str| cx.cfg.executors.iter().any(|x| x == e);
     let executor = if cx.a.spec.executor.is_empty() {
         // A task that names no image cannot run in a container.
@@ -126,11 +119,22 @@ fn steps(cx: &Ctx<'_>, control: &Control, done: &mut Done) -> Result<()> {
         cx.a.spec.executor.clone()
     };
     let docker = executor == "docker";
-    let mut mounted = Mounted::start(
-        store,
-        &home,
-        mount_config(&ws, &home, docker.then_some(&cx.cfg.docker))?,
-    )?;
+    let dir = task_dir(&cx.cfg.cache, &cx.a.id);
+    let home = dir.join("home");
+    let plans = datasets::plan(&cx.a.spec, &home, &dir, docker)?;
+    cx.say(format!("pulling workspace {ws}"));
+    let base = rt.block_on(pull(cx, &store_dir, &ws))?;
+    match base {
+        Some(b) => cx.say(format!("workspace {ws} at {}", b.short())),
+        None => cx.say(format!("workspace {ws} is new: starting empty")),
+    }
+    std::fs::create_dir_all(&home).at(&home)?;
+    let store = Arc::new(Store::open(&store_dir, Access::Read, true)?);
+    let reader = store.clone();
+    let lazy = lazy_datasets(cx, &store_dir, &reader, &plans)?;
+    let cfg = mount_config(&ws, &home, docker.then_some(&cx.cfg.docker))?;
+    let (vfs, allow_other) = (cfg.vfs.clone(), cfg.fuse.allow_other);
+    let mut mounted = Mounted::start(store, &home, cfg)?;
     let handle = mounted.handle();
     let mut unmounter = mounted.unmounter();
     let served = std::thread::Builder::new()
@@ -151,6 +155,23 @@ fn steps(cx: &Ctx<'_>, control: &Control, done: &mut Done) -> Result<()> {
     } else {
         checkout(cx, &home).map(|c| done.commit = c)
     };
+    // After the checkout, so that git never writes into a dataset.
+    let mut data = Mounts::default();
+    let exit = exit.and_then(|()| {
+        if let Some((data_store, _)) = &lazy {
+            data =
+                Mounts::start(data_store, &plans, &vfs, allow_other).map_err(|e| e.to_string())?;
+        }
+        for p in &plans {
+            cx.say(format!(
+                "dataset {} at {} mounted read-only at {}",
+                p.name,
+                p.snapshot.short(),
+                p.seen_at
+            ));
+        }
+        Ok(())
+    });
     if exit.is_ok() {
         cx.say(format!(
             "running {:?} ({executor} executor)",
@@ -170,6 +191,7 @@ fn steps(cx: &Ctx<'_>, control: &Control, done: &mut Done) -> Result<()> {
         } else {
             home.to_string_lossy().into_owned()
         },
+        datasets: plans.iter().map(Planned::used).collect(),
     };
     let (runs, found) = Runs::new();
     let say = |m: String| cx.say(m);
@@ -185,10 +207,17 @@ fn steps(cx: &Ctx<'_>, control: &Control, done: &mut Done) -> Result<()> {
         };
         let exit = exit.and_then(|()| {
             if docker {
+                let binds: Vec<String> = plans
+                    .iter()
+                    .filter_map(|p| {
+                        let at = p.bind.as_ref()?;
+                        Some(format!("{}:{at}:ro", p.mountpoint.display()))
+                    })
+                    .collect();
                 rt.block_on(crate::docker::run(
                     &cx.a.spec,
                     &cx.a.id,
-                    &home,
+                    (&home, &binds),
                     io,
                     &cx.cfg.docker,
                     &say,
@@ -200,6 +229,15 @@ fn steps(cx: &Ctx<'_>, control: &Control, done: &mut Done) -> Result<()> {
         runs.close();
         (exit, recorder.join().unwrap_or((base, Vec::new())))
     });
+    // Before the final snapshot: its mount points go if still empty.
+    data.stop(&say);
+    if let Some((_, objects)) = &lazy {
+        cx.say(format!(
+            "datasets: {} chunks ({} bytes) were read from the hub",
+            objects.chunks.load(std::sync::atomic::Ordering::Relaxed),
+            objects.bytes.load(std::sync::atomic::Ordering::Relaxed)
+        ));
+    }
     match &exit {
         Ok(Exit { code, signal }) => {
             done.exit_code = *code;
@@ -223,6 +261,9 @@ fn steps(cx: &Ctx<'_>, control: &Control, done: &mut Done) -> Result<()> {
         metadata.insert("runner".into(), cx.cfg.name.to_string());
         if let Ok(Exit { code: Some(c), .. }) = exit {
             metadata.insert("exit_code".into(), c.to_string());
+        }
+        if let Some(d) = datasets::metadata(&plans) {
+            metadata.insert("datasets".into(), d);
         }
         if !done.commit.is_empty() {
             metadata.insert("git_repo".into(), cx.a.spec.repo.clone());
@@ -361,7 +402,7 @@ fn mount_config(
     })
 }
 
-fn unmount(u: &mut ds_fuse::SessionUnmounter, home: &Path) {
+pub(crate) fn unmount(u: &mut ds_fuse::SessionUnmounter, home: &Path) {
     if u.unmount().is_err() {
         // Something still holds it (a workload's orphan): detach it lazily
         // so the mount thread can end.
@@ -402,6 +443,36 @@ async fn pull(cx: &Ctx<'_>, dir: &Path, ws: &WorkspaceName) -> Result<Option<Obj
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The store the task's datasets are mounted from: the cache, lazy
+/// ([`HubObjects`]) for what it lacks; and that source. None: no datasets.
+fn lazy_datasets(
+    cx: &Ctx<'_>,
+    dir: &Path,
+    cache: &Arc<Store>,
+    plans: &[Planned],
+) -> Result<Option<(Arc<Store>, Arc<HubObjects>)>> {
+    if plans.is_empty() {
+        return Ok(None);
+    }
+    let roots: Vec<ObjectId> = plans.iter().map(|p| p.snapshot).collect();
+    let hub = (cx.cfg.hub.clone(), cx.a.token.clone(), cx.cfg.ca.clone());
+    let objects = Arc::new(HubObjects::connect(hub, cache.clone(), &roots)?);
+    for p in plans {
+        cx.say(format!(
+            "dataset {} at {}: its files are read from the hub as the workload reads them",
+            p.name,
+            p.snapshot.short()
+        ));
+    }
+    cx.say(format!(
+        "datasets: {} directory and file records fetched",
+        objects.trees()
+    ));
+    let store = Arc::new(Store::open(dir, Access::Read, true)?);
+    store.set_lazy(objects.clone());
+    Ok(Some((store, objects)))
 }
 
 /// Pushes `snap` (the cache's head of `ws`) to the hub. Returns the ref it

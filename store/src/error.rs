@@ -78,6 +78,10 @@ pub enum StoreError {
     /// A mount operation failed (an errno, and a detail to log).
     #[error("{0}")]
     Mount(#[from] crate::vfs::VfsError),
+    /// An object the store lacks could not be had from where a lazy store
+    /// fetches them ([`crate::Lazy`]).
+    #[error("fetching {id} lazily: {why}")]
+    Unavailable { id: ObjectId, why: String },
     /// A worker thread died or stopped: a bug, or the consequence of an
     /// error reported first.
     #[error("{0}")]

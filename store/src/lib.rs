@@ -44,7 +44,7 @@ pub mod writer;
 
 pub use ds_format as format;
 pub use error::{IoContext, StoreError};
-pub use store::{Access, Appender, InitOptions, Store, decode_stored};
+pub use store::{Access, Appender, InitOptions, Lazy, Store, decode_stored};
 
 /// Result alias for this crate.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

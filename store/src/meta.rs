@@ -143,8 +143,15 @@ pub fn write_xattrs(path: &Path, xattrs: &[Xattr]) -> io::Result<()> {
     for x in xattrs {
         let name = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&x.name);
         rustix::fs::lsetxattr(path, name, &x.value, XattrFlags::empty()).map_err(|e| {
+            // std files EOPNOTSUPP under no kind of its own: restore tells
+            // "this filesystem holds no xattrs" apart from other failures.
+            let kind = if e == rustix::io::Errno::OPNOTSUPP {
+                io::ErrorKind::Unsupported
+            } else {
+                io::Error::from(e).kind()
+            };
             io::Error::new(
-                io::Error::from(e).kind(),
+                kind,
                 format!("setting {}: {e}", String::from_utf8_lossy(&x.name)),
             )
         })?;

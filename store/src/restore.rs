@@ -64,6 +64,9 @@ pub struct RestoreReport {
     pub hardlinks: u64,
     pub bytes: u64,
     pub errors: Vec<String>,
+    /// What was restored but not whole (said once, not per entry): e.g.
+    /// extended attributes on a filesystem that does not hold them.
+    pub warnings: Vec<String>,
 }
 
 /// An entry by its directory's handle and its name.
@@ -92,6 +95,9 @@ struct Ctx<'a> {
     hardlinks: AtomicU64,
     bytes: AtomicU64,
     errors: Mutex<Vec<String>>,
+    /// Entries whose extended attributes the target filesystem refused as
+    /// unsupported (then no more are tried).
+    xattrs_unsupported: AtomicU64,
     /// Owners are set only by root (anyone else may not give files away).
     owners: bool,
     /// Running as root (may set trusted.* and security.* attributes).
@@ -155,6 +161,7 @@ pub fn restore(
         hardlinks: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         errors: Mutex::new(Vec::new()),
+        xattrs_unsupported: AtomicU64::new(0),
         owners: !opts.no_owners && meta::is_root(),
         root: meta::is_root(),
         groups: Mutex::new(HashMap::new()),
@@ -171,6 +178,14 @@ pub fn restore(
         hardlinks: ctx.hardlinks.into_inner(),
         bytes: ctx.bytes.into_inner(),
         errors: ctx.errors.into_inner().expect("poisoned"),
+        warnings: match ctx.xattrs_unsupported.into_inner() {
+            0 => Vec::new(),
+            n => vec![format!(
+                "{} does not support extended attributes: those of {n} entries were not \
+                 restored (--no-xattrs says not to try)",
+                dest.display()
+            )],
+        },
     })
 }
 
@@ -405,7 +420,12 @@ impl Ctx<'_> {
         {
             self.fail(rel, format!("owner: {err}"));
         }
-        if !self.opts.no_xattrs && !e.xattrs.is_empty() {
+        if !self.opts.no_xattrs
+            && !e.xattrs.is_empty()
+            && self.xattrs_unsupported.load(Ordering::Relaxed) > 0
+        {
+            self.xattrs_unsupported.fetch_add(1, Ordering::Relaxed);
+        } else if !self.opts.no_xattrs && !e.xattrs.is_empty() {
             // Only root may set trusted.* and security.* attributes; anyone
             // else restores the user.* ones (as rsync -X does), and the
             // rest are not errors.
@@ -418,8 +438,14 @@ impl Ctx<'_> {
                 })
                 .cloned()
                 .collect();
-            if let Err(err) = meta::write_xattrs(path, &settable) {
-                self.fail(rel, format!("extended attributes: {err}"));
+            match meta::write_xattrs(path, &settable) {
+                Ok(()) => {}
+                // The filesystem holds none (tmpfs without user xattrs,
+                // some network filesystems): one warning for them all.
+                Err(err) if err.kind() == std::io::ErrorKind::Unsupported => {
+                    self.xattrs_unsupported.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(err) => self.fail(rel, format!("extended attributes: {err}")),
             }
         }
     }

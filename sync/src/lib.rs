@@ -25,7 +25,7 @@ pub mod tasks;
 
 use ds_format::ObjectId;
 pub use error::{Result, Side, SyncError};
-pub use pull::pull;
+pub use pull::{fetch_objects, fetch_trees, pull};
 pub use push::push;
 pub use remote::{Bearer, Remote, channel};
 use serde::Serialize;

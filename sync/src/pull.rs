@@ -47,12 +47,119 @@ pub async fn pull(
         rep.round_trips = remote.round_trips;
         return Ok(rep);
     }
+    let txn = transfer(&store, remote, theirs, &mut rep, progress).await?;
+    let st = store.clone();
+    let ws2 = ws.to_string();
+    blocking(move || {
+        let done = txn.finish()?;
+        if let Some(o) = ours
+            && !force
+            && !dag::is_ancestor(&st, &o, &theirs)?
+        {
+            return Err(SyncError::Diverged {
+                workspace: ws2.clone(),
+                ours: o,
+                theirs,
+                message: format!(
+                    "your {ws2} is at {}, which the hub's {ws2} ({}) does not descend from: you \
+                     have snapshots the hub does not; push them (after pulling into another \
+                     workspace to compare), or pull --force to replace your {ws2} with the \
+                     hub's (your snapshots stay in the store until gc)",
+                    o.short(),
+                    theirs.short()
+                ),
+            });
+        }
+        done.swap_ref(&ws2, ours, theirs)?;
+        Ok(())
+    })
+    .await?;
+    rep.round_trips = remote.round_trips;
+    Ok(rep)
+}
+
+/// The tree objects (snapshot, directories, file nodes) under `root` that
+/// `store` lacks, fetched and verified but not stored, by id: a lazy
+/// mount's ([`ds_store::Lazy`]), which fetches chunks only as they are
+/// read ([`fetch_object`]). A tree `store` holds is not descended (it
+/// holds the subtree).
+pub async fn fetch_trees(
+    store: Arc<Store>,
+    remote: &mut Remote,
+    root: ObjectId,
+) -> Result<HashMap<ObjectId, (ObjectKind, Vec<u8>)>> {
+    let mut walk = Descent::new(root);
+    let mut trees = HashMap::new();
+    while let Some((_, objs)) = walk.next_level() {
+        let st = store.clone();
+        let (want, _) = blocking(move || lacking(&st, objs)).await?;
+        let want: Vec<(ObjectId, ObjectKind)> = want
+            .into_iter()
+            .filter(|(_, k)| *k != ObjectKind::Chunk)
+            .collect();
+        let kinds: HashMap<ObjectId, ObjectKind> = want.iter().copied().collect();
+        let ids: Vec<ObjectId> = want.iter().map(|(i, _)| *i).collect();
+        for batch in ids.chunks(remote.max_batch()) {
+            let mut replies = remote.get_objects(batch).await?;
+            while let Some(reply) = replies.message().await? {
+                for o in reply.objects {
+                    let (id, kind) = claim(&o, &kinds)?;
+                    let (_, raw, _) = decode(id, kind, o)?;
+                    walk.expand(id, kind, &raw)?;
+                    if trees.insert(id, (kind, raw)).is_some() {
+                        return Err(SyncError::Protocol(format!("the hub sent {id} twice")));
+                    }
+                }
+            }
+        }
+        if let Some(id) = ids.iter().find(|i| !trees.contains_key(i)) {
+            return Err(SyncError::Protocol(format!("the hub did not send {id}")));
+        }
+    }
+    Ok(trees)
+}
+
+/// Objects by id, each verified (a lazy mount's chunks as they are read,
+/// with those that follow them). What the hub does not send is missing
+/// from the answer.
+pub async fn fetch_objects(
+    remote: &mut Remote,
+    want: &[(ObjectId, ObjectKind)],
+) -> Result<HashMap<ObjectId, Vec<u8>>> {
+    let kinds: HashMap<ObjectId, ObjectKind> = want.iter().copied().collect();
+    let ids: Vec<ObjectId> = kinds.keys().copied().collect();
+    let mut found = HashMap::with_capacity(ids.len());
+    for batch in ids.chunks(remote.max_batch()) {
+        let mut replies = remote.get_objects(batch).await?;
+        while let Some(reply) = replies.message().await? {
+            for o in reply.objects {
+                let (id, kind) = claim(&o, &kinds)?;
+                let (_, raw, _) = decode(id, kind, o)?;
+                if found.insert(id, raw).is_some() {
+                    return Err(SyncError::Protocol(format!("the hub sent {id} twice")));
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Fetches the objects under `root` that `store` lacks, level by level,
+/// into one transaction: chunks as they arrive, tree nodes at the end
+/// children-first. Returns the transaction to finish.
+async fn transfer(
+    store: &Arc<Store>,
+    remote: &mut Remote,
+    root: ObjectId,
+    rep: &mut SyncReport,
+    progress: Progress<'_>,
+) -> Result<Transaction<'static>> {
     let txn = {
         let st = store.clone();
         blocking(move || Ok(Transaction::begin(Target::Shared(st))?)).await?
     };
     let writer = txn.writer().clone();
-    let mut walk = Descent::new(theirs);
+    let mut walk = Descent::new(root);
     // Tree nodes wait here until their subtrees are complete.
     let mut nodes: HashMap<ObjectId, (ObjectKind, Vec<u8>)> = HashMap::new();
     while let Some((level, objs)) = walk.next_level() {
@@ -101,8 +208,6 @@ pub async fn pull(
         }
     }
     let order = walk.post_order();
-    let st = store.clone();
-    let ws2 = ws.to_string();
     blocking(move || {
         // Tree nodes go in children-first, after their chunks (queued).
         for id in order {
@@ -111,31 +216,9 @@ pub async fn pull(
             }
         }
         drop(writer);
-        let done = txn.finish()?;
-        if let Some(o) = ours
-            && !force
-            && !dag::is_ancestor(&st, &o, &theirs)?
-        {
-            return Err(SyncError::Diverged {
-                workspace: ws2.clone(),
-                ours: o,
-                theirs,
-                message: format!(
-                    "your {ws2} is at {}, which the hub's {ws2} ({}) does not descend from: you \
-                     have snapshots the hub does not; push them (after pulling into another \
-                     workspace to compare), or pull --force to replace your {ws2} with the \
-                     hub's (your snapshots stay in the store until gc)",
-                    o.short(),
-                    theirs.short()
-                ),
-            });
-        }
-        done.swap_ref(&ws2, ours, theirs)?;
-        Ok(())
+        Ok(txn)
     })
-    .await?;
-    rep.round_trips = remote.round_trips;
-    Ok(rep)
+    .await
 }
 
 /// Which of a level's objects this store lacks, and how many chunks it
@@ -175,6 +258,29 @@ fn claim(
     Ok((id, kind))
 }
 
+/// A sent object's storage, plaintext (verified against `id`) and bytes
+/// as sent.
+fn decode(id: ObjectId, kind: ObjectKind, o: StoredObject) -> Result<(Stored, Vec<u8>, Vec<u8>)> {
+    let stored = match o.stored {
+        0 => Stored::Raw,
+        1 => Stored::Zstd,
+        s => {
+            return Err(SyncError::Protocol(format!(
+                "the hub sent {id} with storage {s}"
+            )));
+        }
+    };
+    let bytes = o.data;
+    let raw = ds_format::check::decode_stored(stored, &bytes, o.raw_len)
+        .map_err(|why| SyncError::Protocol(format!("the hub sent {id} undecodable: {why}")))?;
+    if kind.hash(&raw) != id {
+        return Err(SyncError::Protocol(format!(
+            "the hub sent {id} with content that does not match it (refused)"
+        )));
+    }
+    Ok((stored, raw, bytes))
+}
+
 /// Decodes and verifies sent objects (on a blocking thread), queues chunks
 /// to the writer, and returns each object's kind, its plaintext if it is a
 /// tree node (written later, children-first) and its bytes on the wire.
@@ -185,24 +291,8 @@ fn accept(
 ) -> Result<Vec<(ObjectId, ObjectKind, Option<Vec<u8>>, u64)>> {
     let mut out = Vec::with_capacity(objs.len());
     for (id, kind, o) in objs {
-        let stored = match o.stored {
-            0 => Stored::Raw,
-            1 => Stored::Zstd,
-            s => {
-                return Err(SyncError::Protocol(format!(
-                    "the hub sent {id} with storage {s}"
-                )));
-            }
-        };
         let moved = o.data.len() as u64;
-        let bytes = o.data;
-        let raw = ds_format::check::decode_stored(stored, &bytes, o.raw_len)
-            .map_err(|why| SyncError::Protocol(format!("the hub sent {id} undecodable: {why}")))?;
-        if kind.hash(&raw) != id {
-            return Err(SyncError::Protocol(format!(
-                "the hub sent {id} with content that does not match it (refused)"
-            )));
-        }
+        let (stored, raw, bytes) = decode(id, kind, o)?;
         if kind == ObjectKind::Chunk {
             // Kept as the hub stored it: no second compression.
             let raw_len = raw.len() as u32;

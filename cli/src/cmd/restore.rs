@@ -80,6 +80,9 @@ pub(super) fn restore(store: &Store, a: RestoreArgs) -> Result<ExitCode> {
     for e in &report.errors {
         eprintln!("ds: error: {e}");
     }
+    for w in &report.warnings {
+        eprintln!("ds: warning: {w}");
+    }
     if a.json {
         print_json(&RestoreJson::new(&id, &a.dest, &report))?;
     } else {

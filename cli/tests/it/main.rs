@@ -13,6 +13,7 @@ mod posix;
 mod regressions;
 mod runs;
 mod sync;
+mod taskdata;
 mod tasks;
 mod web;
 

@@ -210,3 +210,51 @@ fn a_directory_snapshot_and_restore_keep_what_rsync_haxx_keeps() {
         "{d}"
     );
 }
+
+/// A filesystem that holds no extended attributes (ramfs): the files are
+/// restored, and the attributes left behind are one warning, not an error
+/// per file that would fail the restore.
+#[test]
+fn a_restore_onto_a_filesystem_without_xattrs_warns_once_and_succeeds() {
+    let t = tempfile::tempdir().unwrap();
+    let (store, work, target) = (t.path().join("s"), t.path().join("w"), t.path().join("ram"));
+    fs::create_dir_all(&work).unwrap();
+    for i in 0..3 {
+        let f = work.join(format!("f{i}"));
+        fs::write(&f, format!("file {i}\n")).unwrap();
+        sh(
+            &work,
+            &format!("python3 -c \"import os; os.setxattr('f{i}', 'user.n', b'{i}')\""),
+        );
+    }
+    ok(ds(&store).arg("snapshot").arg(&work).args(["-w", "x"]));
+    fs::create_dir_all(&target).unwrap();
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("\n*** SKIPPING the ramfs restore test: mounting ramfs needs root ***\n");
+        return;
+    }
+    let m = Command::new("mount")
+        .args(["-t", "ramfs", "ramfs"])
+        .arg(&target)
+        .status()
+        .unwrap();
+    assert!(m.success(), "mount -t ramfs");
+    let o = ds(&store)
+        .args(["restore", "x", "--json"])
+        .arg(target.join("out"))
+        .output()
+        .unwrap();
+    let restored = fs::read(target.join("out/f1"));
+    let _ = Command::new("umount").arg(&target).status();
+    assert_eq!(restored.unwrap(), b"file 1\n");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(err.matches("warning").count(), 1, "{err}");
+    assert!(
+        err.contains("does not support extended attributes: those of 3 entries"),
+        "{err}"
+    );
+    let j = json(&o);
+    assert_eq!(j["files"], 3);
+    assert_eq!(j["errors"].as_array().unwrap().len(), 0, "{j}");
+}

@@ -50,11 +50,17 @@ impl Drop for Runner {
 fn unmount_tasks(cache: &Path) {
     if let Ok(rd) = std::fs::read_dir(cache.join("tasks")) {
         for e in rd.flatten() {
-            let _ = Command::new("fusermount3")
-                .args(["-u", "-z"])
-                .arg(e.path().join("home"))
-                .stderr(Stdio::null())
-                .status();
+            let mut mounts: Vec<PathBuf> = std::fs::read_dir(e.path().join("datasets"))
+                .map(|d| d.flatten().map(|d| d.path()).collect())
+                .unwrap_or_default();
+            mounts.push(e.path().join("home"));
+            for m in mounts {
+                let _ = Command::new("fusermount3")
+                    .args(["-u", "-z"])
+                    .arg(m)
+                    .stderr(Stdio::null())
+                    .status();
+            }
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use ds_proto::runner::{TaskInfo, TaskSpec};
+use ds_proto::runner::{DatasetMount, TaskInfo, TaskSpec};
 use serde::{Deserialize, Serialize};
 
 /// Where a task stands. `Queued → Running → Succeeded | Failed | Cancelled
@@ -62,6 +62,48 @@ pub struct Spec {
     pub port: u32,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_prefix: bool,
+    /// Read-only mounts, each resolved to a snapshot at submit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datasets: Vec<Dataset>,
+}
+
+/// A dataset mount as stored: `snapshot` is the resolved id (hex).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dataset {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub at: String,
+    #[serde(default)]
+    pub snapshot: String,
+    pub path: String,
+}
+
+impl From<DatasetMount> for Dataset {
+    fn from(d: DatasetMount) -> Dataset {
+        Dataset {
+            name: d.name,
+            at: d.at,
+            snapshot: ds_format::ObjectId::from_slice(&d.snapshot)
+                .map(|i| i.to_hex())
+                .unwrap_or_default(),
+            path: d.path,
+        }
+    }
+}
+
+impl From<&Dataset> for DatasetMount {
+    fn from(d: &Dataset) -> DatasetMount {
+        DatasetMount {
+            name: d.name.clone(),
+            at: d.at.clone(),
+            snapshot: d
+                .snapshot
+                .parse::<ds_format::ObjectId>()
+                .map(|i| i.as_bytes().to_vec())
+                .unwrap_or_default(),
+            path: d.path.clone(),
+        }
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -82,6 +124,7 @@ impl From<TaskSpec> for Spec {
             env: s.env.into_iter().collect(),
             port: s.port,
             keep_prefix: s.keep_prefix,
+            datasets: s.datasets.into_iter().map(Dataset::from).collect(),
         }
     }
 }
@@ -100,6 +143,7 @@ impl From<&Spec> for TaskSpec {
             env: s.env.clone().into_iter().collect(),
             port: s.port,
             keep_prefix: s.keep_prefix,
+            datasets: s.datasets.iter().map(DatasetMount::from).collect(),
         }
     }
 }

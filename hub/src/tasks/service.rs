@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ds_proto::runner::DatasetMount;
 use ds_proto::runner::tasks_server::Tasks;
 use ds_proto::runner::{
     CancelRequest, GetTaskRequest, HubMessage, ListRunnersReply, ListRunnersRequest,
     ListTasksReply, ListTasksRequest, LogsReply, LogsRequest, RunnerMessage, SubmitRequest,
     TaskInfo, TunnelFrame,
 };
-use ds_proto::{RunnerName, TaskId};
+use ds_proto::{RunnerName, TaskId, mounts};
 use ds_store::refs::validate_workspace;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,11 +32,13 @@ const MAX_ARGS: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct TasksService {
     hub: Arc<TaskHub>,
+    /// Reads workspaces' histories (a dataset's `@SNAP` at submit).
+    sync: crate::service::SyncService,
 }
 
 impl TasksService {
-    pub fn new(hub: Arc<TaskHub>) -> TasksService {
-        TasksService { hub }
+    pub fn new(hub: Arc<TaskHub>, sync: crate::service::SyncService) -> TasksService {
+        TasksService { hub, sync }
     }
 
     async fn user<T>(&self, req: &Request<T>) -> Result<Grant, Status> {
@@ -102,6 +105,21 @@ fn check_spec(s: &Spec) -> Result<(), Status> {
     if s.keep_prefix && s.port == 0 {
         return bad("--keep-prefix needs --port".into());
     }
+    let mounts: Vec<DatasetMount> = s.datasets.iter().map(DatasetMount::from).collect();
+    let targets = mounts::check_all(&mounts).map_err(|e| Status::invalid_argument(e.0))?;
+    for d in &s.datasets {
+        validate_workspace(&d.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    }
+    if let Some(t) = targets
+        .iter()
+        .find(|t| matches!(t, mounts::Target::Container(_)))
+        && (s.executor == "process" || s.image.is_empty())
+    {
+        return bad(format!(
+            "a dataset at {:?} is a place in a container: run it with --executor docker              --image IMG, or give a path relative to the home directory",
+            t.spec_path()
+        ));
+    }
     Ok(())
 }
 
@@ -144,13 +162,19 @@ impl Tasks for TasksService {
 
     async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<TaskInfo>, Status> {
         let g = self.user(&req).await?;
-        let spec: Spec = req
+        let mut spec: Spec = req
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("no task spec"))?
             .into();
         check_spec(&spec)?;
         g.require(&spec.workspace)?;
+        // Each dataset at the version it has now (or the one named): every
+        // attempt of the task sees that one.
+        for d in &mut spec.datasets {
+            g.require(&d.name)?;
+            d.snapshot = self.sync.resolve_in(&d.name, &d.at).await?.to_hex();
+        }
         let now = now_ms();
         let id = TaskId::generate(now, rand32());
         let rec = Record {

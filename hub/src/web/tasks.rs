@@ -107,6 +107,9 @@ struct SubmitJson {
     port: u32,
     #[serde(default)]
     keep_prefix: bool,
+    /// `NAME[@SNAP]:PATH`, as `ds run --dataset` takes them.
+    #[serde(default)]
+    datasets: Vec<String>,
 }
 
 async fn submit(
@@ -116,6 +119,12 @@ async fn submit(
     Json(s): Json<SubmitJson>,
 ) -> ApiResult<Response> {
     let c = web.caller(&m, &h).await?;
+    let datasets = s
+        .datasets
+        .iter()
+        .map(|d| ds_proto::mounts::parse(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tonic::Status::invalid_argument(e.0))?;
     let spec = TaskSpec {
         workspace: s.workspace,
         command: s.command,
@@ -128,6 +137,7 @@ async fn submit(
         env: s.env.into_iter().collect(),
         port: s.port,
         keep_prefix: s.keep_prefix,
+        datasets,
     };
     let info = web
         .tasks

@@ -6,9 +6,9 @@ use std::io::{ErrorKind, Write};
 use std::path::Path;
 use std::sync::Arc;
 
-use ds_format::PackId;
 use ds_format::chunker::{Chunker, ChunkerParams};
 use ds_format::config::{Compression, StoreConfig};
+use ds_format::{ObjectId, ObjectKind, PackId};
 
 use crate::index::{Index, IndexMode};
 use crate::journal::{Journal, JournalCatalog};
@@ -60,7 +60,21 @@ pub struct Store {
     journal: Arc<Journal>,
     refs: Refs,
     access: Access,
+    /// Where objects this store lacks come from, if anywhere (a lazy
+    /// mount's store; see [`Lazy`]).
+    lazy: std::sync::OnceLock<Arc<dyn Lazy>>,
     _locks: Vec<File>,
+}
+
+/// Objects a store lacks, from elsewhere: what makes a read-only mount
+/// lazy (a runner's dataset mount reads the chunks a workload asks for from
+/// the hub, and nothing else). Set on a store opened to read, for one
+/// snapshot's tree; never written into the store, so "holding an object
+/// means holding its subtree" stays true of the store itself. The store
+/// checks every object it is given against its id.
+pub trait Lazy: Send + Sync + std::fmt::Debug {
+    /// The plaintext of `id` (of `kind`), or None if there is no such object.
+    fn object(&self, id: &ObjectId, kind: ObjectKind) -> Result<Option<Vec<u8>>>;
 }
 
 /// A reader's permission to append packs and move refs without opening
@@ -211,8 +225,34 @@ impl Store {
             index: Arc::new(index),
             journal: Arc::new(journal),
             access,
+            lazy: std::sync::OnceLock::new(),
             _locks: locks,
         })
+    }
+
+    /// Makes this store (opened to read) fetch what it lacks from `lazy`.
+    /// Once per store: false if it has a source already, or is a writer
+    /// (a writer's reads decide what it dedups against and must not lie).
+    pub fn set_lazy(&self, lazy: Arc<dyn Lazy>) -> bool {
+        self.access == Access::Read && self.lazy.set(lazy).is_ok()
+    }
+
+    /// `id` from the lazy source, checked against its id; Missing if there
+    /// is no source or it has no such object.
+    pub(crate) fn lazy_object(&self, id: &ObjectId, kind: ObjectKind) -> Result<Vec<u8>> {
+        let missing = || StoreError::Missing {
+            kind: kind.name(),
+            id: *id,
+        };
+        let lazy = self.lazy.get().ok_or_else(missing)?;
+        let raw = lazy.object(id, kind)?.ok_or_else(missing)?;
+        if kind.hash(&raw) != *id {
+            return Err(StoreError::Unavailable {
+                id: *id,
+                why: "what was sent does not match its id (refused)".into(),
+            });
+        }
+        Ok(raw)
     }
 
     /// Lets this reader append (see [`Appender`]): waits for the writer

@@ -81,7 +81,10 @@ impl Store {
     /// Reads an object, decompresses it and checks its hash. Never returns
     /// bytes that do not hash to `id`.
     pub fn read_object(&self, id: &ObjectId, kind: ObjectKind) -> Result<Vec<u8>> {
-        let loc = self.locate_kind(id, kind)?;
+        let loc = match self.locate_kind(id, kind) {
+            Err(StoreError::Missing { .. }) => return self.lazy_object(id, kind),
+            r => r?,
+        };
         let damaged = |why: String| damaged(kind, id, &loc, why);
         let stored = self
             .packs
@@ -307,7 +310,20 @@ impl Store {
         map: bool,
     ) -> Result<Option<(Arc<PackMap>, usize)>> {
         let kind = ObjectKind::Chunk;
-        let loc = self.locate_kind(id, kind)?;
+        let loc = match self.locate_kind(id, kind) {
+            Err(StoreError::Missing { .. }) => {
+                let raw = self.lazy_object(id, kind)?;
+                if raw.len() != out.len() {
+                    return Err(StoreError::Unavailable {
+                        id: *id,
+                        why: format!("{} bytes where the manifest says {}", raw.len(), out.len()),
+                    });
+                }
+                out.copy_from_slice(&raw);
+                return Ok(None);
+            }
+            r => r?,
+        };
         let damaged = |why: String| damaged(kind, id, &loc, why);
         if loc.raw_len as usize != out.len() {
             return Err(damaged(format!(

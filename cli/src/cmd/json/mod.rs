@@ -287,6 +287,7 @@ pub(super) struct RestoreJson<'a> {
     hardlinks: u64,
     bytes: u64,
     errors: &'a [String],
+    warnings: &'a [String],
 }
 
 impl<'a> RestoreJson<'a> {
@@ -301,6 +302,7 @@ impl<'a> RestoreJson<'a> {
             hardlinks: r.hardlinks,
             bytes: r.bytes,
             errors: &r.errors,
+            warnings: &r.warnings,
         }
     }
 }

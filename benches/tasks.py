@@ -16,6 +16,13 @@ measures:
   finish         from the workload's last output line to the task's end
                  (final snapshot of the mount + unmount + push + Done),
                  after the workload changed --change bytes of one checkpoint
+  dataset        a --dataset-size dataset (4 random files) mounted with
+                 `ds run --dataset` on a fresh runner cache: the start (its
+                 trees fetched, no data), one file read whole (its chunks
+                 fetched as read, with read-ahead) and one 4 KiB read in the
+                 middle of another; beside them `ds clone` of the whole
+                 dataset (the eager alternative) and a local read of the
+                 same file with the page cache dropped (when root may)
 
 Python 3 standard library only; prints a table and, with --json-out, JSON.
 No threshold is asserted anywhere: these machines are noisy.
@@ -114,11 +121,59 @@ def first_line_seconds(cmd: list[str], env: dict[str, str]) -> float:
     return dt
 
 
+def dataset_rows(ds: str, tmp: str, env: dict[str, str], url: str, token: str,
+                 size_mib: int) -> dict[str, float]:
+    """The dataset rows (see the module's doc)."""
+    src = os.path.join(tmp, "dataset")
+    os.makedirs(src)
+    per = size_mib // 4
+    for i in range(4):
+        with open(os.path.join(src, f"f{i}.bin"), "wb") as f:
+            for _ in range(per):
+                f.write(os.urandom(MiB))
+    subprocess.run([ds, "snapshot", src, "-w", "data"], env=env, check=True, capture_output=True)
+    subprocess.run([ds, "push", "data"], env=env, check=True, capture_output=True)
+    out: dict[str, float] = {}
+    r = start_runner(ds, url, token, os.path.join(tmp, "cache-ds"), env)
+    try:
+        out["ds_start_s"] = first_line_seconds(
+            [ds, "run", "-w", "w", "--dataset", "data:d", "--", "echo", "first"], env)
+        script = ("a=$(date +%s.%N); cat d/f0.bin > /dev/null; b=$(date +%s.%N); "
+                  f"dd if=d/f1.bin of=/dev/null bs=4096 count=1 skip={per * 128} status=none; "
+                  "c=$(date +%s.%N); echo $a $b $c")
+        o = subprocess.run([ds, "run", "-w", "w", "--dataset", "data:d", "--", "sh", "-c", script],
+                           env=env, check=True, capture_output=True, text=True).stdout
+        a, b, c = (float(x) for x in o.split()[-3:])
+        out["ds_read_s"], out["ds_seek_s"] = b - a, c - b
+    finally:
+        r.stop()
+    dropped = False
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        dropped = True
+    except OSError:
+        pass
+    t = time.perf_counter()
+    with open(os.path.join(src, "f0.bin"), "rb") as f:
+        while f.read(8 * MiB):
+            pass
+    out["ds_local_read_s"] = time.perf_counter() - t
+    out["ds_local_dropped"] = dropped
+    cenv = dict(env, DS_STORE=os.path.join(tmp, "clone-store"))
+    t = time.perf_counter()
+    subprocess.run([ds, "clone", "data"], env=cenv, check=True, capture_output=True)
+    out["ds_clone_s"] = time.perf_counter() - t
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=2048, help="workspace size in MiB (default 2048)")
     ap.add_argument("--change", type=int, default=10, help="MiB the workload changes (default 10)")
     ap.add_argument("--reps", type=int, default=5, help="repetitions of the warm start (default 5)")
+    ap.add_argument("--dataset-size", type=int, default=1024,
+                    help="dataset size in MiB for the dataset rows (default 1024; 0: none)")
     ap.add_argument("--json-out", help="write the results here as JSON")
     a = ap.parse_args()
     ds = ds_bin()
@@ -189,6 +244,11 @@ def main() -> int:
         if tasks[0]["state"] != "succeeded":
             raise SystemExit(f"the finish task did not succeed: {tasks[0]}")
         results["finish_s"] = tasks[0]["ended_ms"] / 1000.0 - exited
+        if a.dataset_size:
+            # One runner named bench at a time: the dataset rows start their own.
+            r.stop()
+            procs.remove(r)
+            results.update(dataset_rows(ds, tmp, env, url, token, a.dataset_size))
     finally:
         for p in procs:
             p.stop()
@@ -204,6 +264,18 @@ def main() -> int:
         rows.append(("start, workspace cached (docker)", results["start_warm_docker_s"],
                      results["floor_podman_run_s"], "podman run of the same image and command"))
     rows.append((f"finish: snapshot + push after {a.change} MiB changed", results["finish_s"], None, size))
+    if a.dataset_size:
+        f = a.dataset_size // 4
+        rows += [
+            (f"dataset: start, {a.dataset_size} MiB lazily", results["ds_start_s"],
+             results["start_warm_s"], "a warm start without a dataset"),
+            (f"dataset: read a {f} MiB file lazily", results["ds_read_s"], results["ds_local_read_s"],
+             "reading it from local disk, page cache dropped" if results["ds_local_dropped"]
+             else "reading it locally (page cache NOT dropped: not root)"),
+            ("dataset: 4 KiB read mid-file, lazily", results["ds_seek_s"], None, "one round trip"),
+            (f"dataset: ds clone of all {a.dataset_size} MiB", results["ds_clone_s"], None,
+             "the eager alternative"),
+        ]
     print(f"{'measure':<48} {'ds':>8} {'floor':>8} {'ds - floor':>10}  floor is")
     for name, v, fl, what in rows:
         fs = f"{fl:8.3f}" if fl is not None else f"{'-':>8}"

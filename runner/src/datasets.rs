@@ -128,17 +128,20 @@ pub fn plan(spec: &TaskSpec, home: &Path, task_dir: &Path, docker: bool) -> Resu
 /// them in the workspace.
 #[derive(Default)]
 pub struct Mounts {
-    live: Vec<(
-        SessionUnmounter,
-        JoinHandle<std::result::Result<(), MountError>>,
-        PathBuf,
-    )>,
+    live: Vec<Live>,
     made: Vec<PathBuf>,
+}
+
+/// One served dataset mount.
+struct Live {
+    unmounter: SessionUnmounter,
+    served: JoinHandle<std::result::Result<(), MountError>>,
+    mountpoint: PathBuf,
 }
 
 impl std::fmt::Debug for Mounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let live: Vec<&PathBuf> = self.live.iter().map(|(_, _, p)| p).collect();
+        let live: Vec<&PathBuf> = self.live.iter().map(|l| &l.mountpoint).collect();
         f.debug_struct("Mounts")
             .field("live", &live)
             .field("made", &self.made)
@@ -208,7 +211,11 @@ impl Mounts {
                 .name(format!("ds-dataset-{}", p.name))
                 .spawn(move || mounted.serve())
                 .at(&p.mountpoint)?;
-            self.live.push((unmounter, served, p.mountpoint.clone()));
+            self.live.push(Live {
+                unmounter,
+                served,
+                mountpoint: p.mountpoint.clone(),
+            });
         }
         Ok(())
     }
@@ -216,9 +223,9 @@ impl Mounts {
     /// Unmounts (the innermost first) and removes the directories made in
     /// the workspace that are still empty.
     pub fn stop(&mut self, say: &dyn Fn(String)) {
-        for (mut u, served, mp) in self.live.drain(..).rev() {
-            crate::task::unmount(&mut u, &mp);
-            match served.join() {
+        for mut l in self.live.drain(..).rev() {
+            crate::task::unmount(&mut l.unmounter, &l.mountpoint);
+            match l.served.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => say(format!("warning: a dataset mount ended with: {e}")),
                 Err(_) => say("warning: a dataset mount's thread panicked".into()),

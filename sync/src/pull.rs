@@ -91,12 +91,23 @@ pub async fn fetch_trees(
     let mut walk = Descent::new(root);
     let mut trees = HashMap::new();
     while let Some((_, objs)) = walk.next_level() {
-        let st = store.clone();
-        let (want, _) = blocking(move || lacking(&st, objs)).await?;
-        let want: Vec<(ObjectId, ObjectKind)> = want
+        // Chunks are not asked about: the lazy mount reads each from the
+        // store or the hub when it is read.
+        let objs: Vec<(ObjectId, ObjectKind)> = objs
             .into_iter()
             .filter(|(_, k)| *k != ObjectKind::Chunk)
             .collect();
+        let st = store.clone();
+        let want: Vec<(ObjectId, ObjectKind)> = blocking(move || {
+            let ids: Vec<ObjectId> = objs.iter().map(|(i, _)| *i).collect();
+            let held = st.holds_each(&ids)?;
+            Ok(objs
+                .into_iter()
+                .zip(held)
+                .filter_map(|(o, h)| (!h).then_some(o))
+                .collect())
+        })
+        .await?;
         let kinds: HashMap<ObjectId, ObjectKind> = want.iter().copied().collect();
         let ids: Vec<ObjectId> = want.iter().map(|(i, _)| *i).collect();
         for batch in ids.chunks(remote.max_batch()) {

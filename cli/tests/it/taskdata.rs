@@ -56,10 +56,14 @@ fn a_task_mounts_datasets_read_only_at_the_snapshot_resolved_when_it_was_submitt
 
     // Two versions of one dataset side by side; writes refused; a run
     // recorded with both as its datasets.
-    let script = "cat data/old/a.txt data/new/a.txt; cmp data/old/sub/big.bin data/new/sub/big.bin \
-                  && echo same-big; (echo x > data/new/a.txt) 2>/dev/null || echo read-only; \
-                  (mkdir data/new/d) 2>/dev/null || echo no-mkdir; echo made > out.txt; \
-                  printf '[[DS-RUN:r]]{\"metrics\":{\"m\":1},\"outputs\":[\"out.txt\"]}[[/DS-RUN:r]]\\n'";
+    // (The process executor sees the host: the source is there to compare.)
+    let script = format!(
+        "cat data/old/a.txt data/new/a.txt; cmp data/old/sub/big.bin {}/sub/big.bin \
+         && echo same-big; (echo x > data/new/a.txt) 2>/dev/null || echo read-only; \
+         (mkdir data/new/d) 2>/dev/null || echo no-mkdir; echo made > out.txt; \
+         printf '[[DS-RUN:r]]{{\"metrics\":{{\"m\":1}},\"outputs\":[\"out.txt\"]}}[[/DS-RUN:r]]\\n'",
+        src.display()
+    );
     let v1_short = &v1[..10];
     let o = client(
         &me,
@@ -77,7 +81,7 @@ fn a_task_mounts_datasets_read_only_at_the_snapshot_resolved_when_it_was_submitt
             "--",
             "sh",
             "-c",
-            script,
+            &script,
         ],
     )
     .output()

@@ -30,6 +30,13 @@ impl Store {
             if let Some(l) = self.journal.known(id) {
                 return Ok(Some(l));
             }
+            // A lazy store reads one snapshot, whose objects it holds or
+            // its source has: what was written since it opened does not
+            // matter, and catching up at every chunk it lacks would cost
+            // milliseconds a chunk.
+            if self.lazy.get().is_some() {
+                return Ok(None);
+            }
             self.index.catch_up()?;
             if let Some(l) = self.index.get(id)? {
                 return Ok(Some(l));
@@ -37,6 +44,18 @@ impl Store {
             return self.journal.locate(id, self.packs.as_ref());
         }
         Ok(None)
+    }
+
+    /// Which of `ids` the store holds, after one catch-up with the writer
+    /// (for a reader asking about many objects at once: [`Store::locate`]
+    /// catches up at every miss, which costs milliseconds each).
+    pub fn holds_each(&self, ids: &[ObjectId]) -> Result<Vec<bool>> {
+        if self.index.mode() == IndexMode::Secondary {
+            self.index.catch_up()?;
+        }
+        ids.iter()
+            .map(|id| Ok(self.index.get(id)?.is_some() || self.journal.known(id).is_some()))
+            .collect()
     }
 
     /// Snapshots whose id starts with `prefix` (whole bytes, then the high

@@ -1,7 +1,7 @@
 //! A task's datasets (`ds run --dataset NAME[@SNAP]:PATH`): each mounted
 //! read-only at the snapshot the hub resolved, lazily — its directory and
 //! file records are fetched when the task starts, its chunks from the hub
-//! as the workload reads them ([`HubObjects`]; what the cache store holds
+//! as the workload reads them ([`crate::lazy`]; what the cache store holds
 //! is read from it) — and shown to the workload at PATH.
 //!
 //! Where the mounts live. The process executor sees the host's paths, so
@@ -18,21 +18,17 @@
 //! The runner checks the spec again ([`ds_proto::mounts`]): a hub is not
 //! trusted to have refused a PATH that would escape the home.
 
-use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use ds_format::manifest::{Child, FileNode};
+use ds_format::ObjectId;
 use ds_format::run::DatasetUse;
-use ds_format::{ObjectId, ObjectKind};
 use ds_fuse::{Config as MountConfig, MountError, MountOptions, SessionUnmounter, Source};
 use ds_proto::mounts::{self, Target};
 use ds_proto::runner::TaskSpec;
+use ds_store::Store;
 use ds_store::vfs::VfsOptions;
-use ds_store::{Store, StoreError};
-use ds_sync::Remote;
 
 use crate::error::{IoContext, Result, RunnerError};
 
@@ -61,7 +57,7 @@ impl Planned {
     }
 }
 
-fn refused(why: String) -> RunnerError {
+pub(crate) fn refused(why: String) -> RunnerError {
     RunnerError::Task {
         step: "mounting datasets",
         why,
@@ -253,196 +249,4 @@ pub fn metadata(plans: &[Planned]) -> Option<String> {
             .collect::<Vec<_>>()
             .join(" ")
     })
-}
-
-/// Where a task's dataset mounts read what the cache lacks: their trees,
-/// fetched when the task starts ([`HubObjects::connect`]), and their chunks,
-/// fetched from the hub as the workload reads them, so a task that reads
-/// one file of a terabyte dataset moves that file. A missing chunk is
-/// fetched with the chunks that follow it in its file (up to
-/// [`READ_AHEAD`] bytes, one request): a file read from start to end costs
-/// a round trip per few MiB, not one per 64 KiB chunk. Nothing fetched is
-/// written into the cache store (see [`ds_store::Lazy`]); the last
-/// [`KEPT`] bytes fetched are kept in memory, and the kernel's page cache
-/// keeps what was read.
-///
-/// It has a runtime of its own (one worker), so the hub connection made on
-/// it stays served between reads, which come from the mount's threads.
-#[derive(Debug)]
-pub struct HubObjects {
-    rt: tokio::runtime::Runtime,
-    hub: (String, String, Option<PathBuf>),
-    remote: Mutex<Option<Remote>>,
-    trees: HashMap<ObjectId, (ObjectKind, Vec<u8>)>,
-    /// The chunks of each fetched lowest file node, in file order, and
-    /// where each chunk is among them (for read-ahead).
-    runs: Vec<Vec<Child>>,
-    place: HashMap<ObjectId, (u32, u32)>,
-    kept: Mutex<Kept>,
-    pub chunks: AtomicU64,
-    pub bytes: AtomicU64,
-}
-
-/// Chunks fetched, oldest first, bounded in bytes.
-#[derive(Debug, Default)]
-struct Kept {
-    map: HashMap<ObjectId, Arc<Vec<u8>>>,
-    order: VecDeque<ObjectId>,
-    bytes: usize,
-}
-
-impl Kept {
-    fn put(&mut self, id: ObjectId, c: Arc<Vec<u8>>) {
-        self.bytes += c.len();
-        match self.map.insert(id, c) {
-            Some(old) => self.bytes -= old.len(),
-            None => self.order.push_back(id),
-        }
-        while self.bytes > KEPT
-            && let Some(old) = self.order.pop_front()
-        {
-            if let Some(c) = self.map.remove(&old) {
-                self.bytes -= c.len();
-            }
-        }
-    }
-}
-
-/// Bytes fetched ahead of a missing chunk, in its file.
-pub const READ_AHEAD: u64 = 8 << 20;
-/// Bytes of fetched chunks kept in memory.
-const KEPT: usize = 64 << 20;
-/// Tries of one fetch (a reconnect between them).
-const TRIES: u32 = 3;
-
-impl HubObjects {
-    /// Connects to `hub` and fetches the trees of `roots` the cache lacks.
-    pub fn connect(
-        hub: (String, String, Option<PathBuf>),
-        cache: Arc<Store>,
-        roots: &[ObjectId],
-    ) -> Result<HubObjects> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("ds-dataset-fetch")
-            .enable_all()
-            .build()
-            .map_err(|e| refused(format!("starting a runtime: {e}")))?;
-        let (remote, trees) = rt.block_on(async {
-            let mut r = Remote::connect(&hub.0, &hub.1, hub.2.as_deref()).await?;
-            let mut trees = HashMap::new();
-            for root in roots {
-                trees.extend(ds_sync::fetch_trees(cache.clone(), &mut r, *root).await?);
-            }
-            Ok::<_, RunnerError>((r, trees))
-        })?;
-        let mut runs = Vec::new();
-        let mut place = HashMap::new();
-        for (kind, raw) in trees.values() {
-            if *kind != ObjectKind::FileNode {
-                continue;
-            }
-            let node = FileNode::decode(raw).map_err(|e| refused(e.to_string()))?;
-            if node.level == 0 {
-                let n = runs.len() as u32;
-                for (i, c) in node.children.iter().enumerate() {
-                    place.entry(c.id).or_insert((n, i as u32));
-                }
-                runs.push(node.children);
-            }
-        }
-        Ok(HubObjects {
-            rt,
-            hub,
-            remote: Mutex::new(Some(remote)),
-            trees,
-            runs,
-            place,
-            kept: Mutex::new(Kept::default()),
-            chunks: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-        })
-    }
-
-    /// Tree objects fetched at the start.
-    pub fn trees(&self) -> usize {
-        self.trees.len()
-    }
-
-    /// `id` and the chunks after it in its file, up to [`READ_AHEAD`]
-    /// bytes, that are not kept already.
-    fn wanted(&self, id: &ObjectId, kept: &Kept) -> Vec<(ObjectId, ObjectKind)> {
-        let mut want = vec![(*id, ObjectKind::Chunk)];
-        if let Some(&(run, at)) = self.place.get(id) {
-            let mut bytes = 0;
-            for c in self.runs[run as usize].iter().skip(at as usize + 1) {
-                bytes += c.len;
-                if bytes > READ_AHEAD {
-                    break;
-                }
-                if !kept.map.contains_key(&c.id) && !want.iter().any(|(i, _)| *i == c.id) {
-                    want.push((c.id, ObjectKind::Chunk));
-                }
-            }
-        }
-        want
-    }
-
-    fn fetch(&self, want: &[(ObjectId, ObjectKind)]) -> Result<HashMap<ObjectId, Vec<u8>>, String> {
-        let mut last = String::new();
-        for _ in 0..TRIES {
-            let mut slot = self.remote.lock().unwrap_or_else(|p| p.into_inner());
-            let got = self.rt.block_on(async {
-                if slot.is_none() {
-                    let (url, token, ca) = &self.hub;
-                    *slot = Some(Remote::connect(url, token, ca.as_deref()).await?);
-                }
-                let r = slot.as_mut().expect("connected above");
-                ds_sync::fetch_objects(r, want).await
-            });
-            match got {
-                Ok(c) => return Ok(c),
-                Err(e) => {
-                    // A dropped connection (a hub restart): a new one next.
-                    *slot = None;
-                    last = e.to_string();
-                }
-            }
-        }
-        Err(last)
-    }
-}
-
-impl ds_store::Lazy for HubObjects {
-    fn object(&self, id: &ObjectId, kind: ObjectKind) -> ds_store::Result<Option<Vec<u8>>> {
-        if kind != ObjectKind::Chunk {
-            return Ok(self
-                .trees
-                .get(id)
-                .filter(|(k, _)| *k == kind)
-                .map(|(_, raw)| raw.clone()));
-        }
-        let lock = || self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        let want = {
-            let k = lock();
-            if let Some(c) = k.map.get(id) {
-                return Ok(Some(c.to_vec()));
-            }
-            self.wanted(id, &k)
-        };
-        let got = self
-            .fetch(&want)
-            .map_err(|why| StoreError::Unavailable { id: *id, why })?;
-        let mut k = lock();
-        let mut this = None;
-        for (i, c) in got {
-            self.chunks.fetch_add(1, Ordering::Relaxed);
-            self.bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
-            if i == *id {
-                this = Some(c.clone());
-            }
-            k.put(i, Arc::new(c));
-        }
-        Ok(this)
-    }
 }

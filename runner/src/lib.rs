@@ -26,6 +26,7 @@ pub mod datasets;
 pub mod docker;
 mod error;
 pub mod exec;
+pub mod lazy;
 pub mod ledger;
 pub mod link;
 pub mod metrics;

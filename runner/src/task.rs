@@ -29,9 +29,10 @@ use ds_store::{Access, InitOptions, Store, StoreError};
 use ds_sync::{Remote, Side, SyncError};
 
 use crate::Config;
-use crate::datasets::{self, HubObjects, Mounts, Planned};
+use crate::datasets::{self, Mounts, Planned};
 use crate::error::{IoContext, Result, RunnerError};
 use crate::exec::{self, Exit};
+use crate::lazy::HubObjects;
 use crate::ledger::{Control, Ledger, RUNNER};
 use crate::runs::{self, Provenance, Runs};
 

@@ -35,8 +35,10 @@ use crate::error::{Result, RunnerError};
 pub const WINDOW: u64 = 8 << 20;
 /// Bytes of fetched chunks kept in memory.
 const KEPT: usize = 96 << 20;
-/// Tries of one fetch (a reconnect between them).
-const TRIES: u32 = 3;
+/// Tries of one fetch, a reconnect between them after a pause that
+/// doubles from [`FIRST_PAUSE`] (about 16 s in all: a hub restart).
+const TRIES: u32 = 7;
+const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 /// Longest a read waits for a window fetched ahead before asking itself.
 const PENDING_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -282,7 +284,12 @@ async fn fetch(
 ) -> Result<HashMap<ObjectId, Vec<u8>>, String> {
     let mut slot = slot.lock().await;
     let mut last = String::new();
-    for _ in 0..TRIES {
+    let mut pause = FIRST_PAUSE;
+    for i in 0..TRIES {
+        if i > 0 {
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
         if slot.is_none() {
             match Remote::connect(&hub.0, &hub.1, hub.2.as_deref()).await {
                 Ok(r) => *slot = Some(r),

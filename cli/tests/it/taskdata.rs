@@ -366,3 +366,64 @@ fn a_container_sees_datasets_read_only_at_absolute_and_home_paths() {
     let ls = String::from_utf8(ok(ds(&me).args(["ls", "w"])).stdout).unwrap();
     assert!(!ls.contains("here"), "{ls}");
 }
+
+/// The hub a lazy mount reads from restarts while the workload is between
+/// two files: the second is read on a new connection, whole, and the task
+/// ends as if nothing happened.
+#[test]
+fn a_lazy_dataset_mount_reads_on_through_a_hub_restart() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("hub");
+    let first = crate::sync::start_hub_with(&data, None, &[], &["--lease", "20"]);
+    let listen = format!("127.0.0.1:{}", first.url.rsplit(':').next().unwrap());
+    let me = t.path().join("me");
+    let src = t.path().join("src");
+    let f = |seed: u32| -> Vec<u8> {
+        (0..5u32 << 20)
+            .map(|i| (i * seed + i / 999) as u8)
+            .collect()
+    };
+    version(&me, &src, "imgs", &[("f1", &f(3)), ("f2", &f(5))]);
+    ok(&mut client(&me, &first, &first.admin, &["push", "imgs"]));
+    let rt = runner_token(&first, "r1");
+    let runner = start_runner(&first, &rt, "r1", &t.path().join("cache"), &[]);
+    let flag = t.path().join("go");
+    let script = format!(
+        "cmp d/f1 {s}/f1 && echo first-ok; while [ ! -e {g} ]; do sleep 0.05; done; \
+         cmp d/f2 {s}/f2 && echo second-ok",
+        s = src.display(),
+        g = flag.display()
+    );
+    let id = detach(
+        &me,
+        &first,
+        &first.admin,
+        "w",
+        &["sh", "-c", &script],
+        &["--dataset", "imgs:d"],
+    );
+    crate::tasks::wait_until("the first file is read", 60, || {
+        logs(&me, &first, &first.admin, &id).contains("first-ok")
+    });
+    drop(first);
+    let again =
+        crate::sync::start_hub_with(&data, None, &[], &["--lease", "20", "--listen", &listen]);
+    std::fs::write(&flag, b"").unwrap();
+    let done = wait_state(
+        &me,
+        &again,
+        &again.admin,
+        &id,
+        &["succeeded", "failed", "lost"],
+    );
+    assert_eq!(
+        done["state"],
+        "succeeded",
+        "{done}\nrunner:\n{}",
+        runner.log()
+    );
+    assert_eq!(
+        logs(&me, &again, &again.admin, &id),
+        "first-ok\nsecond-ok\n"
+    );
+}

@@ -268,7 +268,10 @@ fn a_mirror_downloads_only_what_changed_and_restores_by_key() {
 fn keys_that_are_not_paths_are_mapped_reversibly_and_exported_back() {
     let Some(ep) = s3_endpoint() else { return };
     let b = Bucket::new(&ep, "ds-mirror-keys", false);
-    let long = format!("p/{}", "k".repeat(1000));
+    // S3's longest key: 1,024 bytes (a 1,022-byte segment, over the 255
+    // of a file name).
+    let long = format!("p/{}", "k".repeat(1022));
+    assert_eq!(long.len(), 1024);
     let keys: Vec<String> = [
         "p/a//b",
         "p/../x",
@@ -697,4 +700,47 @@ fn signatures_are_checked_and_wrong_credentials_refused() {
         let e = String::from_utf8_lossy(&out.stderr);
         assert!(e.contains(code) && e.contains("403"), "{e}");
     }
+}
+
+/// The whole path: a bucket mirrored, pushed to a hub, read by a task
+/// through `ds run --dataset`; a later mirror is a new version, and the
+/// task that asked for the old one by id still gets the old bytes.
+#[test]
+fn a_mirrored_dataset_is_read_by_a_task_at_the_version_it_names() {
+    use crate::tasks::{client, hub, runner_token, start_runner, text};
+    let Some(ep) = s3_endpoint() else { return };
+    let b = Bucket::new(&ep, "ds-mirror-task", false);
+    b.put("raw/labels.csv", b"cat,1\n", None);
+    b.put("raw/img/0001.png", &vec![7u8; 300_000], None);
+    let t = tempfile::tempdir().unwrap();
+    let me = t.path().join("me");
+    let v1 = mirror(&me, &b, "raw", "raw", &[]);
+    b.put("raw/labels.csv", b"cat,1\ndog,2\n", None);
+    mirror(&me, &b, "raw", "raw", &[]);
+    let hub = hub(t.path(), "5");
+    ok(&mut client(&me, &hub, &hub.admin, &["push", "raw"]));
+    let rt = runner_token(&hub, "r1");
+    let _runner = start_runner(&hub, &rt, "r1", &t.path().join("cache"), &[]);
+    let v1 = v1["id"].as_str().unwrap();
+    let run = |at: &str| {
+        let o = ok(&mut client(
+            &me,
+            &hub,
+            &hub.admin,
+            &[
+                "run",
+                "-w",
+                "w",
+                "--dataset",
+                at,
+                "--",
+                "sh",
+                "-c",
+                "cat data/labels.csv; wc -c < data/img/0001.png",
+            ],
+        ));
+        text(&o).0
+    };
+    assert_eq!(run("raw:data"), "cat,1\ndog,2\n300000\n");
+    assert_eq!(run(&format!("raw@{}:data", &v1[..8])), "cat,1\n300000\n");
 }

@@ -818,7 +818,14 @@ def limit_specs(h: "Harness") -> dict[str, tuple[str, list[str] | None, bool]]:
         "b3sum_1t": ("b3sum --num-threads 1, page cache",
                      find_exec(h.corpus, b3, "--num-threads", "1") if b3 else None, False),
         "cat_cold": ("cat corpus > /dev/null after drop_caches", find_exec(h.corpus, "cat"), True),
+        # The floor of a restore: writing the same tree (no fsync, like the
+        # restores), read from the page cache.
+        "cp_a": ("cp -a corpus into the workdir, page cache", ["cp", "-a", h.corpus, cp_a_dest(h)], False),
     }
+
+
+def cp_a_dest(h: "Harness") -> str:
+    return os.path.join(h.workdir, "cp-a")
 
 
 # --------------------------------------------------------------------------
@@ -869,7 +876,8 @@ METRICS: list[Metric] = [
     Metric("incr_added_ratio", "repo growth / truly changed bytes",
            lambda r, h: r["incr_added"] / h.mutation_stats["changed_bytes"] if "incr_added" in r and h.mutation_stats.get("changed_bytes") else None),
     Metric("restore_s", "restore latest (s)", _v("restore_s")),
-    Metric("restore_mibs", "restore throughput (MiB/s)", _div(_corpus_mib, "restore_s")),
+    Metric("restore_mibs", "restore throughput (MiB/s)", _div(_corpus_mib, "restore_s"),
+           limits={"ds/cp-a": "cp_a"}),
     Metric("restore_rss", "restore peak RSS (MiB)", _v("restore_rss")),
     Metric("restore_ok", "restore byte-identical", _v("restore_ok"), ratio=False),
     # ds only: push to a `ds hub` over loopback (file:// storage under the workdir)
@@ -1037,7 +1045,10 @@ class Harness:
                 self.drop_caches()
             else:
                 warm(self.corpus)
+            rmtree(cp_a_dest(self))
+            os.sync()
             r = self.runner.run(cmd)
+            rmtree(cp_a_dest(self))
             if r.ok and r.seconds > 0:
                 res[key] = self.corpus_bytes / MiB / r.seconds
                 log(f"  limit {key}: {res[key]:.0f} MiB/s ({desc})")
@@ -1545,7 +1556,10 @@ uses fresh repositories, and the tool order rotates between repetitions):
                        peak RSS; then every file is hashed and compared with the corpus
   limits               `cat` of every corpus file (page cache, and dropped caches with
                        --drop-caches) and `b3sum` (all threads and 1 thread) if
-                       installed; ds throughput is divided by them (ds/cat, ds/b3sum)
+                       installed; ds throughput is divided by them (ds/cat, ds/b3sum);
+                       `cp -a` of the corpus (page cache, no fsync), the floor of a
+                       restore (ds/cp-a on the restore throughput row; goal >= 0.91,
+                       i.e. a restore within 1.1x of cp -a)
 Ratios are ds value / peer value for every numeric row (time: < 1 means ds is faster).
 Peak RSS is ru_maxrss of the child from os.wait4. Timings are never asserted on.
 

@@ -2,9 +2,10 @@
 //! (the engine is `ds-dataset`; this file parses arguments, draws progress
 //! and prints).
 //!
-//! Two variables exist for tests only, to change a bucket at an exact
-//! moment of a mirror: `DS_TEST_PAUSE_AFTER_LIST=F` and
-//! `DS_TEST_PAUSE_AFTER_FIRST_PART=F` make the mirror create `F.reached`
+//! Three variables exist for tests only, to change a bucket (or kill the
+//! mirror) at an exact moment: `DS_TEST_PAUSE_AFTER_LIST=F`,
+//! `DS_TEST_PAUSE_AFTER_FIRST_PART=F` and `DS_TEST_PAUSE_AFTER_PIECE=F`
+//! (a big object's piece journaled) make the mirror create `F.reached`
 //! at that moment and wait (at most two minutes) until `F` exists.
 
 use std::path::{Path, PathBuf};
@@ -103,6 +104,10 @@ struct MirrorArgs {
     /// Objects per durable batch (a SIGKILL loses at most one batch)
     #[arg(long, default_value_t = 1000, hide = true)]
     batch_objects: usize,
+    /// Bytes per durable batch; a bigger object is stored in pieces of
+    /// this size, each durable (a SIGKILL loses at most one piece)
+    #[arg(long, default_value_t = 256 << 20, hide = true)]
+    batch_bytes: u64,
     /// Print JSON on stdout instead of text (one object per pass)
     #[arg(long)]
     json: bool,
@@ -155,9 +160,13 @@ fn mirror(store_path: &Path, a: MirrorArgs) -> Result<ExitCode> {
     opts.message = a.message.clone();
     opts.jobs = a.jobs;
     opts.batch_objects = a.batch_objects.max(1);
+    opts.batch_bytes = a.batch_bytes.max(1 << 20);
     opts.fetch.part_size = a.part_size.max(1 << 10);
     if let Some(f) = pause("DS_TEST_PAUSE_AFTER_FIRST_PART") {
         opts.fetch.after_first_part = Some(Arc::new(move || wait_at(&f)));
+    }
+    if let Some(f) = pause("DS_TEST_PAUSE_AFTER_PIECE") {
+        opts.fetch.after_piece = Some(Arc::new(move || wait_at(&f)));
     }
     let after_list = pause("DS_TEST_PAUSE_AFTER_LIST");
     let rt = runtime()?;
@@ -192,7 +201,7 @@ fn mirror(store_path: &Path, a: MirrorArgs) -> Result<ExitCode> {
             };
             println!(
                 "{}: {what}: {} objects ({}), {} fetched ({}), {} unchanged, {} resumed, \
-                 +{} ~{} -{}, {} new data, in {:.1}s (listing {:.1}s)",
+                 +{} ~{} -{}, {} new data, in {:.1}s (listing {:.1}s){}",
                 a.dataset,
                 r.objects,
                 fmt::bytes(r.bytes),
@@ -205,7 +214,12 @@ fn mirror(store_path: &Path, a: MirrorArgs) -> Result<ExitCode> {
                 r.objects_removed,
                 fmt::bytes(r.bytes_written),
                 r.seconds,
-                r.list_seconds
+                r.list_seconds,
+                if r.bytes_resumed > 0 {
+                    format!("; {} of big objects resumed", fmt::bytes(r.bytes_resumed))
+                } else {
+                    String::new()
+                }
             );
         }
         let Some(every) = a.schedule else {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Buf, Bytes};
+use ds_format::ObjectId;
 use ds_format::manifest::FileRef;
 use ds_store::Store;
 use ds_store::writer::PackWriter;
@@ -33,6 +34,23 @@ pub enum Outcome {
     Changed,
     /// The object was deleted.
     Gone,
+    /// A piece of it was stored ([`Segment::stop_after`]): these chunks,
+    /// holding this many bytes from the segment's start.
+    Cut {
+        chunks: Vec<(ObjectId, u64)>,
+        bytes: u64,
+    },
+}
+
+/// Which part of an object to read: from `from` (a cut), with the chunks
+/// before it already stored (`prefix`, which then go into the manifest),
+/// stopping at the first cut past `stop_after` bytes if set. The default
+/// is the whole object.
+#[derive(Debug, Clone, Default)]
+pub struct Segment {
+    pub from: u64,
+    pub prefix: Arc<Vec<(ObjectId, u64)>>,
+    pub stop_after: Option<u64>,
 }
 
 /// How objects are read.
@@ -45,6 +63,9 @@ pub struct FetchConfig {
     /// Called once, after the first part of a ranged read arrived (tests
     /// use it to change an object mid-read).
     pub after_first_part: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Called after each piece of a big object is journaled (tests kill
+    /// the mirror there).
+    pub after_piece: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl std::fmt::Debug for FetchConfig {
@@ -62,6 +83,7 @@ impl Default for FetchConfig {
             part_size: 16 << 20,
             parts_in_flight: 4,
             after_first_part: None,
+            after_piece: None,
         }
     }
 }
@@ -100,39 +122,57 @@ impl From<GetError> for Stop {
     }
 }
 
-/// Reads `obj` into the store through `writer`, counting bytes received in
-/// `fetched`.
+/// Reads `seg` of `obj` into the store through `writer`, counting bytes
+/// received in `fetched`.
+#[allow(clippy::too_many_arguments)]
 pub async fn fetch(
     client: &Client,
     bucket: &str,
     obj: &Listed,
+    seg: &Segment,
     store: &Arc<Store>,
     writer: &PackWriter,
     cfg: &FetchConfig,
     fetched: &Arc<AtomicU64>,
 ) -> Result<Outcome> {
-    let (tx, rx) =
-        mpsc::channel::<io::Result<Bytes>>(if obj.size > 4 * cfg.part_size { 2 } else { 64 });
-    let (store2, w, size) = (store.clone(), writer.clone(), obj.size);
+    // A piece reads a little past its stop, not the whole rest: the
+    // chunker stops at the first cut after it, having read at most two
+    // maximal chunks past it (`store_stream_from`).
+    let end = match seg.stop_after {
+        Some(lim) => {
+            let slack = 2 * u64::from(store.chunker().params().max) + 1;
+            seg.from
+                .saturating_add(lim)
+                .saturating_add(slack)
+                .min(obj.size)
+        }
+        None => obj.size,
+    };
+    let left = end.saturating_sub(seg.from);
+    let parts = left > 4 * cfg.part_size;
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(if parts { 2 } else { 64 });
+    let (store2, w, s) = (store.clone(), writer.clone(), seg.clone());
     let consumer = tokio::task::spawn_blocking(move || {
         let mut r = ChannelReader {
             rx,
             cur: Bytes::new(),
         };
         let chunker = store2.chunker();
-        ds_store::stream::store_stream(
+        ds_store::stream::store_stream_from(
             &w,
             chunker,
             &mut r,
-            size,
+            left,
             ds_store::stream::buf_size(chunker),
+            &s.prefix,
+            s.stop_after,
             &mut |_| {},
         )
     });
-    let produced = if obj.size > 4 * cfg.part_size {
-        by_parts(client, bucket, obj, cfg, &tx, fetched).await
+    let produced = if parts {
+        by_parts(client, bucket, obj, (seg.from, end), cfg, &tx, fetched).await
     } else {
-        streamed(client, bucket, obj, &tx, fetched).await
+        streamed(client, bucket, obj, (seg.from, end), &tx, fetched).await
     };
     if produced.is_err() {
         let _ = tx.send(Err(io::Error::other("read abandoned"))).await;
@@ -141,8 +181,13 @@ pub async fn fetch(
     let stored = consumer
         .await
         .map_err(|e| DatasetError::Internal(format!("chunking thread: {e}")))??;
+    use ds_store::stream::Streamed;
     match (produced, stored) {
-        (Ok(head), Ok(file)) => {
+        // The piece asked for: the reader stopped taking the body.
+        (Ok(_) | Err(Stop::Consumer), Ok(Streamed::Cut { chunks, bytes })) => {
+            Ok(Outcome::Cut { chunks, bytes })
+        }
+        (Ok(head), Ok(Streamed::Whole(file))) => {
             if file.size != obj.size {
                 return Ok(Outcome::Changed);
             }
@@ -159,19 +204,22 @@ pub async fn fetch(
     }
 }
 
-/// One GET, streamed; a broken body resumes at the byte reached.
+/// One GET of bytes `from..end`, streamed; a broken body resumes at the
+/// byte reached.
 async fn streamed(
     client: &Client,
     bucket: &str,
     obj: &Listed,
+    (from, end): (u64, u64),
     tx: &mpsc::Sender<io::Result<Bytes>>,
     fetched: &AtomicU64,
 ) -> std::result::Result<ObjectHead, Stop> {
-    let (mut off, mut tries) = (0u64, 0u32);
+    let (mut off, mut tries) = (from, 0u32);
+    let to = (end < obj.size).then_some(end);
     let mut first: Option<ObjectHead> = None;
     loop {
         let (head, resp) = match client
-            .get(bucket, &obj.key, off, None, obj.etag.as_deref())
+            .get(bucket, &obj.key, off, to, obj.etag.as_deref())
             .await
         {
             Ok(x) => x,
@@ -196,7 +244,7 @@ async fn streamed(
                 Ok(b) => {
                     off += b.len() as u64;
                     fetched.fetch_add(b.len() as u64, Ordering::Relaxed);
-                    if off > obj.size {
+                    if off > end {
                         return Err(GetError::Changed.into());
                     }
                     if tx.send(Ok(b)).await.is_err() {
@@ -214,7 +262,7 @@ async fn streamed(
             }
         }
         if !broken {
-            if off != obj.size {
+            if off != end {
                 return Err(GetError::Changed.into());
             }
             return Ok(first.expect("set above"));
@@ -249,15 +297,16 @@ async fn by_parts(
     client: &Client,
     bucket: &str,
     obj: &Listed,
+    (start, end): (u64, u64),
     cfg: &FetchConfig,
     tx: &mpsc::Sender<io::Result<Bytes>>,
     fetched: &AtomicU64,
 ) -> std::result::Result<ObjectHead, Stop> {
-    let n = obj.size.div_ceil(cfg.part_size);
+    let n = (end - start).div_ceil(cfg.part_size);
     let mut parts = futures::stream::iter(0..n)
         .map(|i| {
-            let from = i * cfg.part_size;
-            let to = (from + cfg.part_size).min(obj.size);
+            let from = start + i * cfg.part_size;
+            let to = (from + cfg.part_size).min(end);
             part(client, bucket, obj, from, to, fetched)
         })
         .buffered(cfg.parts_in_flight.max(1));

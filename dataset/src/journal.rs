@@ -5,6 +5,10 @@
 //! finished (its packs fsynced and indexed, `txn.rs` barriers 1 and 2) it
 //! appends one line per object to `STORE/datasets/<dataset>.journal` and
 //! fsyncs it. A line therefore only ever names content that is durable.
+//! An object bigger than a batch is stored in pieces, each in a
+//! transaction of its own, and a [`Piece`] line names each piece's chunks
+//! once they are durable: a rerun reads such an object from where its
+//! pieces end (`big.rs`).
 //! A rerun takes an object from the journal when the listing still shows
 //! the same size and ETag and its content is still in the store (a `ds gc`
 //! in between may have removed it); a torn line (SIGKILL mid-write) is
@@ -41,6 +45,33 @@ pub struct Stored {
     pub file_root: ObjectId,
 }
 
+/// The chunks of one piece of a big object, bytes `from..from + their
+/// total` of the version with this size and ETag.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Piece {
+    pub key: String,
+    pub size: u64,
+    pub etag: Option<String>,
+    pub from: u64,
+    pub chunks: Vec<(ObjectId, u64)>,
+}
+
+/// What an earlier run of the same source left: objects stored whole, and
+/// pieces of big ones (by key, in the order written).
+#[derive(Debug, Default)]
+pub struct Resumable {
+    pub done: HashMap<String, Stored>,
+    pub pieces: HashMap<String, Vec<Piece>>,
+}
+
+/// A journal line (one of two shapes).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Line {
+    Stored(Stored),
+    Piece { piece: Piece },
+}
+
 impl Stored {
     pub fn file(&self) -> FileRef {
         FileRef {
@@ -68,12 +99,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DatasetError + '_ {
 impl Journal {
     /// Opens the journal of `dataset`, returning what an earlier run of the
     /// same source stored; a journal of another source is started afresh.
-    pub fn open(
-        path: &Path,
-        source: &str,
-        dataset: &str,
-    ) -> Result<(Journal, HashMap<String, Stored>)> {
-        let mut done = HashMap::new();
+    pub fn open(path: &Path, source: &str, dataset: &str) -> Result<(Journal, Resumable)> {
+        let mut found = Resumable::default();
         let mut keep = false;
         if let Ok(f) = File::open(path) {
             let mut lines = BufReader::new(f).lines();
@@ -85,9 +112,16 @@ impl Journal {
             {
                 keep = true;
                 for l in lines.map_while(|l| l.ok()) {
-                    match serde_json::from_str::<Stored>(&l) {
-                        Ok(s) => {
-                            done.insert(s.key.clone(), s);
+                    match serde_json::from_str::<Line>(&l) {
+                        Ok(Line::Stored(s)) => {
+                            found.done.insert(s.key.clone(), s);
+                        }
+                        Ok(Line::Piece { piece }) => {
+                            found
+                                .pieces
+                                .entry(piece.key.clone())
+                                .or_default()
+                                .push(piece);
                         }
                         // Torn by a crash (each reopen ends such a line).
                         Err(_) => continue,
@@ -124,7 +158,7 @@ impl Journal {
                 path: path.to_path_buf(),
                 file,
             },
-            done,
+            found,
         ))
     }
 
@@ -133,8 +167,18 @@ impl Journal {
         if entries.is_empty() {
             return Ok(());
         }
+        let lines: Vec<Line> = entries.iter().cloned().map(Line::Stored).collect();
+        self.write(&lines)
+    }
+
+    /// Appends a piece whose chunks are already durable, and fsyncs.
+    pub fn append_piece(&mut self, piece: Piece) -> Result<()> {
+        self.write(&[Line::Piece { piece }])
+    }
+
+    fn write(&mut self, lines: &[Line]) -> Result<()> {
         let mut buf = String::new();
-        for e in entries {
+        for e in lines {
             buf.push_str(
                 &serde_json::to_string(e).map_err(|e| DatasetError::Internal(e.to_string()))?,
             );
@@ -170,7 +214,7 @@ mod tests {
             file_root: ObjectId([9; 32]),
         };
         let (mut j, done) = Journal::open(&p, "s3://b/", "x").unwrap();
-        assert!(done.is_empty());
+        assert!(done.done.is_empty());
         j.append(std::slice::from_ref(&e)).unwrap();
         drop(j);
         std::fs::OpenOptions::new()
@@ -180,18 +224,27 @@ mod tests {
             .write_all(b"{\"key\":\"torn")
             .unwrap();
         let (mut j, done) = Journal::open(&p, "s3://b/", "x").unwrap();
-        assert_eq!(done.get("a//b"), Some(&e));
+        assert_eq!(done.done.get("a//b"), Some(&e));
         let mut e2 = e.clone();
         e2.key = "c".into();
         j.append(std::slice::from_ref(&e2)).unwrap();
+        let piece = Piece {
+            key: "big".into(),
+            size: 9 << 30,
+            etag: Some("\"m-9\"".into()),
+            from: 0,
+            chunks: vec![(ObjectId([1; 32]), 65_536), (ObjectId([2; 32]), 70_000)],
+        };
+        j.append_piece(piece.clone()).unwrap();
         drop(j);
         let (_, done) = Journal::open(&p, "s3://b/", "x").unwrap();
         assert_eq!(
-            done.len(),
+            done.done.len(),
             2,
             "a torn line is skipped, not the lines after it"
         );
+        assert_eq!(done.pieces["big"], vec![piece]);
         let (_, done) = Journal::open(&p, "s3://other/", "x").unwrap();
-        assert!(done.is_empty());
+        assert!(done.done.is_empty() && done.pieces.is_empty());
     }
 }

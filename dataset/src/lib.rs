@@ -9,6 +9,7 @@
 //! what a dataset tree records.
 #![forbid(unsafe_code)]
 
+pub mod big;
 mod error;
 pub mod export;
 pub mod fetch;

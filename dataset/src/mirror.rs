@@ -11,7 +11,8 @@
 //!    bytes adds no data, only the chunks are compared.
 //! 4. Reads run `jobs` at a time in batches; each batch's transaction is
 //!    finished and journaled before the next, so a SIGKILL loses at most
-//!    one batch of work.
+//!    one batch of work. An object bigger than a batch is a batch of its
+//!    own, stored in pieces, each durable and journaled (`big.rs`).
 //! 5. An object that changed while being read is read again at the version
 //!    a HEAD then shows (three times at most; then the previous version, if
 //!    any, is kept, with a warning). One deleted since the listing is left
@@ -31,7 +32,8 @@ use ds_store::progress::Progress;
 use ds_store::txn::{NewSnapshot, Target, Transaction, now_ns};
 use futures::StreamExt;
 
-use crate::fetch::{self, FetchConfig, Outcome};
+use crate::big;
+use crate::fetch::{self, FetchConfig, Outcome, Segment};
 use crate::journal::{Journal, Stored};
 use crate::s3::{Client, Listed, ObjectHead};
 use crate::source::{self, SourceUrl};
@@ -99,6 +101,9 @@ pub struct MirrorReport {
     pub bytes_fetched: u64,
     pub objects_unchanged: u64,
     pub objects_resumed: u64,
+    /// Bytes of big objects an interrupted run had stored in pieces, not
+    /// downloaded again.
+    pub bytes_resumed: u64,
     pub objects_added: u64,
     pub objects_modified: u64,
     pub objects_removed: u64,
@@ -200,7 +205,7 @@ pub async fn mirror(
             progress.add(1, o.size);
             continue;
         }
-        if let Some(s) = resumable.get(&o.key)
+        if let Some(s) = resumable.done.get(&o.key)
             && s.size == o.size
             && s.etag == o.etag
             && s.etag.is_some()
@@ -235,17 +240,45 @@ pub async fn mirror(
         }
         let batch = &to_fetch[start..end];
         start = end;
+        // An object bigger than a batch is a batch of its own: all but its
+        // last piece are stored (and journaled) first, each durable alone.
+        let mut rest: HashMap<usize, Segment> = HashMap::new();
+        if let [i] = *batch
+            && listed[i].size > opts.batch_bytes
+            && let Some(lead) = big::lead(
+                client,
+                &opts.source.bucket,
+                &listed[i],
+                resumable.pieces.get(&listed[i].key),
+                &store,
+                &opts.fetch,
+                &fetched,
+                &mut journal,
+                opts.batch_bytes,
+                &|| {
+                    if let Some(h) = &opts.fetch.after_piece {
+                        h()
+                    }
+                },
+            )
+            .await?
+        {
+            report.bytes_resumed += lead.resumed;
+            rest.insert(i, lead.rest);
+        }
         let txn = Transaction::begin(Target::Shared(store.clone()))?;
         let writer = txn.writer().clone();
         let results: Vec<(usize, Result<(Listed, Outcome)>)> =
             futures::stream::iter(batch.iter().copied())
                 .map(|i| {
                     let (store, writer, fetched, listed) = (&store, &writer, &fetched, &listed);
+                    let seg = rest.remove(&i).unwrap_or_default();
                     async move {
                         let r = read_object(
                             client,
                             &opts.source.bucket,
                             &listed[i],
+                            seg,
                             store,
                             writer,
                             &opts.fetch,
@@ -297,6 +330,11 @@ pub async fn mirror(
                         version_id.as_deref(),
                     );
                     ready[i] = Some(Ready::Entry(e));
+                }
+                Outcome::Cut { .. } => {
+                    return Err(DatasetError::Internal(
+                        "an object's read ended at a piece".into(),
+                    ));
                 }
                 Outcome::Gone => {
                     report
@@ -405,11 +443,14 @@ pub async fn mirror(
     Ok(report)
 }
 
-/// Reads one object, following it when it changes mid-read (3 tries).
+/// Reads one object (from `seg`: the rest of a big one), following it
+/// when it changes mid-read (3 tries, each of the whole new version).
+#[allow(clippy::too_many_arguments)]
 async fn read_object(
     client: &Client,
     bucket: &str,
     listed: &Listed,
+    mut seg: Segment,
     store: &Arc<Store>,
     writer: &ds_store::writer::PackWriter,
     cfg: &FetchConfig,
@@ -417,8 +458,14 @@ async fn read_object(
 ) -> Result<(Listed, Outcome)> {
     let mut o = listed.clone();
     for _ in 0..3 {
-        match fetch::fetch(client, bucket, &o, store, writer, cfg, fetched).await? {
+        let s = std::mem::take(&mut seg);
+        match fetch::fetch(client, bucket, &o, &s, store, writer, cfg, fetched).await? {
             Outcome::Changed => {}
+            Outcome::Cut { .. } => {
+                return Err(DatasetError::Internal(
+                    "a whole read stopped at a piece".into(),
+                ));
+            }
             done => return Ok((o, done)),
         }
         let key = o.key.clone();

@@ -41,7 +41,47 @@ pub fn store_stream(
     buf_size: usize,
     on_bytes: &mut dyn FnMut(u64),
 ) -> Result<io::Result<FileRef>> {
+    let whole = store_stream_from(writer, chunker, r, size_hint, buf_size, &[], None, on_bytes)?;
+    Ok(whole.map(|s| match s {
+        Streamed::Whole(f) => f,
+        Streamed::Cut { .. } => unreachable!("no stop was asked for"),
+    }))
+}
+
+/// How [`store_stream_from`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Streamed {
+    /// The stream's end: the file's manifest (prefix included).
+    Whole(FileRef),
+    /// Stopped at the first cut past `stop_after` bytes: the chunks stored
+    /// in order and the bytes they hold. The rest of the stream is left
+    /// (what was read past the cut is dropped).
+    Cut {
+        chunks: Vec<(ObjectId, u64)>,
+        bytes: u64,
+    },
+}
+
+/// [`store_stream`] for a file stored in pieces (a dataset mirror's big
+/// object, each piece durable before the next): `prefix` is the file's
+/// chunks before this stream, already stored (they go into the manifest,
+/// and are not read); with `stop_after`, the stream stops at the first cut
+/// past that many bytes. A cut is where chunking restarts, so a stream
+/// resumed at a cut's offset is cut exactly as one uninterrupted stream.
+#[allow(clippy::too_many_arguments)]
+pub fn store_stream_from(
+    writer: &PackWriter,
+    chunker: &Chunker,
+    r: &mut dyn Read,
+    size_hint: u64,
+    buf_size: usize,
+    prefix: &[(ObjectId, u64)],
+    stop_after: Option<u64>,
+    on_bytes: &mut dyn FnMut(u64),
+) -> Result<io::Result<Streamed>> {
     let mut builder = ManifestBuilder::default();
+    let mut piece: Vec<(ObjectId, u64)> = Vec::new();
+    let mut stored = 0u64;
     let mut carry: Vec<u8> = Vec::new();
     let mut first = true;
     let mut lens = Vec::new();
@@ -51,12 +91,22 @@ pub fn store_stream(
         let _ = writer.put(ObjectKind::FileNode, id, Payload::Owned(bytes));
     };
     let mut emit = emit_node;
+    for (id, len) in prefix {
+        builder.push(*id, *len, &mut emit);
+    }
     loop {
-        let want = if first && size_hint < buf_size as u64 {
+        let mut want = if first && size_hint < buf_size as u64 {
             size_hint as usize + 1
         } else {
             buf_size
         };
+        // A piece reads little past its stop: what reaches it, and one
+        // maximal chunk more (enough to find the cut after it).
+        if let Some(limit) = stop_after {
+            let max = chunker.params().max as usize;
+            let need = (limit.saturating_sub(stored) as usize).saturating_add(max);
+            want = want.min(need.saturating_sub(carry.len()).max(max));
+        }
         first = false;
         let mut buf = Vec::with_capacity(carry.len() + want);
         buf.append(&mut carry);
@@ -104,13 +154,25 @@ pub fn store_stream(
                 writer.put_encoded(obj)?;
             }
             builder.push(id, r.len() as u64, &mut emit);
+            if stop_after.is_some() {
+                piece.push((id, r.len() as u64));
+            }
         }
         on_bytes(used as u64);
+        stored += used as u64;
         if eof {
             debug_assert_eq!(used, buf.len());
             break;
         }
+        if let Some(limit) = stop_after
+            && stored >= limit
+        {
+            return Ok(Ok(Streamed::Cut {
+                chunks: piece,
+                bytes: stored,
+            }));
+        }
         carry = buf[used..].to_vec();
     }
-    Ok(Ok(builder.finish(&mut emit)))
+    Ok(Ok(Streamed::Whole(builder.finish(&mut emit))))
 }

@@ -5,6 +5,7 @@ mod conformance;
 mod locking;
 mod model;
 mod roundtrip;
+mod stream;
 mod txn;
 mod vfs;
 

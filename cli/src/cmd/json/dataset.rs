@@ -30,6 +30,8 @@ pub struct MirrorJson<'a> {
     pub bytes_fetched: u64,
     pub objects_unchanged: u64,
     pub objects_resumed: u64,
+    /// Bytes of big objects an interrupted run had stored in pieces.
+    pub bytes_resumed: u64,
     pub objects_added: u64,
     pub objects_modified: u64,
     pub objects_removed: u64,
@@ -55,6 +57,7 @@ pub fn mirror_json<'a>(dataset: &'a str, source: String, r: &'a MirrorReport) ->
         bytes_fetched: r.bytes_fetched,
         objects_unchanged: r.objects_unchanged,
         objects_resumed: r.objects_resumed,
+        bytes_resumed: r.bytes_resumed,
         objects_added: r.objects_added,
         objects_modified: r.objects_modified,
         objects_removed: r.objects_removed,

@@ -11,12 +11,14 @@
 //! a file read from start to end waits for the network only at its start.
 //! A chunk being fetched ahead is waited for, never asked for twice.
 //!
-//! Nothing fetched is written into the cache store (so the store's "an
-//! object held means its subtree held" stays true); the last [`KEPT`]
-//! bytes fetched stay in memory, and the kernel's page cache keeps what
-//! was read. The fetches run on a runtime of the source's own (one
-//! worker), so its connections stay served between reads, which come
-//! from the mount's threads.
+//! The chunks fetched are also written into the runner's cache store, in
+//! the background and best effort ([`HubObjects::keep_in`]): chunks are
+//! leaves, so the store's "an object held means its subtree held" stays
+//! true, and the next task on the dataset reads them locally. The trees
+//! are not written (their subtrees are not all held). The last [`KEPT`]
+//! bytes fetched also stay in memory. The fetches run on a runtime of the
+//! source's own (one worker), so its connections stay served between
+//! reads, which come from the mount's threads.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -25,6 +27,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use ds_format::manifest::{Child, FileNode};
 use ds_format::{ObjectId, ObjectKind};
+use ds_store::txn::{Target, Transaction};
+use ds_store::writer::Payload;
 use ds_store::{Store, StoreError};
 use ds_sync::Remote;
 
@@ -57,7 +61,18 @@ pub struct HubObjects {
     shared: Arc<Shared>,
     pub chunks: AtomicU64,
     pub bytes: AtomicU64,
+    /// Chunks fetched, on their way into the cache store, and the thread
+    /// writing them.
+    keep: Mutex<Option<std::sync::mpsc::SyncSender<Vec<(ObjectId, Arc<Vec<u8>>)>>>>,
+    keeper: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Chunks written into the cache store.
+    pub kept: Arc<AtomicU64>,
 }
+
+/// Fetched chunks waiting to be written into the cache store, at most
+/// this many batches (a busy store drops the rest: they are fetched again
+/// next time, nothing else is lost).
+const KEEP_QUEUE: usize = 16;
 
 /// What the reading threads and the read-ahead tasks share.
 #[derive(Debug)]
@@ -146,7 +161,59 @@ impl HubObjects {
             }),
             chunks: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            keep: Mutex::new(None),
+            keeper: Mutex::new(None),
+            kept: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Writes the chunks fetched from now on into `cache` (opened to
+    /// read: it appends under the writer lock, a batch at a time), on a
+    /// thread of its own that ends when this source is dropped.
+    pub fn keep_in(&self, cache: Arc<Store>) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(ObjectId, Arc<Vec<u8>>)>>(KEEP_QUEUE);
+        let kept = self.kept.clone();
+        let keeper = std::thread::Builder::new()
+            .name("ds-dataset-keep".into())
+            .spawn(move || {
+                while let Ok(mut batch) = rx.recv() {
+                    // Whatever else is waiting goes in the same pack.
+                    while let Ok(more) = rx.try_recv() {
+                        batch.extend(more);
+                    }
+                    match write(&cache, &batch) {
+                        Ok(()) => {
+                            kept.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            eprintln!("ds runner: fetched dataset chunks not kept: {e}");
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| refused(format!("starting the chunk writer: {e}")))?;
+        *lock(&self.keep) = Some(tx);
+        *lock(&self.keeper) = Some(keeper);
+        Ok(())
+    }
+
+    /// Waits until what was fetched is written into the cache store (the
+    /// mounts are gone: nothing more comes).
+    pub fn finish_keeping(&self) {
+        drop(lock(&self.keep).take());
+        if let Some(t) = lock(&self.keeper).take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Hands fetched chunks to the writer, if there is one and it keeps up.
+    fn keep(&self, got: &[(ObjectId, Arc<Vec<u8>>)]) {
+        if let Some(tx) = lock(&self.keep).as_ref()
+            && !got.is_empty()
+        {
+            let _ = tx.try_send(got.to_vec());
+        }
     }
 
     /// Tree objects fetched at the start.
@@ -201,6 +268,7 @@ impl HubObjects {
         }
         st.pending.extend(want.iter().map(|(i, _)| *i));
         let shared = self.shared.clone();
+        let keep = lock(&self.keep).clone();
         self.rt.spawn(async move {
             let got = fetch(&shared.hub, &shared.ahead, &want).await;
             let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -208,13 +276,17 @@ impl HubObjects {
                 st.pending.remove(i);
             }
             // A failed read-ahead is only lost time: the read fetches again.
-            if let Ok(got) = got {
-                for (i, c) in got {
-                    st.keep(i, Arc::new(c));
-                }
+            let got: Vec<(ObjectId, Arc<Vec<u8>>)> = got
+                .map(|g| g.into_iter().map(|(i, c)| (i, Arc::new(c))).collect())
+                .unwrap_or_default();
+            for (i, c) in &got {
+                st.keep(*i, c.clone());
             }
             drop(st);
             shared.landed.notify_all();
+            if let Some(tx) = keep {
+                let _ = tx.try_send(got);
+            }
         });
     }
 
@@ -257,22 +329,40 @@ impl HubObjects {
         let got = self
             .rt
             .block_on(fetch(&self.shared.hub, &self.shared.now, &want))?;
+        let got: Vec<(ObjectId, Arc<Vec<u8>>)> =
+            got.into_iter().map(|(i, c)| (i, Arc::new(c))).collect();
         let mut st = self.state();
         let mut this = None;
-        for (i, c) in got {
+        for (i, c) in &got {
             self.chunks.fetch_add(1, Ordering::Relaxed);
             self.bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
-            let c = Arc::new(c);
-            if i == *id {
+            if i == id {
                 this = Some(c.clone());
             }
-            st.keep(i, c);
+            st.keep(*i, c.clone());
         }
         if let Some((run, at)) = place {
             self.read_ahead(&mut st, run, at);
         }
+        drop(st);
+        self.keep(&got);
         Ok(this)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Appends `chunks` to `cache` in one transaction (under its writer lock,
+/// waiting for it; the appender dedups against what the store holds).
+fn write(cache: &Arc<Store>, chunks: &[(ObjectId, Arc<Vec<u8>>)]) -> ds_store::Result<()> {
+    let txn = Transaction::begin(Target::Append(cache.append()?))?;
+    for (id, c) in chunks {
+        txn.writer()
+            .put(ObjectKind::Chunk, *id, Payload::Owned(c.to_vec()))?;
+    }
+    txn.finish().map(drop)
 }
 
 /// `want` from the hub on the connection in `slot` (made when there is

@@ -233,10 +233,12 @@ fn steps(cx: &Ctx<'_>, control: &Control, done: &mut Done) -> Result<()> {
     // Before the final snapshot: its mount points go if still empty.
     data.stop(&say);
     if let Some((_, objects)) = &lazy {
+        objects.finish_keeping();
         cx.say(format!(
-            "datasets: {} chunks ({} bytes) were read from the hub",
+            "datasets: {} chunks ({} bytes) were read from the hub, {} kept in the cache",
             objects.chunks.load(std::sync::atomic::Ordering::Relaxed),
-            objects.bytes.load(std::sync::atomic::Ordering::Relaxed)
+            objects.bytes.load(std::sync::atomic::Ordering::Relaxed),
+            objects.kept.load(std::sync::atomic::Ordering::Relaxed)
         ));
     }
     match &exit {
@@ -473,6 +475,8 @@ fn lazy_datasets(
     ));
     let store = Arc::new(Store::open(dir, Access::Read, true)?);
     store.set_lazy(objects.clone());
+    // What is fetched stays in the cache for the next task (best effort).
+    objects.keep_in(cache.clone())?;
     Ok(Some((store, objects)))
 }
 

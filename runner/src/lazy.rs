@@ -63,11 +63,14 @@ pub struct HubObjects {
     pub bytes: AtomicU64,
     /// Chunks fetched, on their way into the cache store, and the thread
     /// writing them.
-    keep: Mutex<Option<std::sync::mpsc::SyncSender<Vec<(ObjectId, Arc<Vec<u8>>)>>>>,
+    keep: Mutex<Option<std::sync::mpsc::SyncSender<Fetched>>>,
     keeper: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Chunks written into the cache store.
     pub kept: Arc<AtomicU64>,
 }
+
+/// Chunks fetched in one request.
+type Fetched = Vec<(ObjectId, Arc<Vec<u8>>)>;
 
 /// Fetched chunks waiting to be written into the cache store, at most
 /// this many batches (a busy store drops the rest: they are fetched again
@@ -171,7 +174,7 @@ impl HubObjects {
     /// read: it appends under the writer lock, a batch at a time), on a
     /// thread of its own that ends when this source is dropped.
     pub fn keep_in(&self, cache: Arc<Store>) -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(ObjectId, Arc<Vec<u8>>)>>(KEEP_QUEUE);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Fetched>(KEEP_QUEUE);
         let kept = self.kept.clone();
         let keeper = std::thread::Builder::new()
             .name("ds-dataset-keep".into())
@@ -276,7 +279,7 @@ impl HubObjects {
                 st.pending.remove(i);
             }
             // A failed read-ahead is only lost time: the read fetches again.
-            let got: Vec<(ObjectId, Arc<Vec<u8>>)> = got
+            let got: Fetched = got
                 .map(|g| g.into_iter().map(|(i, c)| (i, Arc::new(c))).collect())
                 .unwrap_or_default();
             for (i, c) in &got {
@@ -329,8 +332,7 @@ impl HubObjects {
         let got = self
             .rt
             .block_on(fetch(&self.shared.hub, &self.shared.now, &want))?;
-        let got: Vec<(ObjectId, Arc<Vec<u8>>)> =
-            got.into_iter().map(|(i, c)| (i, Arc::new(c))).collect();
+        let got: Fetched = got.into_iter().map(|(i, c)| (i, Arc::new(c))).collect();
         let mut st = self.state();
         let mut this = None;
         for (i, c) in &got {

@@ -59,8 +59,6 @@ pub struct HubObjects {
     runs: Arc<Vec<Vec<Child>>>,
     place: HashMap<ObjectId, (u32, u32)>,
     shared: Arc<Shared>,
-    pub chunks: AtomicU64,
-    pub bytes: AtomicU64,
     /// Chunks fetched, on their way into the cache store, and the thread
     /// writing them.
     keep: Mutex<Option<std::sync::mpsc::SyncSender<Fetched>>>,
@@ -88,6 +86,17 @@ struct Shared {
     state: Mutex<State>,
     /// Notified when a read-ahead window lands (or fails).
     landed: Condvar,
+    /// Chunks and bytes fetched (read-ahead included).
+    chunks: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Shared {
+    fn count(&self, got: &Fetched) {
+        self.chunks.fetch_add(got.len() as u64, Ordering::Relaxed);
+        let b: usize = got.iter().map(|(_, c)| c.len()).sum();
+        self.bytes.fetch_add(b as u64, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -161,9 +170,9 @@ impl HubObjects {
                 ahead: tokio::sync::Mutex::new(None),
                 state: Mutex::new(State::default()),
                 landed: Condvar::new(),
+                chunks: AtomicU64::new(0),
+                bytes: AtomicU64::new(0),
             }),
-            chunks: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
             keep: Mutex::new(None),
             keeper: Mutex::new(None),
             kept: Arc::new(AtomicU64::new(0)),
@@ -222,6 +231,14 @@ impl HubObjects {
     /// Tree objects fetched at the start.
     pub fn trees(&self) -> usize {
         self.trees.len()
+    }
+
+    /// Chunks and bytes fetched from the hub so far.
+    pub fn fetched(&self) -> (u64, u64) {
+        (
+            self.shared.chunks.load(Ordering::Relaxed),
+            self.shared.bytes.load(Ordering::Relaxed),
+        )
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -286,6 +303,7 @@ impl HubObjects {
                 st.keep(*i, c.clone());
             }
             drop(st);
+            shared.count(&got);
             shared.landed.notify_all();
             if let Some(tx) = keep {
                 let _ = tx.try_send(got);
@@ -335,9 +353,8 @@ impl HubObjects {
         let got: Fetched = got.into_iter().map(|(i, c)| (i, Arc::new(c))).collect();
         let mut st = self.state();
         let mut this = None;
+        self.shared.count(&got);
         for (i, c) in &got {
-            self.chunks.fetch_add(1, Ordering::Relaxed);
-            self.bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
             if i == id {
                 this = Some(c.clone());
             }

@@ -234,10 +234,9 @@ fn steps(cx: &Ctx<'_>, control: &Control, done: &mut Done) -> Result<()> {
     data.stop(&say);
     if let Some((_, objects)) = &lazy {
         objects.finish_keeping();
+        let (chunks, bytes) = objects.fetched();
         cx.say(format!(
-            "datasets: {} chunks ({} bytes) were read from the hub, {} kept in the cache",
-            objects.chunks.load(std::sync::atomic::Ordering::Relaxed),
-            objects.bytes.load(std::sync::atomic::Ordering::Relaxed),
+            "datasets: {chunks} chunks ({bytes} bytes) were read from the hub, {} kept in the cache",
             objects.kept.load(std::sync::atomic::Ordering::Relaxed)
         ));
     }

@@ -116,7 +116,8 @@ fn check_spec(s: &Spec) -> Result<(), Status> {
         && (s.executor == "process" || s.image.is_empty())
     {
         return bad(format!(
-            "a dataset at {:?} is a place in a container: run it with --executor docker              --image IMG, or give a path relative to the home directory",
+            "a dataset at {:?} is a place in a container: run it with --executor docker \
+             --image IMG, or give a path relative to the home directory",
             t.spec_path()
         ));
     }

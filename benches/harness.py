@@ -888,6 +888,10 @@ METRICS: list[Metric] = [
     Metric("push_incr_ratio", "ds push after mutation: bytes shipped / truly changed",
            lambda r, h: r["push_incr_bytes"] / h.mutation_stats["changed_bytes"] if "push_incr_bytes" in r and h.mutation_stats.get("changed_bytes") else None, ratio=False),
     Metric("push_incr_rt", "ds push after mutation: round trips", _v("push_incr_rt"), ratio=False),
+    Metric("rsyncd_cold_s", "rsync -a into an rsync daemon on loopback, cold (s)", _v("rsyncd_cold_s"), ratio=False),
+    Metric("push_vs_rsyncd", "ds push cold / rsync daemon, time (goal < 1)", _div("push_cold_s", "rsyncd_cold_s"), ratio=False),
+    Metric("rsyncd_incr_s", "rsync -a into the daemon after mutation (s)", _v("rsyncd_incr_s"), ratio=False),
+    Metric("push_incr_vs_rsyncd", "ds push after mutation / rsync daemon, time", _div("push_incr_s", "rsyncd_incr_s"), ratio=False),
     Metric("gc_s", "gc of 50% garbage: ds gc / restic prune / borg compact (s)", _v("gc_s")),
     Metric("gc_freed_mib", "gc of 50% garbage: repo shrank by (MiB)",
            lambda r, h: r["gc_freed"] / MiB if "gc_freed" in r else None),
@@ -1205,6 +1209,7 @@ class Harness:
         self.extras[rep][f"ds_push_{key}_json"] = rep_json
         log(f"  push {key}: {human(rep_json['bytes_sent'])} in {r.seconds:.2f}s, "
             f"{rep_json['round_trips']} round trips")
+        self._rsyncd(rep, state, key)
         if key == "cold":
             # A runner's first task: clone the whole workspace into an empty store.
             dest = os.path.join(self.workdir, "clone-store")
@@ -1217,6 +1222,47 @@ class Harness:
                 v["clone_cold_s"] = r.seconds
                 log(f"  clone cold: {r.seconds:.2f}s")
             rmtree(dest)
+
+    def _rsyncd(self, rep: int, state: dict, key: str) -> None:
+        """The tool a user would otherwise pick to ship the tree: `rsync -a` into an rsync
+        daemon on 127.0.0.1 writing under the workdir (same disk as the hub's storage)."""
+        if not shutil.which("rsync"):
+            return
+        if "rsyncd" not in state:
+            root = os.path.join(self.workdir, "rsyncd")
+            rmtree(root)
+            os.makedirs(os.path.join(root, "dest"))
+            import socket
+            with socket.socket() as sk:
+                sk.bind(("127.0.0.1", 0))
+                port = sk.getsockname()[1]
+            conf = os.path.join(root, "rsyncd.conf")
+            ids = "uid = 0\ngid = 0\n" if os.geteuid() == 0 else ""
+            with open(conf, "w") as f:
+                f.write(f"use chroot = no\n{ids}[bench]\npath = {root}/dest\nread only = no\n")
+            p = subprocess.Popen(["rsync", "--daemon", "--no-detach", "--address", "127.0.0.1",
+                                  "--port", str(port), "--config", conf],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(100):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            state["rsyncd"] = (p, port)
+        _, port = state["rsyncd"]
+        r = self.runner.run(["rsync", "-a", "--delete", self.corpus.rstrip("/") + "/",
+                             f"rsync://127.0.0.1:{port}/bench/"])
+        if r.ok:
+            self.values[rep]["ds"][f"rsyncd_{key}_s"] = r.seconds
+            log(f"  rsync -a into an rsync daemon on loopback ({key}): {r.seconds:.2f}s")
+        else:
+            log(f"  rsync daemon ({key}) failed: {r.stderr.strip()[:200]}")
+        if key == "incr":
+            p, _ = state.pop("rsyncd")
+            p.terminate()
+            p.wait()
+            rmtree(os.path.join(self.workdir, "rsyncd"))
 
     def phase_push_cold(self, rep: int, state: dict) -> None:
         self._push(rep, state, "cold")
@@ -1262,6 +1308,8 @@ class Harness:
             if hub:
                 hub[0].terminate()
                 hub[0].wait()
+            if "rsyncd" in state:
+                state.pop("rsyncd")[0].terminate()
             rmtree(garbage)
 
     def _hub_gc(self, rep: int, tool: "Tool", hub: tuple, garbage: str) -> None:

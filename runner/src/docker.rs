@@ -240,6 +240,7 @@ async fn supervise(
     let mut kill_at: Option<Instant> = None;
     let mut exit: Option<Result<Exit, String>> = None;
     let mut logs_done = false;
+    let mut got_output = false;
     let mut exited_at: Option<Instant> = None;
     // The ledger may block (backpressure); this runtime is the task
     // thread's own, so that only pauses reading the container's output.
@@ -250,10 +251,12 @@ async fn supervise(
         tokio::select! {
             l = logs.next(), if !logs_done => match l {
                 Some(Ok(LogOutput::StdOut { message })) => {
+                    got_output = true;
                     tap.feed(&message);
                     emit(&mut out, STDOUT, &message)
                 }
                 Some(Ok(LogOutput::StdErr { message } | LogOutput::Console { message })) => {
+                    got_output = true;
                     emit(&mut err, STDERR, &message)
                 }
                 Some(Ok(LogOutput::StdIn { .. })) => {}
@@ -298,6 +301,35 @@ async fn supervise(
                         .kill_container(name, Some(KillContainerOptions { signal: s.into() }))
                         .await;
                 }
+            }
+        }
+    }
+    // A follow stream that failed, or gave nothing before the engine's
+    // grace ran out (a loaded engine: the container had exited before its
+    // logs were asked for), is asked once more, whole, now that the
+    // container has exited: no output is lost to that race.
+    if !got_output {
+        let mut again = d.logs(
+            name,
+            Some(LogsOptions {
+                follow: false,
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            }),
+        );
+        while let Ok(Some(Ok(l))) =
+            tokio::time::timeout(Duration::from_secs(30), again.next()).await
+        {
+            match l {
+                LogOutput::StdOut { message } => {
+                    tap.feed(&message);
+                    emit(&mut out, STDOUT, &message)
+                }
+                LogOutput::StdErr { message } | LogOutput::Console { message } => {
+                    emit(&mut err, STDERR, &message)
+                }
+                LogOutput::StdIn { .. } => {}
             }
         }
     }

@@ -90,6 +90,15 @@ impl Assembler {
                         size: self.size,
                     });
                 }
+                // Past the first 8 MiB the sender has shown it sends: the
+                // rest of the claim is reserved at once (address space;
+                // pages are only touched as data arrives), instead of
+                // doubling, which copied the pack several times over.
+                let need = self.data.len() + d.len();
+                if need > self.data.capacity() && self.data.len() >= 8 << 20 {
+                    self.data
+                        .reserve_exact(self.size as usize - self.data.len());
+                }
                 self.data.extend_from_slice(&d);
                 Ok(())
             }

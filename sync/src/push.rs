@@ -176,7 +176,7 @@ async fn upload(
                 .into_iter()
                 .partition(|(_, k)| *k == ObjectKind::Chunk);
             for part in [chunks, nodes] {
-                let mut pack = PackBuilder::default();
+                let mut pack = PackBuilder::new(target);
                 for (id, kind) in part {
                     if let Err(e) = pack.add(&st, id, kind) {
                         let _ = tx.blocking_send(Err(e));
@@ -270,19 +270,23 @@ struct PackBuilder {
     data: Vec<u8>,
     framing: Framing,
     chunks: u64,
-}
-
-impl Default for PackBuilder {
-    fn default() -> Self {
-        PackBuilder {
-            data: HEADER.to_vec(),
-            framing: Framing::new(),
-            chunks: 0,
-        }
-    }
+    target: u64,
 }
 
 impl PackBuilder {
+    /// A pack to fill to about `target` bytes: its buffer is reserved
+    /// once (growing by doubling copied each pack several times).
+    fn new(target: u64) -> Self {
+        let mut data = Vec::with_capacity(target as usize + (1 << 20));
+        data.extend_from_slice(&HEADER);
+        PackBuilder {
+            data,
+            framing: Framing::new(),
+            chunks: 0,
+            target,
+        }
+    }
+
     fn add(&mut self, store: &Store, id: ObjectId, kind: ObjectKind) -> Result<()> {
         let (loc, bytes) = store.read_stored(&id, kind)?;
         self.framing
@@ -294,11 +298,13 @@ impl PackBuilder {
 
     /// The finished pack; leaves an empty one in its place.
     fn build(&mut self) -> Built {
+        let next = PackBuilder::new(self.target);
         let PackBuilder {
             mut data,
             framing,
             chunks,
-        } = std::mem::take(self);
+            ..
+        } = std::mem::replace(self, next);
         let (id, trailer, entries) = framing.seal();
         data.extend_from_slice(&trailer);
         Built {
